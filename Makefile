@@ -1,0 +1,49 @@
+# xlpy: `make run` (the main job) and `make test` (the whole suite) work on a
+# fresh Debian machine; everything else hangs off those.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+XLPY   := $(VENV)/bin/xlpy
+XEN_CACHE := .cache/xen-4.17
+export XLPY_XEN_CACHE := $(CURDIR)/$(XEN_CACHE)
+
+.PHONY: run test venv xen-cache lint typecheck unit fuzz bench cdef-check clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Debian bookworm's Xen 4.17 tools and libraries, unpacked without root.
+# A failure here is not fatal for `make test`: the tests that need them skip
+# loudly, or fail when XLPY_REQUIRE_XEN_TOOLS=1.
+xen-cache:
+	-tools/fetch-xen.sh $(XEN_CACHE)
+
+run: venv
+	$(PY) -m xlpy.demo
+
+unit: venv xen-cache
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check xlpy tests bench integration
+	$(VENV)/bin/ruff format --check xlpy tests bench integration
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+test: lint typecheck unit
+
+fuzz: venv
+	$(PY) -m pip install --quiet -e '.[fuzz]'
+	$(PY) tests/fuzz/fuzz_reader.py -max_total_time=$${FUZZ_SECONDS:-60} $(FUZZ_ARGS)
+
+bench: venv
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,5 @@
+import sys
+
+from xlpy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""The ``xlpy`` command.
+
+Each sub-command lives in its own module under ``xlpy.cli`` and provides
+``add_parser(subparsers)`` and ``run(args) -> int``.  Exit codes everywhere:
+0 ok, 1 stream error (or a failed restore), 2 usage or program error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from types import ModuleType
+
+from xlpy.errors import UsageError, XlpyError
+
+#: Sub-command modules, in the order ``xlpy --help`` lists them.
+COMMANDS = ["gen", "inspect"]
+
+EXIT_OK = 0
+EXIT_STREAM = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
+    parser = _Parser(prog="xlpy", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    mods: dict[str, ModuleType] = {}
+    for name in COMMANDS:
+        mod = importlib.import_module(f"xlpy.cli.{name}")
+        mod.add_parser(sub)
+        mods[name] = mod
+    return parser, mods
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, mods = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(mods[args.command].run(args))
+    except UsageError as e:
+        print(f"xlpy {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except XlpyError as e:
+        print(f"xlpy {args.command}: {e}", file=sys.stderr)
+        return EXIT_STREAM
+    except BrokenPipeError:
+        return EXIT_STREAM
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The xlpy error hierarchy.
+
+Every error xlpy raises on purpose is an :class:`XlpyError`.  Stream errors carry
+where they happened (byte offset, record index, field) so a user can find the
+fault with a hex dump; they subclass the builtin that fits so callers that only
+know ``ValueError``/``OSError`` still catch them.
+"""
+
+from __future__ import annotations
+
+
+class XlpyError(Exception):
+    """Base of every error xlpy raises deliberately."""
+
+
+class StreamError(XlpyError, ValueError):
+    """A stream could not be read as the format says.
+
+    ``offset`` is the absolute byte offset in the input where the faulty element
+    starts (or where reading stopped), ``record`` the 0-based index of the record
+    being read, ``field`` a short dotted name of what was being read
+    (e.g. ``"page_batch.entries"``).
+    """
+
+    kind = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        offset: int | None = None,
+        record: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+        self.record = record
+        self.field = field
+
+    def __str__(self) -> str:
+        where = []
+        if self.offset is not None:
+            where.append(f"offset {self.offset} (0x{self.offset:x})")
+        if self.record is not None:
+            where.append(f"record {self.record}")
+        if self.field is not None:
+            where.append(f"field {self.field}")
+        return f"{self.message} [{', '.join(where)}]" if where else self.message
+
+
+class StreamTruncated(StreamError):
+    """End of input inside a record: more data was needed ("need more data")."""
+
+    kind = "truncated"
+
+
+class StreamMalformed(StreamError):
+    """The bytes are present but impossible for the format."""
+
+    kind = "malformed"
+
+
+class StreamTimeout(StreamError, TimeoutError):  # type: ignore[misc]
+    """No byte arrived within the heartbeat (libxc's 1 s select timeout)."""
+
+    kind = "timeout"
+
+
+class NotRepresentable(StreamError):
+    """Valid input that the target format cannot express (e.g. tmem in v2)."""
+
+    kind = "not-representable"
+
+
+class UsageError(XlpyError, ValueError):
+    """A wrong flag or argument combination from the caller."""
+
+
+class XenError(XlpyError, OSError):
+    """An error reported by libxc (``xc_get_last_error()``), copied at once."""
+
+    def __init__(self, code: int, errno_: int, message: str) -> None:
+        super().__init__(errno_, message)
+        self.code = code
+        self.xc_errno = errno_
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"libxc error {self.code} (errno {self.xc_errno}): {self.message}"
+
+
+class XenUnavailable(XlpyError, OSError):
+    """No hypervisor or no libxenguest/libxenctrl on this machine."""
+
+
+class RestoreRefused(XlpyError, ValueError):
+    """The toolstack layer refused an operation that would be unsafe on this libxc."""
