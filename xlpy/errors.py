@@ -31,12 +31,15 @@ class StreamError(XlpyError, ValueError):
         offset: int | None = None,
         record: int | None = None,
         field: str | None = None,
+        value: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.offset = offset
         self.record = record
         self.field = field
+        #: The offending number, where one was read (e.g. a chunk header).
+        self.value = value
 
     def __str__(self) -> str:
         where = []
