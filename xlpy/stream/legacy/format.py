@@ -81,6 +81,10 @@ KNOWN_IDS_4_2 = KNOWN_IDS_4_1 | frozenset(range(-18, -10))
 KNOWN_IDS_4_5 = KNOWN_IDS_4_2 | {-19, -20}
 ALL_CHUNK_IDS = KNOWN_IDS_4_5
 
+# --- tmem (§5.2; xen/include/public/tmem.h) -----------------------------------
+TMEM_POOL_PAGESIZE_SHIFT = 4
+TMEM_POOL_PAGESIZE_MASK = 0xF
+
 # --- page batches (§4) ------------------------------------------------------
 MAX_BATCH_SIZE = 1024
 XEN_DOMCTL_PFINFO_LTAB_SHIFT = 28
