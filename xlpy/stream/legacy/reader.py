@@ -1,4 +1,4 @@
-"""Legacy stream reader (CONTRACT STUB: the implementation replaces the bodies).
+"""Legacy stream reader.
 
 Two levels:
 * element readers (``read_framing``, ``read_header``, ``read_pv_ext_info``,
@@ -8,26 +8,97 @@ Two levels:
   the source, stale vcpu map for later PV tails);
 * ``records()``, the whole grammar (framing, header, checkpoints, tails, QEMU
   record, trailer) for inspect and convert.
+
+Errors: :class:`StreamTruncated` when the input ends inside an element,
+:class:`StreamMalformed` when its content is impossible.  Both carry the offset
+where the element starts, the index the record would have had and a dotted
+``field`` naming what was being read (``"batch.pages"``, ``"pv_tail.pfn_count"``,
+``"chunk_header"`` …), so a receiver can map each failure to libxc's message.
+Every count and size is checked against its limit before anything is sized by
+it, and variable-length payloads are read through :meth:`ByteSource.read_exact`,
+which only grows its buffer as far as the stream actually delivers bytes.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
+from typing import NoReturn
 
+import numpy as np
+
+from xlpy.errors import StreamMalformed, StreamTruncated, UsageError
 from xlpy.stream.legacy import format as F
+from xlpy.stream.legacy import framing
 from xlpy.stream.legacy.records import (
+    CheckpointBegin,
+    CompressedData,
+    EnableCompression,
+    EnableVerifyMode,
+    EndOfBody,
+    ExtInfoBlock,
+    HvmParamChunk,
     HvmTail,
+    LastCheckpoint,
     P2mFrameList,
+    PageBatch,
     PvExtInfo,
     PvTail,
     QemuRecord,
     Record,
     StreamHeader,
+    TmemExtra,
+    TmemExtraEntry,
+    TmemPage,
+    TmemPool,
+    Toolstack,
+    Trailer,
+    TscInfo,
     VcpuInfo,
+    VcpuState,
     XendHeader,
     XlHeader,
+    XsaveRecord,
 )
+from xlpy.stream.legacy.records import Tmem as TmemRecord
 from xlpy.stream.source import ByteSource
+
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_XL_FIXED = struct.Struct("<4sIII")  # byte order, mandatory, optional, optional_data_len
+_HVM_PARAM = struct.Struct("<IQ")  # pad, value
+_TSC_INFO = struct.Struct("<IQII")
+_TMEM_HEAD = struct.Struct("<IIIIIII")
+_TMEM_POOL = struct.Struct("<III2Q")
+_OID = struct.Struct("<3Q")
+_TMEM_EXTRA = struct.Struct("<I3QI")
+_HVM_TAIL = struct.Struct("<3QI")
+_XSAVE_HEAD = struct.Struct("<QQ")
+_U32_ALL_ONES = 0xFFFFFFFF
+_U64_ALL_ONES = (1 << 64) - 1
+_MAX_PAGE_BYTES = F.MAX_BATCH_SIZE * F.PAGE_SIZE
+_QEMU_SIGNATURES = (F.QEMU_SIG_0002, F.QEMU_SIG_REMUS, F.QEMU_SIG_TO_EOF)
+
+
+def data_bearing_mask(
+    entries: bytes, width: int, dataless_nibbles: frozenset[int] = F.DATALESS_NIBBLES
+) -> np.ndarray:
+    """Boolean array: which raw W-sized batch entries are followed by a page (§4.2).
+
+    Only the low 32 bits count: on W=8 the receiver masks with a 32-bit constant.
+    """
+    arr = np.frombuffer(entries, dtype="<u4" if width == 4 else "<u8")
+    nibbles = (arr & 0xFFFFFFFF) >> F.XEN_DOMCTL_PFINFO_LTAB_SHIFT
+    if not dataless_nibbles:
+        return np.ones(len(arr), dtype=bool)
+    return ~np.isin(nibbles, np.fromiter(dataless_nibbles, dtype=np.uint64))
+
+
+def data_bearing_count(
+    entries: bytes, width: int, dataless_nibbles: frozenset[int] = F.DATALESS_NIBBLES
+) -> int:
+    """How many pages follow a batch with these raw entries."""
+    return int(np.count_nonzero(data_bearing_mask(entries, width, dataless_nibbles)))
 
 
 class LegacyReader:
@@ -38,6 +109,10 @@ class LegacyReader:
     after ``read_pv_ext_info`` also ``ext_info`` and ``guest_width``.
     With ``reuse_buffers`` page data of a batch is a view valid only until the
     next element is read.
+
+    ``framing`` is ``"bare"``, ``"xl"``, ``"xend"`` or, once its trailer has
+    been read, ``"xenserver-classic"``.  ``compression_enabled`` and
+    ``last_checkpoint`` record whether -13 / -9 have been read.
     """
 
     def __init__(
@@ -48,22 +123,230 @@ class LegacyReader:
         guest: str | None = None,
         reuse_buffers: bool = False,
     ) -> None:
-        raise NotImplementedError
+        if width not in (None, 4, 8):
+            raise UsageError(f"width must be 4 or 8 bytes, not {width}")
+        if guest not in (None, "pv", "hvm"):
+            raise UsageError(f"guest must be 'pv' or 'hvm', not {guest!r}")
+        self.source = source
+        self._width_override = width
+        self._guest_override = guest
+        self.width: int | None = width
+        self.guest: str | None = guest
+        self.p2m_size: int | None = None
+        self.ext_info: PvExtInfo | None = None
+        self.guest_width: int | None = None
+        self.framing = framing.FRAMING_BARE
+        self.framing_header: XlHeader | XendHeader | None = None
+        self.compression_enabled = False
+        self.last_checkpoint = False
+        self._reuse = reuse_buffers
+        self._pages: bytearray | None = None
+        self._index = 0
+        self._start = source.offset
+        self._field = ""
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _begin(self, field: str) -> int:
+        """Mark the start of an element (for error offsets) and return it."""
+        self._start = self.source.offset
+        self._field = field
+        return self._start
+
+    def _emit(self) -> int:
+        """The index of the record being completed (and advance it)."""
+        idx = self._index
+        self._index += 1
+        return idx
+
+    def _read(self, n: int, field: str) -> bytes:
+        try:
+            return self.source.read_exact(n, field=field)
+        except StreamTruncated as e:
+            raise self._truncated(e, field) from None
+
+    def _readinto(self, mv: memoryview, field: str) -> None:
+        try:
+            self.source.readinto_exact(mv, field=field)
+        except StreamTruncated as e:
+            raise self._truncated(e, field) from None
+
+    def _truncated(self, e: StreamTruncated, field: str) -> StreamTruncated:
+        return StreamTruncated(
+            f"{e.message} (at offset {e.offset})",
+            offset=self._start,
+            record=self._index,
+            field=field,
+        )
+
+    def _malformed(self, message: str, field: str, value: int | None = None) -> NoReturn:
+        raise StreamMalformed(
+            message, offset=self._start, record=self._index, field=field, value=value
+        )
+
+    def _u32(self, field: str) -> int:
+        return int(_U32.unpack(self._read(4, field))[0])
+
+    def _uw(self, field: str) -> int:
+        return int.from_bytes(self._read(self._w, field), "little")
+
+    @property
+    def _w(self) -> int:
+        if self.width is None:
+            raise UsageError("read_header() must come first: the width is not known yet")
+        return self.width
+
+    # -- framing and header (§3, §8) ---------------------------------------------
 
     def read_framing(self) -> XlHeader | XendHeader | None:
         """Consume an xl or xend header if one starts here; ``None`` for bare."""
-        raise NotImplementedError
+        kind = framing.detect_framing(self.source.peek(len(F.XL_MAGIC)))
+        if kind == framing.FRAMING_XL:
+            rec: XlHeader | XendHeader = self._read_xl_header()
+        elif kind == framing.FRAMING_XEND:
+            rec = self._read_xend_header()
+        else:
+            return None
+        self.framing = kind
+        self.framing_header = rec
+        return rec
+
+    def _read_xl_header(self) -> XlHeader:
+        start = self._begin("xl_header")
+        self._read(len(F.XL_MAGIC), "xl_header.magic")
+        order, mandatory, optional, n = _XL_FIXED.unpack(self._read(16, "xl_header"))
+        if order != F.XL_BYTEORDER_LE:
+            self._malformed(
+                "xl header: wrong byte order",
+                "xl_header.byteorder",
+                int.from_bytes(order, "little"),
+            )
+        if mandatory & F.XL_MANDATORY_FLAG_STREAMv2:
+            self._malformed(
+                "xl header: the image is a migration v2 stream, not legacy",
+                "xl_header.mandatory_flags",
+                mandatory,
+            )
+        if mandatory & ~F.XL_MANDATORY_FLAG_JSON:
+            self._malformed(
+                f"xl header: unknown mandatory flag(s) {mandatory:#x}",
+                "xl_header.mandatory_flags",
+                mandatory,
+            )
+        data = self._read(n, "xl_header.optional_data")
+        return XlHeader(
+            offset=start,
+            index=self._emit(),
+            mandatory_flags=mandatory,
+            optional_flags=optional,
+            optional_data=data,
+        )
+
+    def _read_xend_header(self) -> XendHeader:
+        start = self._begin("xend_header")
+        self._read(len(F.XEND_SIGNATURE), "xend_header.signature")
+        (n,) = struct.unpack(">i", self._read(4, "xend_header.config_length"))
+        if n < 0:
+            self._malformed(
+                f"xend header: negative config length {n}", "xend_header.config_length", n
+            )
+        config = self._read(n, "xend_header.config")
+        return XendHeader(offset=start, index=self._emit(), config=config)
 
     def read_header(self) -> StreamHeader:
         """``p2m_size`` (detecting W and the guest type unless given)."""
-        raise NotImplementedError
+        start = self._begin("header")
+        head = self.source.peek(16)
+        if self.width is None:
+            # Fewer than 8 bytes: either width fails on p2m_size or just after it.
+            self.width = framing.detect_width(head) or 8
+        w = self.width
+        p2m_size = self._uw("header.p2m_size")
+        if self.guest is None:
+            self.guest = self._guess_guest(head[w:])
+        self.p2m_size = p2m_size
+        self.guest_width = w
+        return StreamHeader(offset=start, index=self._emit(), p2m_size=p2m_size, width=w)
+
+    def _guess_guest(self, after: bytes) -> str:
+        hdr = self.framing_header
+        config = hdr.config if hdr is not None else None
+        guest = framing.guest_from_config(config) if config else None
+        if guest is None:
+            guest = framing.guest_from_image(after, self._w)
+        if guest is None:
+            raise UsageError(
+                f"cannot tell whether the image at offset {self._start} is a PV or an HVM "
+                "guest (no ext-info signature, no chunk header after p2m_size): "
+                "pass the guest type (--guest pv|hvm)"
+            )
+        return guest
 
     def read_pv_ext_info(self) -> PvExtInfo | None:
         """PV ext-info, or ``None`` when the first W bytes are not ``~0``."""
-        raise NotImplementedError
+        w = self._w
+        start = self._begin("ext_info")
+        if self.source.peek(w) != b"\xff" * w:
+            return None
+        self._read(w, "ext_info.signature")
+        remaining = self._u32("ext_info.total_bytes")
+        blocks: list[ExtInfoBlock] = []
+        while remaining:
+            if remaining < 8:
+                self._malformed(
+                    f"ext-info: {remaining} bytes left, too few for a block header",
+                    "ext_info.total_bytes",
+                    remaining,
+                )
+            block_id = self._read(4, "ext_info.block_id")
+            size = self._u32("ext_info.block_size")
+            remaining -= 8
+            if size > remaining:
+                self._malformed(
+                    f"ext-info block {block_id!r} of {size} bytes overruns the "
+                    f"{remaining} bytes left",
+                    "ext_info.block_size",
+                    size,
+                )
+            if block_id == b"vcpu" and size not in (F.VCPU_CONTEXT_SIZE_32, F.VCPU_CONTEXT_SIZE_64):
+                self._malformed(
+                    f"bad extended-info context size {size}", "ext_info.vcpu_size", size
+                )
+            if block_id == b"xcnt" and size < 4:
+                self._malformed(
+                    f"ext-info xcnt block of {size} bytes (needs 4)", "ext_info.xcnt_size", size
+                )
+            data = self._read(size, f"ext_info.{_block_name(block_id)}")
+            remaining -= size
+            if block_id == b"xcnt":
+                xcnt = int(_U32.unpack_from(data)[0])
+                if xcnt < _XSAVE_HEAD.size:
+                    self._malformed(
+                        f"xsave record size {xcnt} is smaller than its header",
+                        "ext_info.xcnt",
+                        xcnt,
+                    )
+            blocks.append(ExtInfoBlock(block_id=block_id, data=data))
+        rec = PvExtInfo(offset=start, index=self._emit(), blocks=tuple(blocks))
+        self.ext_info = rec
+        gw = rec.guest_width
+        if gw is not None:
+            self.guest_width = gw
+        return rec
 
     def read_p2m_frame_list(self) -> P2mFrameList:
-        raise NotImplementedError
+        """The PV p2m frame list: W-sized entries, counted with the *guest* width."""
+        w = self._w
+        start = self._begin("p2m_frame_list")
+        if self.p2m_size is None:
+            raise UsageError("read_header() must come first: p2m_size is not known yet")
+        fpp = F.PAGE_SIZE // (self.guest_width or w)
+        count = -(-self.p2m_size // fpp)
+        raw = self._read(count * w, "p2m_frame_list.entries")
+        entries = np.frombuffer(raw, dtype="<u4" if w == 4 else "<u8").tolist()
+        return P2mFrameList(offset=start, index=self._emit(), entries=tuple(entries))
+
+    # -- body (§4, §5) --------------------------------------------------------------
 
     def read_chunk(
         self,
@@ -76,16 +359,309 @@ class LegacyReader:
         """One chunk header and its payload: a ``PageBatch``, a chunk record or
         ``EndOfBody``.  An unknown id or a count outside 1..1024 raises
         ``StreamMalformed(field="chunk_header", value=<the int>)``."""
-        raise NotImplementedError
+        self._begin("chunk_header")
+        (header,) = _I32.unpack(self._read(4, "chunk_header"))
+        if header == 0:
+            return EndOfBody(offset=self._start, index=self._emit())
+        if 0 < header <= F.MAX_BATCH_SIZE:
+            return self._read_batch(header, dataless_nibbles, compressed)
+        if header > 0 or header not in known_ids:
+            self._malformed(
+                f"chunk header {header} is neither a page count 1..{F.MAX_BATCH_SIZE} "
+                "nor a known XC_SAVE_ID",
+                "chunk_header",
+                header,
+            )
+        return self._read_save_id(header, max_vcpu_id)
+
+    def _read_batch(self, count: int, dataless: frozenset[int], compressed: bool) -> PageBatch:
+        w = self._w
+        entries = self._read(count * w, "batch.entries")
+        if compressed:
+            data: bytes | memoryview | None = None
+        else:
+            n = data_bearing_count(entries, w, dataless) * F.PAGE_SIZE
+            if self._reuse:
+                if self._pages is None:
+                    self._pages = bytearray(_MAX_PAGE_BYTES)
+                mv = memoryview(self._pages)[:n]
+                self._readinto(mv, "batch.pages")
+                data = mv
+            else:
+                buf = bytearray(n)
+                self._readinto(memoryview(buf), "batch.pages")
+                data = memoryview(buf).toreadonly()
+        return PageBatch(
+            offset=self._start, index=self._emit(), width=w, entries=entries, data=data
+        )
+
+    def _read_save_id(self, chunk_id: int, max_vcpu_id: int) -> Record:
+        start = self._start
+        if chunk_id in F.HVM_PARAM_CHUNKS:
+            pad, value = _HVM_PARAM.unpack(self._read(_HVM_PARAM.size, "hvm_param.value"))
+            return HvmParamChunk(
+                offset=start, index=self._emit(), chunk_id=chunk_id, value=value, pad=pad
+            )
+        if chunk_id == F.XC_SAVE_ID_VCPU_INFO:
+            return self._read_vcpu_info(max_vcpu_id)
+        if chunk_id == F.XC_SAVE_ID_TSC_INFO:
+            mode, nsec, khz, inc = _TSC_INFO.unpack(self._read(_TSC_INFO.size, "tsc_info"))
+            return TscInfo(
+                offset=start, index=self._emit(), tsc_mode=mode, nsec=nsec, khz=khz, incarnation=inc
+            )
+        if chunk_id == F.XC_SAVE_ID_TMEM:
+            return self._read_tmem()
+        if chunk_id == F.XC_SAVE_ID_TMEM_EXTRA:
+            return self._read_tmem_extra()
+        if chunk_id == F.XC_SAVE_ID_COMPRESSED_DATA:
+            n = self._uw("compressed_data.length")
+            data = self._read(n, "compressed_data.data")
+            return CompressedData(offset=start, index=self._emit(), data=data)
+        if chunk_id == F.XC_SAVE_ID_TOOLSTACK:
+            n = self._u32("toolstack.length")
+            blob = self._read(n, "toolstack.data")
+            return Toolstack(offset=start, index=self._emit(), blob=blob)
+        if chunk_id == F.XC_SAVE_ID_ENABLE_VERIFY_MODE:
+            return EnableVerifyMode(offset=start, index=self._emit())
+        if chunk_id == F.XC_SAVE_ID_LAST_CHECKPOINT:
+            self.last_checkpoint = True
+            return LastCheckpoint(offset=start, index=self._emit())
+        if chunk_id == F.XC_SAVE_ID_ENABLE_COMPRESSION:
+            self.compression_enabled = True
+            return EnableCompression(offset=start, index=self._emit())
+        raise AssertionError(f"XC_SAVE_ID {chunk_id} has no reader")  # ALL_CHUNK_IDS covered
+
+    def _read_vcpu_info(self, max_vcpu_id: int) -> VcpuInfo:
+        (max_id,) = _I32.unpack(self._read(4, "vcpu_info.max_vcpu_id"))
+        if not 0 <= max_id <= max_vcpu_id:
+            self._malformed(
+                f"VCPU_INFO max vcpu id {max_id} outside 0..{max_vcpu_id}",
+                "vcpu_info.max_vcpu_id",
+                max_id,
+            )
+        words = max_id // 64 + 1
+        raw = self._read(8 * words, "vcpu_info.online_map")
+        return VcpuInfo(
+            offset=self._start,
+            index=self._emit(),
+            max_vcpu_id=max_id,
+            online_map=struct.unpack(f"<{words}Q", raw),
+        )
+
+    def _read_tmem(self) -> TmemRecord:
+        version, max_pools, m1, flags, weight, cap, m2 = _TMEM_HEAD.unpack(
+            self._read(_TMEM_HEAD.size, "tmem.header")
+        )
+        if m1 != _U32_ALL_ONES or m2 != _U32_ALL_ONES:
+            self._malformed(
+                "tmem: missing 0xffffffff field marker",
+                "tmem.marker",
+                m1 if m1 != _U32_ALL_ONES else m2,
+            )
+        pools: list[TmemPool] = []
+        while True:
+            pool_id = self._u32("tmem.pool_id")
+            if pool_id == _U32_ALL_ONES:
+                break
+            _, pflags, n_pages, uuid0, uuid1 = _TMEM_POOL.unpack(
+                _U32.pack(pool_id) + self._read(_TMEM_POOL.size - 4, "tmem.pool")
+            )
+            shift = (pflags >> F.TMEM_POOL_PAGESIZE_SHIFT) & F.TMEM_POOL_PAGESIZE_MASK
+            pagesize = F.PAGE_SIZE << shift
+            pages: list[TmemPage] = []
+            terminated = False
+            for _ in range(n_pages):
+                oid = _OID.unpack(self._read(_OID.size, "tmem.page_oid"))
+                if oid[0] == _U64_ALL_ONES:  # xc_tmem_restore only tests oid[0]
+                    terminated = True
+                    break
+                index = self._u32("tmem.page_index")
+                data = self._read(pagesize, "tmem.page_data")
+                pages.append(TmemPage(oid=oid, index=index, data=data))
+            pools.append(
+                TmemPool(
+                    pool_id=pool_id,
+                    flags=pflags,
+                    n_pages=n_pages,
+                    uuid=(uuid0, uuid1),
+                    pages=tuple(pages),
+                    terminated=terminated,
+                )
+            )
+        return TmemRecord(
+            offset=self._start,
+            index=self._emit(),
+            version=version,
+            max_pools=max_pools,
+            client_flags=flags,
+            weight=weight,
+            cap=cap,
+            pools=tuple(pools),
+        )
+
+    def _read_tmem_extra(self) -> TmemExtra:
+        entries: list[TmemExtraEntry] = []
+        while True:
+            pool_id = self._u32("tmem_extra.pool_id")
+            if pool_id == _U32_ALL_ONES:
+                break
+            _, o0, o1, o2, index = _TMEM_EXTRA.unpack(
+                _U32.pack(pool_id) + self._read(_TMEM_EXTRA.size - 4, "tmem_extra.entry")
+            )
+            entries.append(TmemExtraEntry(pool_id=pool_id, oid=(o0, o1, o2), index=index))
+        return TmemExtra(offset=self._start, index=self._emit(), entries=tuple(entries))
+
+    # -- tails (§7) -----------------------------------------------------------------
 
     def read_tail(self, *, vcpu_info: VcpuInfo | None = None) -> PvTail | HvmTail:
         """The PV or HVM tail; a PV tail is sized by ``vcpu_info`` (default {vcpu0})."""
-        raise NotImplementedError
+        if self.guest == "hvm":
+            return self._read_hvm_tail()
+        return self._read_pv_tail(vcpu_info)
+
+    def _read_pv_tail(self, vcpu_info: VcpuInfo | None) -> PvTail:
+        w = self._w
+        start = self._begin("pv_tail")
+        n = self._u32("pv_tail.pfn_count")
+        if n > F.MAX_UNMAPPED_PFNS:
+            self._malformed(f"PV tail: {n} unmapped pfns (more than 2^28)", "pv_tail.pfn_count", n)
+        raw = self._read(n * w, "pv_tail.pfns")
+        unmapped = np.frombuffer(raw, dtype="<u4" if w == 4 else "<u8").tolist()
+        ext = self.ext_info
+        ctx_size = (
+            F.VCPU_CONTEXT_SIZE_32 if (self.guest_width or w) == 4 else F.VCPU_CONTEXT_SIZE_64
+        )
+        extv = ext is not None and ext.extv
+        xcnt = ext.xcnt if ext is not None else None
+        online = vcpu_info.online_vcpus() if vcpu_info is not None else [0]
+        vcpus: list[VcpuState] = []
+        for vcpu_id in online:
+            context = self._read(ctx_size, "pv_tail.vcpu_context")
+            ext_ctx = self._read(F.EXT_VCPU_CONTEXT_SIZE, "pv_tail.vcpu_ext") if extv else None
+            xsave = None
+            if xcnt is not None:
+                mask, size = _XSAVE_HEAD.unpack(
+                    self._read(_XSAVE_HEAD.size, "pv_tail.xsave_header")
+                )
+                if size != xcnt - _XSAVE_HEAD.size:
+                    self._malformed(
+                        f"PV tail: vcpu {vcpu_id} xsave size {size}, the xcnt "
+                        f"block says {xcnt - _XSAVE_HEAD.size}",
+                        "pv_tail.xsave_size",
+                        size,
+                    )
+                xsave = XsaveRecord(xfeature_mask=mask, data=self._read(size, "pv_tail.xsave"))
+            vcpus.append(VcpuState(vcpu_id=vcpu_id, context=context, ext=ext_ctx, xsave=xsave))
+        shared = self._read(F.SHARED_INFO_SIZE, "pv_tail.shared_info")
+        return PvTail(
+            offset=start,
+            index=self._emit(),
+            unmapped=tuple(unmapped),
+            vcpus=tuple(vcpus),
+            shared_info=shared,
+        )
+
+    def _read_hvm_tail(self) -> HvmTail:
+        start = self._begin("hvm_tail")
+        ioreq, bufioreq, store, n = _HVM_TAIL.unpack(
+            self._read(_HVM_TAIL.size - 4, "hvm_tail.magic_pfns")
+            + self._read(4, "hvm_tail.context_length")
+        )
+        context = self._read(n, "hvm_tail.context")
+        return HvmTail(
+            offset=start,
+            index=self._emit(),
+            ioreq_pfn=ioreq,
+            bufioreq_pfn=bufioreq,
+            store_pfn=store,
+            context=context,
+        )
+
+    # -- after the libxc image (§8.1) ------------------------------------------------
+
+    def qemu_signature_ahead(self) -> bytes | None:
+        """The QEMU record signature the next bytes start with, if any (peek only)."""
+        head = self.source.peek(len(F.XENSERVER_QEMU_SIG))
+        if head == F.XENSERVER_QEMU_SIG:
+            return F.XENSERVER_QEMU_SIG
+        sig = head[: F.QEMU_SIGNATURE_LEN]
+        return sig if sig in _QEMU_SIGNATURES else None
 
     def read_qemu_record(self) -> QemuRecord | None:
         """A QEMU record if one of the known signatures starts here, else ``None``."""
-        raise NotImplementedError
+        sig = self.qemu_signature_ahead()
+        if sig is None:
+            return None
+        start = self._begin("qemu")
+        self._read(len(sig), "qemu.signature")
+        if sig == F.QEMU_SIG_TO_EOF:
+            try:
+                data = self.source.read_to_eof(field="qemu.data")
+            except StreamTruncated as e:
+                raise self._truncated(e, "qemu.data") from None
+        else:
+            raw = self._read(4, "qemu.length")
+            n = int.from_bytes(raw, "big" if sig == F.XENSERVER_QEMU_SIG else "little")
+            data = self._read(n, "qemu.data")
+            if sig == F.XENSERVER_QEMU_SIG:
+                self.framing = framing.FRAMING_XENSERVER_CLASSIC
+        return QemuRecord(offset=start, index=self._emit(), signature=sig, data=data)
+
+    # -- the whole grammar ---------------------------------------------------------
 
     def records(self) -> Iterator[Record]:
-        """The whole stream as records, in wire order."""
-        raise NotImplementedError
+        """The whole stream as records, in wire order.
+
+        After each tail the next bytes decide (look-ahead only): EOF ends the
+        stream; a QEMU signature is a QEMU record; after -9 anything else is a
+        ``Trailer``; otherwise a valid chunk header starts the next checkpoint
+        (Remus: body+tail repeated, format B once -13 was seen in checkpoint 1)
+        and anything else is a ``Trailer``.
+        """
+        hdr = self.read_framing()
+        if hdr is not None:
+            yield hdr
+        yield self.read_header()
+        if self.guest == "pv":
+            ext = self.read_pv_ext_info()
+            if ext is not None:
+                yield ext
+            yield self.read_p2m_frame_list()
+        vcpu_info: VcpuInfo | None = None
+        number = 0
+        compressed = False
+        while True:
+            yield CheckpointBegin(
+                offset=self.source.offset, index=self._emit(), number=number, compressed=compressed
+            )
+            while True:
+                rec = self.read_chunk(compressed=compressed)
+                yield rec
+                if isinstance(rec, VcpuInfo):
+                    vcpu_info = rec
+                elif isinstance(rec, EndOfBody):
+                    break
+            yield self.read_tail(vcpu_info=vcpu_info)
+            compressed = self.compression_enabled
+            if self.source.at_eof():
+                return
+            qemu = self.read_qemu_record()
+            if qemu is not None:
+                yield qemu
+                if self.source.at_eof():
+                    return
+            if not self.last_checkpoint:
+                head = self.source.peek(4)
+                if len(head) == 4 and framing.is_chunk_header(_I32.unpack(head)[0]):
+                    number += 1
+                    continue
+            start = self._begin("trailer")
+            data = self.source.read_to_eof(field="trailer")
+            yield Trailer(offset=start, index=self._emit(), data=data)
+            return
+
+
+def _block_name(block_id: bytes) -> str:
+    """A printable name for an ext-info block id, for error fields."""
+    text = block_id.decode("ascii", "replace")
+    return text if text.isalnum() else block_id.hex()

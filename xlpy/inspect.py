@@ -1,0 +1,196 @@
+"""Summarise a legacy stream: what it contains and, when damaged, exactly where it stops.
+
+Inspection keeps everything read before a fault (hachoir-style) instead of
+discarding it: the summary of a damaged stream lists the complete and the
+partial checkpoints and carries the error with its offset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from xlpy.errors import StreamError
+from xlpy.stream.legacy import format as F
+from xlpy.stream.legacy.reader import LegacyReader, data_bearing_count
+from xlpy.stream.legacy.records import (
+    CheckpointBegin,
+    HvmTail,
+    P2mFrameList,
+    PageBatch,
+    PvExtInfo,
+    PvTail,
+    QemuRecord,
+    StreamHeader,
+    Trailer,
+    chunk_id_of,
+)
+from xlpy.stream.source import ByteSource
+
+
+@dataclass(slots=True)
+class CheckpointSummary:
+    """Counts for one checkpoint (body + tail + its QEMU record)."""
+
+    offset: int
+    compressed: bool
+    batches: int = 0
+    entries: int = 0
+    pages: int = 0
+    chunks: dict[str, int] = field(default_factory=dict)
+    last_checkpoint: bool = False
+    tail: bool = False
+    qemu: QemuRecord | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "offset": self.offset,
+            "batches": self.batches,
+            "entries": self.entries,
+            "pages": self.pages,
+            "compressed": self.compressed,
+            "chunks": dict(self.chunks),
+            "last_checkpoint": self.last_checkpoint,
+            "qemu": None
+            if self.qemu is None
+            else {
+                "signature": self.qemu.signature.decode("ascii", "replace"),
+                "length": len(self.qemu.data),
+            },
+        }
+
+
+@dataclass(slots=True)
+class Summary:
+    """What :func:`inspect_stream` found; ``error`` is where reading stopped, if it did."""
+
+    framing: str = "bare"
+    guest: str | None = None
+    width: int | None = None
+    guest_width: int | None = None
+    p2m_size: int | None = None
+    ext_info: tuple[str, ...] | None = None
+    p2m_frames: int | None = None
+    checkpoints: list[CheckpointSummary] = field(default_factory=list)
+    trailer: Trailer | None = None
+    end_offset: int = 0
+    error: StreamError | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Read to the end without error, with at least one whole checkpoint."""
+        return self.error is None and bool(self.checkpoints) and self.checkpoints[0].tail
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``xlpy inspect --json`` object."""
+        return {
+            "format": "legacy",
+            "framing": self.framing,
+            "guest": self.guest,
+            "width": self.width,
+            "guest_width": self.guest_width,
+            "p2m_size": self.p2m_size,
+            "complete": self.complete,
+            "error": None
+            if self.error is None
+            else {
+                "kind": self.error.kind,
+                "offset": self.error.offset,
+                "message": str(self.error),
+            },
+            "checkpoints": [c.to_json() for c in self.checkpoints],
+            "trailer": None
+            if self.trailer is None
+            else {"offset": self.trailer.offset, "length": len(self.trailer.data)},
+            "end_offset": self.end_offset,
+        }
+
+
+def inspect_stream(
+    source: ByteSource, *, width: int | None = None, guest: str | None = None
+) -> Summary:
+    """Read the whole stream from ``source`` and summarise it.
+
+    Stream errors end up in ``Summary.error``; a :class:`~xlpy.errors.UsageError`
+    (guest type undecidable and not given) propagates.
+    """
+    reader = LegacyReader(source, width=width, guest=guest, reuse_buffers=True)
+    summary = Summary()
+    cp: CheckpointSummary | None = None
+    try:
+        for rec in reader.records():
+            if isinstance(rec, PageBatch):
+                assert cp is not None
+                cp.batches += 1
+                cp.entries += rec.count
+                if rec.data is None:
+                    cp.pages += data_bearing_count(rec.entries, rec.width)
+                else:
+                    cp.pages += len(rec.data) // F.PAGE_SIZE
+            elif (cid := chunk_id_of(rec)) is not None:
+                assert cp is not None
+                name = F.CHUNK_NAMES[cid]
+                cp.chunks[name] = cp.chunks.get(name, 0) + 1
+                if cid == F.XC_SAVE_ID_LAST_CHECKPOINT:
+                    cp.last_checkpoint = True
+            elif isinstance(rec, CheckpointBegin):
+                cp = CheckpointSummary(offset=rec.offset, compressed=rec.compressed)
+                summary.checkpoints.append(cp)
+            elif isinstance(rec, StreamHeader):
+                summary.width = reader.width
+                summary.guest = reader.guest
+                summary.p2m_size = rec.p2m_size
+                summary.guest_width = reader.guest_width
+            elif isinstance(rec, PvExtInfo):
+                summary.ext_info = tuple(b.block_id.decode("ascii", "replace") for b in rec.blocks)
+                summary.guest_width = reader.guest_width
+            elif isinstance(rec, P2mFrameList):
+                summary.p2m_frames = len(rec.entries)
+            elif isinstance(rec, QemuRecord):
+                if cp is not None:
+                    cp.qemu = rec
+            elif isinstance(rec, Trailer):
+                summary.trailer = rec
+            elif isinstance(rec, PvTail | HvmTail):
+                assert cp is not None
+                cp.tail = True
+    except StreamError as e:
+        summary.error = e
+    summary.framing = reader.framing
+    summary.end_offset = source.offset
+    return summary
+
+
+def render_text(s: Summary) -> str:
+    """The human-readable ``xlpy inspect`` report."""
+    lines = []
+    bits = f"{s.width * 8}-bit toolstack (W={s.width})" if s.width else "width unknown"
+    guest = s.guest.upper() if s.guest else "unknown"
+    if s.guest == "pv" and s.guest_width:
+        guest += f" {s.guest_width * 8}-bit"
+    p2m = f"p2m_size {s.p2m_size} ({s.p2m_size:#x})" if s.p2m_size is not None else "no header"
+    lines.append(f"legacy stream, framing {s.framing}, {guest} guest, {bits}, {p2m}")
+    if s.ext_info is not None:
+        lines.append(f"  ext-info blocks: {' '.join(s.ext_info) or '(none)'}")
+    if s.p2m_frames is not None:
+        lines.append(f"  p2m frame list: {s.p2m_frames} entries")
+    for n, c in enumerate(s.checkpoints):
+        fmt = "format B (compressed)" if c.compressed else "format A"
+        lines.append(
+            f"checkpoint {n} at offset {c.offset}: {c.batches} batches, {c.entries} entries, "
+            f"{c.pages} pages, {fmt}"
+        )
+        if c.chunks:
+            lines.append("  chunks: " + ", ".join(f"{k} {v}" for k, v in c.chunks.items()))
+        if c.qemu is not None:
+            sig = c.qemu.signature.decode("ascii", "replace").strip()
+            lines.append(f"  qemu: {sig}, {len(c.qemu.data)} bytes at offset {c.qemu.offset}")
+        if not c.tail:
+            lines.append("  (no tail)")
+    if s.trailer is not None:
+        lines.append(f"trailer: {len(s.trailer.data)} bytes at offset {s.trailer.offset}")
+    if s.error is not None:
+        lines.append(f"ERROR ({s.error.kind}): {s.error}")
+    else:
+        lines.append(f"complete: {s.end_offset} bytes" if s.complete else "incomplete")
+    return "\n".join(lines)
