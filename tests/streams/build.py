@@ -110,7 +110,9 @@ def pv_tail(
     return b"".join(out)
 
 
-def hvm_tail(context: bytes = b"HVMCTX", pfns: tuple[int, int, int] = (0xFEFFE, 0xFEFFD, 0xFEFFC)) -> bytes:
+def hvm_tail(
+    context: bytes = b"HVMCTX", pfns: tuple[int, int, int] = (0xFEFFE, 0xFEFFD, 0xFEFFC)
+) -> bytes:
     return b"".join(u64(p) for p in pfns) + u32(len(context)) + context
 
 
