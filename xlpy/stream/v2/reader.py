@@ -1,0 +1,198 @@
+"""Pull-based reader of migration v2 streams over a :class:`ByteSource`.
+
+Handles a bare libxc image, a libxl stream (the libxc image embedded after
+its LIBXC_CONTEXT record) and an ``xl save`` file (xl header, then libxl or
+libxc depending on the STREAMv2 mandatory flag).  It frames the stream and
+nothing more: every header and record is yielded as read, and judging the
+values is the verifier's job (:mod:`xlpy.stream.v2.verify`), so one reader
+serves the strict and tolerant verifiers, the converter and the receiver.
+
+Checkpointed libxl streams interleave the layers: after a libxc CHECKPOINT
+record libxl reads its own records up to CHECKPOINT_END, then hands the
+stream back to libxc.  The reader follows the same switch.
+
+Never seeks; stops right after the outermost END record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from xlpy.errors import StreamError, StreamMalformed
+from xlpy.stream.legacy.format import XL_MAGIC, XL_MANDATORY_FLAG_STREAMv2
+from xlpy.stream.legacy.records import XlHeader
+from xlpy.stream.source import ByteSource
+from xlpy.stream.v2 import format as F
+from xlpy.stream.v2.records import (
+    LIBXC,
+    LIBXL,
+    DomainHeader,
+    Element,
+    ImageHeader,
+    LibxlHeader,
+    V2Record,
+)
+
+FORMATS = (LIBXC, LIBXL)
+_LIBXL_MAGIC = F.LIBXL_HDR_IDENT.to_bytes(8, "big")
+_LIBXC_MAGIC = F.IHDR_MARKER.to_bytes(8, "big")
+
+
+def detect(source: ByteSource) -> tuple[bool, str | None]:
+    """(has xl header, format or ``None`` when the xl flags decide) from the first bytes."""
+    head = source.peek(len(XL_MAGIC))
+    if head == XL_MAGIC:
+        return True, None
+    if head[:8] == _LIBXL_MAGIC:
+        return False, LIBXL
+    if head[:8] == _LIBXC_MAGIC:
+        return False, LIBXC
+    raise StreamMalformed(
+        "not a migration v2 stream: no xl header, libxl ident or libxc marker",
+        offset=source.offset,
+        field="header",
+        value=int.from_bytes(head[:8].ljust(8, b"\0"), "big"),
+    )
+
+
+class V2Reader:
+    """Yields the elements of one v2 stream; see :meth:`elements`.
+
+    ``xl``: ``True`` expects an xl header, ``False`` forbids one, ``None``
+    detects.  ``fmt`` (``"libxc"``/``"libxl"``) overrides detection and the xl
+    STREAMv2 flag.  After iteration :attr:`framing` is ``"xl"`` or ``"bare"``
+    and :attr:`format` the format read; :attr:`records` counts records.
+    """
+
+    def __init__(self, source: ByteSource, *, xl: bool | None = None, fmt: str | None = None):
+        if fmt is not None and fmt not in FORMATS:
+            raise ValueError(f"unknown v2 format {fmt!r}")
+        self.source = source
+        self._xl = xl
+        self.format = fmt
+        self.framing = "xl" if xl else "bare"
+        self.records = 0
+
+    # -- elements ------------------------------------------------------------
+
+    def elements(self) -> Iterator[Element | XlHeader]:
+        """Headers and records in stream order, up to and including the outer END.
+
+        Raises :class:`~xlpy.errors.StreamTruncated` at EOF inside an element
+        and :class:`~xlpy.errors.StreamMalformed` where the stream cannot be
+        framed (wrong xl magic, record longer than libxc's 128 MiB limit).
+        """
+        xl, fmt = self._xl, self.format
+        if xl is None:
+            xl = self.source.peek(len(XL_MAGIC)) == XL_MAGIC
+        if not xl and fmt is None:
+            fmt = detect(self.source)[1]
+        if xl:
+            self.framing = "xl"
+            hdr = self.read_xl_header()
+            yield hdr
+            if fmt is None:
+                fmt = LIBXL if hdr.mandatory_flags & XL_MANDATORY_FLAG_STREAMv2 else LIBXC
+        self.format = fmt or LIBXC
+        if self.format == LIBXL:
+            yield from self._libxl()
+        else:
+            yield from self._libxc(in_libxl=False)
+
+    def _libxl(self) -> Iterator[Element]:
+        yield self.read_libxl_header()
+        while True:
+            rec = self.read_record(LIBXL)
+            yield rec
+            if rec.type == F.REC_TYPE_LIBXL_END:
+                return
+            if rec.type == F.REC_TYPE_LIBXC_CONTEXT:
+                yield from self._libxc(in_libxl=True)
+
+    def _libxc(self, *, in_libxl: bool) -> Iterator[Element]:
+        yield self.read_image_header()
+        yield self.read_domain_header()
+        while True:
+            rec = self.read_record(LIBXC)
+            yield rec
+            if rec.type == F.REC_TYPE_END:
+                return
+            if rec.type == F.REC_TYPE_CHECKPOINT and in_libxl:
+                yield from self._libxl_checkpoint()
+
+    def _libxl_checkpoint(self) -> Iterator[Element]:
+        while True:
+            rec = self.read_record(LIBXL)
+            yield rec
+            if rec.type in (F.REC_TYPE_CHECKPOINT_END, F.REC_TYPE_LIBXL_END):
+                return
+
+    # -- single elements ----------------------------------------------------------
+
+    def read_xl_header(self) -> XlHeader:
+        src = self.source
+        off = src.offset
+        raw = src.read_exact(F.XL_HEADER_SIZE, field="xl_header")
+        if raw[: len(XL_MAGIC)] != XL_MAGIC:
+            raise StreamMalformed("no xl header: wrong magic", offset=off, field="xl_header.magic")
+        _order, mflags, oflags, optlen = F.XL_HEADER_FORMAT.unpack_from(raw, len(XL_MAGIC))
+        opt = src.read_exact(optlen, field="xl_header.optional_data")
+        return XlHeader(
+            offset=off,
+            mandatory_flags=mflags,
+            optional_flags=oflags,
+            optional_data=opt,
+        )
+
+    def read_libxl_header(self) -> LibxlHeader:
+        off = self.source.offset
+        raw = self.source.read_exact(F.LIBXL_HDR_SIZE, field="libxl_header")
+        ident, version, options = F.LIBXL_HDR_FORMAT.unpack(raw)
+        return LibxlHeader(offset=off, ident=ident, version=version, options=options)
+
+    def read_image_header(self) -> ImageHeader:
+        off = self.source.offset
+        raw = self.source.read_exact(F.IHDR_SIZE, field="image_header")
+        marker, ident, version, options, r1, r2 = F.IHDR_FORMAT.unpack(raw)
+        return ImageHeader(
+            offset=off,
+            marker=marker,
+            id=ident,
+            version=version,
+            options=options,
+            reserved1=r1,
+            reserved2=r2,
+        )
+
+    def read_domain_header(self) -> DomainHeader:
+        off = self.source.offset
+        raw = self.source.read_exact(F.DHDR_SIZE, field="domain_header")
+        gtype, shift, res, major, minor = F.DHDR_FORMAT.unpack(raw)
+        return DomainHeader(
+            offset=off, type=gtype, page_shift=shift, reserved=res, xen_major=major, xen_minor=minor
+        )
+
+    def read_record(self, layer: str) -> V2Record:
+        """One record of ``layer``'s numbering; the length is checked before allocating."""
+        src = self.source
+        off = src.offset
+        index = self.records
+        try:
+            rtype, length = F.RHDR_FORMAT.unpack(src.read_exact(F.RHDR_SIZE, field="record.header"))
+            if length > F.REC_LENGTH_MAX:
+                raise StreamMalformed(
+                    f"record length {length} exceeds the maximum {F.REC_LENGTH_MAX}",
+                    offset=off,
+                    field="record.length",
+                    value=length,
+                )
+            body = src.read_exact(length, field="record.body")
+            padding = src.read_exact(F.padding_for(length), field="record.padding")
+        except StreamError as e:
+            if e.record is None:
+                e.record = index
+            raise
+        self.records += 1
+        return V2Record(
+            offset=off, index=index, layer=layer, type=rtype, body=body, padding=padding
+        )

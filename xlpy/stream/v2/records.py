@@ -1,0 +1,272 @@
+"""Typed elements of a migration v2 stream.
+
+The reader yields headers and :class:`V2Record` objects (one per record, raw
+body kept as bytes); :meth:`V2Record.decode` gives the typed body for the
+records whose layout the spec fixes.  Page data stays one buffer per record and
+the pfn entries one numpy array: never one Python object per page.
+
+Every element carries ``offset`` (absolute byte offset of its first byte, xl
+header included) and ``index`` (0-based position among records; headers use
+-1); both are excluded from equality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from xlpy.errors import StreamMalformed
+from xlpy.stream.v2 import format as F
+
+#: Which record numbering a record belongs to.
+LIBXC = "libxc"
+LIBXL = "libxl"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Element:
+    offset: int = field(default=-1, compare=False)
+    index: int = field(default=-1, compare=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageHeader(Element):
+    """libxc image header (24 bytes, big-endian)."""
+
+    marker: int = F.IHDR_MARKER
+    id: int = F.IHDR_ID
+    version: int = 3
+    options: int = 0
+    reserved1: int = 0
+    reserved2: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DomainHeader(Element):
+    """libxc domain header (16 bytes); ``xen_major == 0`` marks a converted legacy image."""
+
+    type: int = F.DHDR_TYPE_X86_PV
+    page_shift: int = F.PAGE_SHIFT
+    reserved: int = 0
+    xen_major: int = 0
+    xen_minor: int = 0
+
+    @property
+    def type_name(self) -> str:
+        return F.DHDR_TYPE_NAMES.get(self.type, "Reserved")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LibxlHeader(Element):
+    """libxl stream header (16 bytes, big-endian)."""
+
+    ident: int = F.LIBXL_HDR_IDENT
+    version: int = F.LIBXL_HDR_VERSION
+    options: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class V2Record(Element):
+    """One record: ``layer`` is ``"libxc"`` or ``"libxl"`` (which type numbering applies)."""
+
+    layer: str = LIBXC
+    type: int = 0
+    body: bytes = b""
+    #: The padding bytes as read (all zero in a well-formed stream).
+    padding: bytes = b""
+
+    @property
+    def length(self) -> int:
+        return len(self.body)
+
+    @property
+    def name(self) -> str:
+        names = F.LIBXC_REC_NAMES if self.layer == LIBXC else F.LIBXL_REC_NAMES
+        if self.type & F.REC_TYPE_OPTIONAL:
+            return f"optional 0x{self.type:08x}"
+        return names.get(self.type, f"reserved 0x{self.type:08x}")
+
+    def decode(self) -> object:
+        """The typed body (:class:`PageData`, :class:`X86PvInfo`, ...) or the record itself.
+
+        Raises :class:`~xlpy.errors.StreamMalformed` when the body is too short
+        for its fixed part.
+        """
+        decoder = (_LIBXC_DECODERS if self.layer == LIBXC else _LIBXL_DECODERS).get(self.type)
+        return self if decoder is None else decoder(self)
+
+
+# --- typed bodies ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PageData:
+    """A PAGE_DATA batch: raw u64 entries (type nibble in bits 60-63) and the pages."""
+
+    count: int
+    reserved: int
+    entries: npt.NDArray[np.uint64]
+    pages: memoryview
+
+    @property
+    def pfns(self) -> npt.NDArray[np.uint64]:
+        return self.entries & np.uint64(F.PAGE_DATA_PFN_MASK)
+
+    @property
+    def type_nibbles(self) -> npt.NDArray[np.uint64]:
+        return self.entries >> np.uint64(F.PAGE_DATA_TYPE_SHIFT)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class X86PvInfo:
+    guest_width: int
+    pt_levels: int
+    reserved1: int = 0
+    reserved2: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class X86PvP2mFrames:
+    p2m_start_pfn: int
+    p2m_end_pfn: int
+    pfns: npt.NDArray[np.uint64]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class X86PvVcpu:
+    """X86_PV_VCPU_{BASIC,EXTENDED,XSAVE,MSRS}: a vcpu header and an opaque blob."""
+
+    vcpu_id: int
+    reserved: int
+    context: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TscInfo:
+    mode: int
+    khz: int
+    nsec: int
+    incarnation: int
+    reserved: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HvmParams:
+    reserved: int
+    params: list[tuple[int, int]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmulatorRecord:
+    """EMULATOR_XENSTORE_DATA or EMULATOR_CONTEXT: emulator header + data."""
+
+    emulator_id: int
+    emulator_index: int
+    data: bytes
+
+
+def _short(rec: V2Record, need: int, what: str) -> StreamMalformed:
+    return StreamMalformed(
+        f"{rec.name} record body is {rec.length} bytes, {what} needs {need}",
+        offset=rec.offset,
+        record=rec.index,
+        field=f"{rec.name}.length",
+        value=rec.length,
+    )
+
+
+def _page_data(rec: V2Record) -> PageData:
+    hdr = F.PAGE_DATA_HDR_FORMAT.size
+    if rec.length < hdr:
+        raise _short(rec, hdr, "the PAGE_DATA header")
+    count, res = F.PAGE_DATA_HDR_FORMAT.unpack_from(rec.body)
+    if rec.length < hdr + 8 * count:
+        raise _short(rec, hdr + 8 * count, f"{count} pfn entries")
+    entries = np.frombuffer(rec.body, dtype="<u8", count=count, offset=hdr).astype(np.uint64)
+    pages = memoryview(rec.body)[hdr + 8 * count :]
+    return PageData(count=count, reserved=res, entries=entries, pages=pages)
+
+
+def _pv_info(rec: V2Record) -> X86PvInfo:
+    if rec.length < F.X86_PV_INFO_FORMAT.size:
+        raise _short(rec, F.X86_PV_INFO_FORMAT.size, "X86_PV_INFO")
+    w, lv, r1, r2 = F.X86_PV_INFO_FORMAT.unpack_from(rec.body)
+    return X86PvInfo(guest_width=w, pt_levels=lv, reserved1=r1, reserved2=r2)
+
+
+def _p2m_frames(rec: V2Record) -> X86PvP2mFrames:
+    if rec.length < 8:
+        raise _short(rec, 8, "X86_PV_P2M_FRAMES")
+    start, end = F.X86_PV_P2M_FRAMES_FORMAT.unpack_from(rec.body)
+    n = (rec.length - 8) // 8
+    pfns = np.frombuffer(rec.body, dtype="<u8", count=n, offset=8).astype(np.uint64)
+    return X86PvP2mFrames(p2m_start_pfn=start, p2m_end_pfn=end, pfns=pfns)
+
+
+def _vcpu(rec: V2Record) -> X86PvVcpu:
+    if rec.length < 8:
+        raise _short(rec, 8, "the vcpu header")
+    vid, res = F.X86_PV_VCPU_HDR_FORMAT.unpack_from(rec.body)
+    return X86PvVcpu(vcpu_id=vid, reserved=res, context=rec.body[8:])
+
+
+def _tsc(rec: V2Record) -> TscInfo:
+    if rec.length < F.X86_TSC_INFO_FORMAT.size:
+        raise _short(rec, F.X86_TSC_INFO_FORMAT.size, "TSC_INFO")
+    mode, khz, nsec, inc, res = F.X86_TSC_INFO_FORMAT.unpack_from(rec.body)
+    return TscInfo(mode=mode, khz=khz, nsec=nsec, incarnation=inc, reserved=res)
+
+
+def _hvm_params(rec: V2Record) -> HvmParams:
+    if rec.length < 8:
+        raise _short(rec, 8, "the HVM_PARAMS header")
+    count, res = F.HVM_PARAMS_FORMAT.unpack_from(rec.body)
+    if rec.length < 8 + 16 * count:
+        raise _short(rec, 8 + 16 * count, f"{count} HVM params")
+    params = [F.HVM_PARAMS_ENTRY_FORMAT.unpack_from(rec.body, 8 + 16 * i) for i in range(count)]
+    return HvmParams(reserved=res, params=params)
+
+
+def _emulator(rec: V2Record) -> EmulatorRecord:
+    if rec.length < 8:
+        raise _short(rec, 8, "the emulator header")
+    eid, idx = F.EMULATOR_HEADER_FORMAT.unpack_from(rec.body)
+    return EmulatorRecord(emulator_id=eid, emulator_index=idx, data=rec.body[8:])
+
+
+_LIBXC_DECODERS = {
+    F.REC_TYPE_PAGE_DATA: _page_data,
+    F.REC_TYPE_X86_PV_INFO: _pv_info,
+    F.REC_TYPE_X86_PV_P2M_FRAMES: _p2m_frames,
+    F.REC_TYPE_X86_PV_VCPU_BASIC: _vcpu,
+    F.REC_TYPE_X86_PV_VCPU_EXTENDED: _vcpu,
+    F.REC_TYPE_X86_PV_VCPU_XSAVE: _vcpu,
+    F.REC_TYPE_X86_PV_VCPU_MSRS: _vcpu,
+    F.REC_TYPE_X86_TSC_INFO: _tsc,
+    F.REC_TYPE_HVM_PARAMS: _hvm_params,
+}
+_LIBXL_DECODERS = {
+    F.REC_TYPE_EMULATOR_XENSTORE_DATA: _emulator,
+    F.REC_TYPE_EMULATOR_CONTEXT: _emulator,
+}
+
+
+def page_entries(pfns: npt.ArrayLike, types: npt.ArrayLike | None = None) -> npt.NDArray[np.uint64]:
+    """PAGE_DATA entries from pfns and XEN_DOMCTL_PFINFO_* types (u32, bits 28-31).
+
+    Legacy batch entries carry the same u32 type in bits 28-31, so a converter
+    passes ``entries & 0x0fffffff`` and ``entries & 0xf0000000``.
+    """
+    out = np.asarray(pfns, dtype=np.uint64) & np.uint64(F.PAGE_DATA_PFN_MASK)
+    if types is not None:
+        t = np.asarray(types, dtype=np.uint64) & np.uint64(0xF << F.XEN_DOMCTL_PFINFO_LTAB_SHIFT)
+        out = out | (t << np.uint64(F.PFINFO_SHIFT_IN_ENTRY))
+    return out
+
+
+def data_pages_in(entries: npt.NDArray[np.uint64]) -> int:
+    """How many entries carry a page of data (NOTAB, L1-L4, pinned L1-L4)."""
+    nib = (entries >> np.uint64(F.PAGE_DATA_TYPE_SHIFT)).astype(np.uint8)
+    return int(np.count_nonzero((nib <= 4) | ((nib >= 9) & (nib <= 0xC))))
