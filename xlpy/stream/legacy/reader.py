@@ -172,8 +172,10 @@ class LegacyReader:
             raise self._truncated(e, field) from None
 
     def _truncated(self, e: StreamTruncated, field: str) -> StreamTruncated:
+        # The source is at EOF: whatever it still buffers is all there is.
+        end = self.source.offset + len(self.source.peek(_MAX_PAGE_BYTES))
         return StreamTruncated(
-            f"{e.message} (at offset {e.offset})",
+            f"{e.message}; the stream ends at offset {end}",
             offset=self._start,
             record=self._index,
             field=field,
