@@ -1,0 +1,72 @@
+"""The reference receiver: libxc's legacy restore for every receiver generation.
+
+:func:`restore` is the entry point: a legacy stream in, a restored (simulated) domain
+out, with libxc's messages and the spec's outcome facts (§10-§13 of legacy-stream.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from xlpy.receiver.backends import (
+    Backend,
+    ProgressFn,
+    RestoreRequest,
+    RestoreResult,
+    get_backend,
+)
+from xlpy.receiver.generations import GENERATIONS, Generation, generation
+from xlpy.receiver.toolstacks import DEFAULT_TOOLSTACK, TOOLSTACKS, Toolstack, toolstack
+from xlpy.stream.source import ByteSource
+
+__all__ = [
+    "GENERATIONS",
+    "TOOLSTACKS",
+    "Backend",
+    "Generation",
+    "RestoreRequest",
+    "RestoreResult",
+    "Toolstack",
+    "generation",
+    "get_backend",
+    "restore",
+    "toolstack",
+]
+
+
+def restore(
+    source: ByteSource | int | BinaryIO,
+    *,
+    generation: str,
+    out: str | os.PathLike[str],
+    checkpointed: int | None = None,
+    toolstack: str = DEFAULT_TOOLSTACK,
+    heartbeat: float = 1.0,
+    progress: ProgressFn | None = None,
+    guest: str | None = None,
+    width: int | None = None,
+    backend: str = "sim",
+) -> RestoreResult:
+    """Restore a legacy stream as receiver ``generation`` would, into directory ``out``.
+
+    ``source`` is a :class:`ByteSource`, a descriptor or a binary file (pipes and
+    sockets work; nothing is seeked).  ``checkpointed`` is libxc's
+    ``checkpointed_stream`` (``None``: the toolstack's default; only R-fix generations
+    take it).  ``heartbeat`` is libxc's 1 s select timeout after the first checkpoint.
+    Stream problems are reported in the result (``ok``, ``rc``, ``messages``,
+    ``error``), never raised; a bad argument raises :class:`~xlpy.errors.UsageError`.
+    """
+    src = source if isinstance(source, ByteSource) else ByteSource(source)
+    request = RestoreRequest(
+        generation=generation,
+        out=Path(out),
+        toolstack=toolstack,
+        checkpointed=checkpointed,
+        heartbeat=heartbeat,
+        progress=progress,
+        guest=guest,
+        width=width,
+    )
+    return get_backend(backend).restore(src, request)

@@ -1,0 +1,139 @@
+"""Restore backends: what a restore is asked to do and what it reports.
+
+Two layers, so a real ``xc_domain_restore`` can replace the emulation whole:
+
+* :class:`Backend` takes a stream and a :class:`RestoreRequest` and returns a
+  :class:`RestoreResult`.  The embedded ``sim`` backend runs the reference state machine
+  (:mod:`xlpy.receiver.machine`) into a :class:`~xlpy.receiver.backends.sim.SimDomain`;
+  a libxc backend would hand the descriptor to libxenguest instead.
+* :class:`Domain` is what the state machine writes a guest into (pages, parameters,
+  the final tail); the simulated domain directory implements it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from xlpy.errors import StreamError
+from xlpy.stream.source import ByteSource
+
+#: Progress callback: one dict with ``bytes``, ``pages``, ``checkpoint``, ``phase``.
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreRequest:
+    """A restore as a toolstack asks for it."""
+
+    #: Receiver generation, e.g. ``"xen-4.3.1"`` (:mod:`xlpy.receiver.generations`).
+    generation: str
+    #: Directory of the restored domain (must not exist yet).
+    out: Path
+    #: Receiving toolstack (:mod:`xlpy.receiver.toolstacks`).
+    toolstack: str = "xc_restore"
+    #: ``checkpointed_stream``; ``None`` = the toolstack's default.  Generations
+    #: without the argument ignore it (and report ``None``).
+    checkpointed: int | None = None
+    #: libxc's heartbeat after the first checkpoint (``HEARTBEAT_MS`` = 1 s).
+    heartbeat: float = 1.0
+    progress: ProgressFn | None = None
+    #: Overrides of the reader's detection (libxc learns both from its caller).
+    guest: str | None = None
+    width: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class RestoreResult:
+    """What happened, in the terms of the spec's outcome table (§10.6, §12)."""
+
+    #: The domain exists and the toolstack is satisfied.
+    ok: bool
+    #: ``xc_domain_restore``'s return code (0 also in the EAT case, where the toolstack fails).
+    rc: int
+    #: 0-based index of the last checkpoint applied, ``None`` when none was.
+    committed_checkpoint: int | None
+    #: Bytes libxc consumed after the end of the committed checkpoint (incl. its QEMU
+    #: record when libxc reads it): the 4 eaten "Qemu" bytes of §12 EAT, or a dropped
+    #: partial Remus checkpoint.
+    bytes_past_image: int
+    domain_destroyed: bool
+    #: libxc's log lines (and the toolstack's), rendered as the stdio logger does.
+    messages: list[str]
+    out: Path | None
+    generation: str = ""
+    toolstack: str = ""
+    checkpointed: int | None = None
+    #: The typed stream error that stopped libxc, if any (also set on a Remus commit).
+    error: StreamError | None = None
+    #: Why the toolstack failed after libxc returned (EAT), if it did.
+    toolstack_error: str | None = None
+    #: Checkpoints whose body and tail were completely received.
+    checkpoints_complete: int = 0
+    #: Logical bytes consumed from the source when libxc returned.
+    bytes_consumed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``xlpy restore --json`` object."""
+        return {
+            "ok": self.ok,
+            "rc": self.rc,
+            "committed_checkpoint": self.committed_checkpoint,
+            "bytes_past_image": self.bytes_past_image,
+            "domain_destroyed": self.domain_destroyed,
+            "messages": list(self.messages),
+            "out": str(self.out) if self.out is not None else None,
+        }
+
+
+class Backend(Protocol):
+    """Something that restores a domain from a legacy stream."""
+
+    name: str
+
+    def restore(self, source: ByteSource, request: RestoreRequest) -> RestoreResult: ...
+
+
+class DomainFull(Exception):
+    """The domain could not hold what the stream asks for (libxc's allocation failure)."""
+
+
+class Domain(Protocol):
+    """The guest the reference state machine builds (an empty domain libxc was given)."""
+
+    def create(self, *, guest: str, p2m_size: int, width: int, guest_width: int) -> None:
+        """Size the guest; :class:`DomainFull` when ``p2m_size`` cannot be backed."""
+
+    def write_pages(self, pfns: np.ndarray, data: memoryview) -> None:
+        """Write one 4096-byte page per pfn, from consecutive pages of ``data``."""
+
+    def read_page(self, pfn: int) -> bytes:
+        """The current content of ``pfn`` (zeros if never written)."""
+
+    def release_pages(self, pfns: np.ndarray) -> None:
+        """Give pages back (PV unmapped pfns at finish): they read as zeros again."""
+
+    def finish(self, state: Mapping[str, Any], files: Mapping[str, bytes]) -> None:
+        """Record the final domain state and the tail blobs (libxc's FINISH step)."""
+
+    def publish(self) -> None:
+        """Make the domain visible: the toolstack accepted it."""
+
+    def destroy(self) -> None:
+        """Remove every trace of the domain (libxc's ``xc_domain_destroy``)."""
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name`` (``"sim"``; the binding adds ``"libxc"``)."""
+    from xlpy.errors import UsageError
+
+    if name == "sim":
+        from xlpy.receiver.backends.sim import SimBackend
+
+        return SimBackend()
+    raise UsageError(f"unknown restore backend {name!r} (known: sim)")

@@ -1,0 +1,133 @@
+"""The simulated domain: a restored guest as a directory, and the backend that fills it.
+
+Layout of ``DIR``:
+
+* ``memory`` — sparse file, the page of pfn ``p`` at ``p * 4096`` (never-sent pages read
+  as zeros);
+* ``domain.json`` — guest type, widths, ``p2m_size``, online vcpus, HVM params, TSC info,
+  console/store pfns, committed checkpoint, receiver generation, ``checkpointed_stream``,
+  outcome and libxc's messages;
+* ``vcpu<N>.ctx`` (+ ``.ext``, ``.xsave``) and ``shared_info`` (PV), ``hvm_context`` (HVM),
+  ``qemu`` (the QEMU record's data), ``toolstack`` (chunk -18 blob).
+
+Everything is written under a temporary name next to ``DIR`` and renamed on success; a
+destroyed domain leaves nothing.  Later checkpoints are applied in place, so memory use is
+bounded by one buffered checkpoint, not the guest size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlpy.errors import UsageError
+from xlpy.receiver.backends import DomainFull, RestoreRequest, RestoreResult
+from xlpy.stream.legacy.format import PAGE_SIZE
+from xlpy.stream.source import ByteSource
+
+#: Largest guest the simulation backs: the sender refuses bigger ones (§3.1).
+MAX_SIM_P2M_SIZE = 1 << 28
+
+
+class SimDomain:
+    """A domain directory being built under a temporary name (implements ``Domain``)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        if self.out.exists():
+            raise UsageError(f"{self.out} already exists; choose a new --out directory")
+        self.tmp: Path | None = None
+        self._mem_fd: int | None = None
+        self.p2m_size = 0
+        self.pages_written = 0
+
+    # -- Domain --------------------------------------------------------------------------
+
+    def create(self, *, guest: str, p2m_size: int, width: int, guest_width: int) -> None:
+        if p2m_size > MAX_SIM_P2M_SIZE:
+            raise DomainFull(f"p2m_size {p2m_size:#x} exceeds {MAX_SIM_P2M_SIZE:#x}")
+        self.p2m_size = p2m_size
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        fd = os.open(self.tmp / "memory", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._mem_fd = fd
+        try:
+            os.ftruncate(fd, p2m_size * PAGE_SIZE)
+        except OSError as e:
+            raise DomainFull(f"cannot size memory to {p2m_size} pages: {e}") from e
+
+    def _fd(self) -> int:
+        if self._mem_fd is None:
+            raise RuntimeError("domain not created")
+        return self._mem_fd
+
+    def write_pages(self, pfns: np.ndarray, data: memoryview) -> None:
+        n = len(pfns)
+        if not n:
+            return
+        fd = self._fd()
+        # One pwrite per run of consecutive pfns: a plain stream is mostly long runs.
+        breaks = np.flatnonzero(np.diff(pfns.astype(np.int64)) != 1) + 1
+        starts = np.concatenate(([0], breaks))
+        ends = np.concatenate((breaks, [n]))
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            off = int(pfns[s]) * PAGE_SIZE
+            view = data[s * PAGE_SIZE : e * PAGE_SIZE]
+            while len(view):
+                k = os.pwrite(fd, view, off)
+                view = view[k:]
+                off += k
+        self.pages_written += n
+
+    def read_page(self, pfn: int) -> bytes:
+        out = os.pread(self._fd(), PAGE_SIZE, pfn * PAGE_SIZE)
+        return out.ljust(PAGE_SIZE, b"\0")
+
+    def release_pages(self, pfns: np.ndarray) -> None:
+        zero = bytes(PAGE_SIZE)
+        for pfn in pfns.tolist():
+            os.pwrite(self._fd(), zero, int(pfn) * PAGE_SIZE)
+
+    def _dir(self) -> Path:
+        if self.tmp is None:
+            raise RuntimeError("domain not created")
+        return self.tmp
+
+    def finish(self, state: Mapping[str, Any], files: Mapping[str, bytes]) -> None:
+        for name, blob in files.items():
+            (self._dir() / name).write_bytes(blob)
+        text = json.dumps(state, indent=2, sort_keys=True) + "\n"
+        (self._dir() / "domain.json").write_text(text)
+
+    def publish(self) -> None:
+        self._close()
+        os.rename(self._dir(), self.out)
+        self.tmp = None
+
+    def destroy(self) -> None:
+        self._close()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+    def _close(self) -> None:
+        if self._mem_fd is not None:
+            os.close(self._mem_fd)
+            self._mem_fd = None
+
+
+class SimBackend:
+    """The embedded default backend: the reference state machine into a :class:`SimDomain`."""
+
+    name = "sim"
+
+    def restore(self, source: ByteSource, request: RestoreRequest) -> RestoreResult:
+        from xlpy.receiver.machine import Restore
+
+        return Restore(source, request, SimDomain(request.out)).run()

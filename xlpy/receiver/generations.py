@@ -1,0 +1,95 @@
+"""Receiver generations: what each libxc release's ``xc_domain_restore`` does differently.
+
+One state machine (:mod:`xlpy.receiver.machine`) reads these parameters instead of
+keeping one copy of the control flow per release.  Source: legacy-stream.md §0.1, §0.2,
+§10.7-§10.9, §15.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xlpy.errors import UsageError
+from xlpy.stream.legacy import format as F
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """The behaviour-changing facts of one receiver release."""
+
+    name: str
+    #: Spec label: "R-pre", "R-bug", "R-fix" or "R-fix44" (§0.1).
+    label: str
+    #: Chunk ids ``pagebuf_get_one`` accepts (§5 "since").
+    known_ids: frozenset[int]
+    #: Type nibbles that carry no page data (§4.2).
+    dataless_nibbles: frozenset[int]
+    #: Largest VCPU_INFO max id accepted (§15.1).
+    max_vcpu_id: int
+    #: ``xc_domain_restore`` takes ``checkpointed_stream`` (be2f2316f1 / 7051d5c872).
+    takes_checkpointed: bool
+    #: Post-completion read errors ``goto out`` instead of ``goto finish`` (c2ba706c44).
+    post_completion_fatal: bool
+    #: Name in the heartbeat/EOF messages: ``read_exact_timed`` or ``rdexact`` (50082c5090).
+    rdexact_name: str
+    #: 4.0.x: state-machine errors carry no errno suffix, the timeout goes to stderr
+    #: and EOF is silent (§10.7, §11).
+    legacy_logging: bool
+    #: -14 only sets an HVM param (4.5, 9d3946cd9b) instead of validating the frame.
+    genid_is_param: bool = False
+    #: Passes -11's value through as a feature mask instead of 1 (84bfbd5d75).
+    viridian_mask: bool = False
+    #: TOOLSTACK (-18) payload read errors are ignored (<= 4.3.x, fixed by f46fa80ec4).
+    toolstack_errors_ignored: bool = True
+
+
+def _gen(
+    name: str,
+    label: str,
+    known: frozenset[int],
+    *,
+    rdexact: str = "read_exact_timed",
+    max_vcpu: int = F.XC_SR_MAX_VCPUS - 1,
+) -> Generation:
+    return Generation(
+        name=name,
+        label=label,
+        known_ids=known,
+        dataless_nibbles=F.DATALESS_NIBBLES_4_0 if label == "R-pre" else F.DATALESS_NIBBLES,
+        max_vcpu_id=max_vcpu,
+        takes_checkpointed=label in ("R-fix", "R-fix44"),
+        post_completion_fatal=label == "R-fix44",
+        rdexact_name=rdexact,
+        legacy_logging=label == "R-pre",
+        genid_is_param=name == "xen-4.5",
+        viridian_mask=name == "xen-4.5",
+        toolstack_errors_ignored=name not in ("xen-4.4", "xen-4.5"),
+    )
+
+
+GENERATIONS: dict[str, Generation] = {
+    g.name: g
+    for g in (
+        _gen("xen-4.0", "R-pre", F.KNOWN_IDS_4_0, max_vcpu=F.MAX_VCPUS_4_0 - 1),
+        _gen("xen-4.1", "R-bug", F.KNOWN_IDS_4_1, max_vcpu=F.MAX_VCPUS_4_0 - 1),
+        _gen("xen-4.2", "R-bug", F.KNOWN_IDS_4_2),
+        _gen("xen-4.3.0", "R-bug", F.KNOWN_IDS_4_2),
+        _gen("xen-4.3.1", "R-bug", F.KNOWN_IDS_4_2),
+        _gen("xen-4.3.2", "R-fix", F.KNOWN_IDS_4_2),
+        _gen("xen-4.3.3", "R-fix", F.KNOWN_IDS_4_2, rdexact="rdexact"),
+        _gen("xen-4.4", "R-fix44", F.KNOWN_IDS_4_2, rdexact="rdexact"),
+        _gen("xen-4.5", "R-fix", F.KNOWN_IDS_4_5, rdexact="rdexact"),
+    )
+}
+#: Accepted spellings for releases that behave like a listed one.
+ALIASES = {"xen-4.3": "xen-4.3.0", "xen-4.3.4": "xen-4.3.3", "xen-4.2.5": "xen-4.2"}
+
+
+def generation(name: str) -> Generation:
+    """The generation called ``name`` (e.g. ``"xen-4.3.1"``), or :class:`UsageError`."""
+    key = ALIASES.get(name, name)
+    try:
+        return GENERATIONS[key]
+    except KeyError:
+        known = ", ".join(GENERATIONS)
+        raise UsageError(f"unknown receiver generation {name!r} (known: {known})") from None

@@ -1,0 +1,778 @@
+"""The reference receiver: libxc's ``xc_domain_restore`` control flow, one copy for all releases.
+
+Follows legacy-stream.md §10.4 (pseudocode), §10.5 (what is buffered vs applied, and
+when) and §10.6 (EOF / error outcomes); the per-release differences come from a
+:class:`~xlpy.receiver.generations.Generation`, the toolstack around libxc from a
+:class:`~xlpy.receiver.toolstacks.Toolstack`.  Stream elements are read with the legacy
+reader's element readers; this module only decides *when* to read what, what takes
+effect, and what libxc logs.
+
+* Checkpoint 1 is applied batch by batch as it arrives; its tail is buffered.
+* After the first tail ("completed") every read waits at most ``heartbeat`` seconds.
+  Unless ``last_checkpoint`` is set, later checkpoints are buffered whole (body + tail)
+  and applied only when complete; any read failure commits the last complete one
+  (R-fix44: destroys the domain instead).
+* Failures before completion, and any failure while applying, destroy the domain.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import numpy as np
+
+from xlpy.errors import (
+    StreamError,
+    StreamMalformed,
+    StreamTimeout,
+    StreamTruncated,
+    UsageError,
+)
+from xlpy.receiver import messages as M
+from xlpy.receiver.backends import Domain, DomainFull, RestoreRequest, RestoreResult
+from xlpy.receiver.generations import generation
+from xlpy.receiver.toolstacks import checkpointed_for, toolstack
+from xlpy.stream.legacy import format as F
+from xlpy.stream.legacy.compression import CheckpointDecoder
+from xlpy.stream.legacy.reader import LegacyReader
+from xlpy.stream.legacy.records import (
+    CompressedData,
+    EnableCompression,
+    EnableVerifyMode,
+    EndOfBody,
+    HvmParamChunk,
+    HvmTail,
+    LastCheckpoint,
+    P2mFrameList,
+    PageBatch,
+    PvTail,
+    QemuRecord,
+    Record,
+    TmemExtra,
+    Toolstack,
+    TscInfo,
+    VcpuInfo,
+)
+from xlpy.stream.source import ByteSource
+
+#: HVM params set in the end-of-body step (§5, §10.4), by chunk id.
+END_OF_BODY_PARAMS = {
+    F.XC_SAVE_ID_HVM_IDENT_PT: "ident_pt",
+    F.XC_SAVE_ID_HVM_VM86_TSS: "vm86_tss",
+    F.XC_SAVE_ID_HVM_PAGING_RING_PFN: "paging_ring_pfn",
+    F.XC_SAVE_ID_HVM_ACCESS_RING_PFN: "access_ring_pfn",
+    F.XC_SAVE_ID_HVM_SHARING_RING_PFN: "sharing_ring_pfn",
+}
+_PROGRESS_INTERVAL = 0.25
+
+
+class _Out(Exception):
+    """libxc's ``goto out``: the restore fails and the domain is destroyed."""
+
+    def __init__(self, error: StreamError | None = None) -> None:
+        super().__init__("restore failed")
+        self.error = error
+
+
+class _ReadFailed(Exception):
+    """A ``pagebuf_get_one`` / ``buffer_tail`` returned -1 (already logged)."""
+
+    def __init__(self, error: StreamError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class _Staged:
+    """One page batch as staged in ``pagebuf`` (raw entries, page data or ``None``)."""
+
+    entries: np.ndarray
+    data: bytes | memoryview | None
+
+
+@dataclass
+class _PageBuf:
+    """libxc's ``pagebuf``: per-checkpoint staging plus metadata that persists in it."""
+
+    batches: list[_Staged] = field(default_factory=list)
+    nr_pages: int = 0
+    compbuf: list[bytes] = field(default_factory=list)
+    compbuf_segments: list[tuple[int, int]] = field(default_factory=list)
+    # Not reset per checkpoint (pagebuf_get only resets the counters).
+    vcpu_info: VcpuInfo | None = None
+    params: dict[int, int] = field(default_factory=dict)
+    toolstack: bytes | None = None
+    verify: bool = False
+    compressing: bool = False
+
+    def reset(self) -> None:
+        self.batches = []
+        self.nr_pages = 0
+        self.compbuf = []
+        self.compbuf_segments = []
+
+
+@dataclass
+class _Tail:
+    """A buffered tail (``tailbuf`` / ``tmptail``) with the QEMU record libxc read."""
+
+    tail: PvTail | HvmTail
+    qemu: QemuRecord | None
+
+
+class Restore:
+    """One ``xc_domain_restore`` call plus the toolstack steps around it."""
+
+    def __init__(self, source: ByteSource, request: RestoreRequest, domain: Domain) -> None:
+        self.source = source
+        self.request = request
+        self.domain = domain
+        self.gen = generation(request.generation)
+        self.ts = toolstack(request.toolstack)
+        if self.gen.takes_checkpointed:
+            self.cs: int | None = checkpointed_for(self.ts, request.checkpointed)
+        elif request.checkpointed is not None:
+            raise UsageError(
+                f"{self.gen.name} ({self.gen.label}) has no checkpointed_stream argument"
+            )
+        else:
+            self.cs = None
+        if request.heartbeat <= 0:
+            raise UsageError("heartbeat must be positive")
+        self.log = M.XcLog(self.gen)
+        self.reader = LegacyReader(
+            source, width=request.width, guest=request.guest, reuse_buffers=True
+        )
+        self.pb = _PageBuf()
+        # ctx (§10.1)
+        self.completed = False
+        self.last_checkpoint = bool(self.cs == 0) if self.gen.takes_checkpointed else False
+        self.ctx_compressing = False
+        # live state
+        self.p2m_size = 0
+        self.guest = "pv"
+        self.width = 8
+        self.guest_width = 8
+        self.frame_list: P2mFrameList | None = None
+        self.vcpu_info: VcpuInfo | None = None
+        self.tailbuf: _Tail | None = None
+        self.tdata: bytes | None = None
+        self.hvm_params: dict[str, int] = {}
+        self.console_pfn: int | None = None
+        self.genid_addr: int | None = None
+        self.tsc: dict[str, int] | None = None
+        self.tmem: dict[str, int] = {}
+        self.pt_types: dict[int, int] = {}
+        self.broken: set[int] = set()
+        self.pages = 0
+        self.checkpoints_complete = 0
+        self.image_end: int | None = None
+        self.consumed_to: int = 0
+        self.stop_error: StreamError | None = None
+        self._created = False
+        self._last_progress = 0.0
+        self._progress: Callable[[dict[str, Any]], None] | None = request.progress
+
+    # -- the public step ----------------------------------------------------------------
+
+    def run(self) -> RestoreResult:
+        """Restore, returning the outcome; never raises for stream problems."""
+        try:
+            self._toolstack_before()
+            self._libxc()
+        except _Out as e:
+            return self._failed(rc=1, error=e.error)
+        toolstack_error = self._toolstack_after()
+        if toolstack_error is not None:
+            self.log.stderr(f"{self.ts.name}: {toolstack_error}")
+            return self._failed(rc=0, error=self.stop_error, toolstack_error=toolstack_error)
+        self.domain.publish()
+        self._report("done", force=True)
+        return self._result(ok=True, rc=0, error=self.stop_error)
+
+    # -- results ------------------------------------------------------------------------
+
+    def _consumed(self) -> int:
+        return max(self.source.offset, self.consumed_to)
+
+    def _result(self, *, ok: bool, rc: int, error: StreamError | None, **kw: Any) -> RestoreResult:
+        past = 0 if self.image_end is None else max(0, self._consumed() - self.image_end)
+        return RestoreResult(
+            ok=ok,
+            rc=rc,
+            committed_checkpoint=self.checkpoints_complete - 1 if ok else None,
+            bytes_past_image=past,
+            domain_destroyed=not ok,
+            messages=list(self.log.lines),
+            out=self.request.out if ok else None,
+            generation=self.gen.name,
+            toolstack=self.ts.name,
+            checkpointed=self.cs,
+            error=error,
+            checkpoints_complete=self.checkpoints_complete,
+            bytes_consumed=self._consumed(),
+            **kw,
+        )
+
+    def _failed(self, *, rc: int, error: StreamError | None, **kw: Any) -> RestoreResult:
+        self.domain.destroy()
+        self._report("failed", force=True)
+        return self._result(ok=False, rc=rc, error=error, **kw)
+
+    def _report(self, phase: str, *, force: bool = False) -> None:
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_progress < _PROGRESS_INTERVAL:
+            return
+        self._last_progress = now
+        self._progress(
+            {
+                "bytes": self.source.offset,
+                "pages": self.pages,
+                "checkpoint": self.checkpoints_complete,
+                "phase": phase,
+            }
+        )
+
+    # -- toolstack around libxc ------------------------------------------------------------
+
+    def _toolstack_before(self) -> None:
+        """The toolstack reads its own header (xl, xend) before handing the fd to libxc."""
+        try:
+            self.reader.read_framing()
+        except StreamError as e:
+            self.log.stderr(f"{self.ts.name}: cannot read the save header: {e}")
+            raise _Out(e) from None
+
+    def _toolstack_after(self) -> str | None:
+        """XenServer-classic: xenopsd reads its own QEMU record after libxc returned (§8.1)."""
+        if not (self.ts.reads_foreign_qemu and self.guest == "hvm"):
+            return None
+        src = self.source
+        sig = F.XENSERVER_QEMU_SIG
+        try:
+            got = src.read_exact(len(sig), field="xenserver_qemu.signature")
+            if got != sig:
+                return f"bad QEMU record signature {got!r} (expected {sig!r})"
+            (n,) = struct.unpack(">I", src.read_exact(4, field="xenserver_qemu.length"))
+            src.skip(n, field="xenserver_qemu.data")
+        except StreamError as e:
+            return f"cannot read the QEMU record: {e}"
+        return None
+
+    # -- libxc ----------------------------------------------------------------------------
+
+    def _libxc(self) -> None:
+        self._header()
+        self._report("checkpoint", force=True)
+        while True:  # LOADPAGES
+            if not self.completed:
+                while True:
+                    try:
+                        self._read_one()
+                    except _ReadFailed as f:
+                        self.log.perror(M.READING_BATCH)
+                        raise _Out(f.error) from None
+                    if not self.pb.batches:
+                        break
+                    self._apply_staged()
+            else:
+                self._apply_staged()
+            self._end_of_body()
+            if not self.completed:
+                try:
+                    self.tailbuf = self._buffer_tail()
+                except _ReadFailed as f:
+                    self.log.error(M.BUFFERING_TAIL)
+                    raise _Out(f.error) from None
+                self._tail_complete()
+                self.completed = True
+                if not self.last_checkpoint:
+                    self.source.timeout = self.request.heartbeat
+                if self.ctx_compressing:
+                    self.pb.compressing = True
+            self._after_tail()
+            if self.last_checkpoint:
+                break
+            # Wait for the next checkpoint, buffering it completely.
+            self._report("buffering", force=True)
+            try:
+                self._read_body()
+            except _ReadFailed as f:
+                self.log.perror(M.BUFFERING_BATCH_FINISHING)
+                self._post_completion_failure(f.error)
+                break
+            try:
+                tail = self._buffer_tail()
+            except _ReadFailed as f:
+                self.log.error(M.BUFFERING_TAIL_FINISHING)
+                self._post_completion_failure(f.error)
+                break
+            self.tailbuf = tail
+            self._tail_complete()
+        self.source.timeout = None
+        self._finish()
+
+    def _tail_complete(self) -> None:
+        self.checkpoints_complete += 1
+        self.image_end = self.source.offset
+        self._report("checkpoint", force=True)
+
+    def _post_completion_failure(self, error: StreamError) -> None:
+        self.stop_error = error
+        if self.gen.post_completion_fatal:
+            raise _Out(error)
+
+    # -- header (§3) ------------------------------------------------------------------------
+
+    def _header(self) -> None:
+        r = self.reader
+        try:
+            hdr = r.read_header()
+        except StreamError as e:
+            self._io_failure(e)
+            self.log.error(M.READ_P2M_SIZE)
+            raise _Out(e) from None
+        except UsageError as e:
+            # The guest type could not be detected: libxc's caller always knows it.
+            raise e
+        self.p2m_size = hdr.p2m_size
+        self.width = hdr.width
+        self.guest = r.guest or "pv"
+        if self.guest == "pv":
+            try:
+                r.read_pv_ext_info()
+                self.frame_list = r.read_p2m_frame_list()
+            except StreamError as e:
+                self._ext_info_failure(e)
+                raise _Out(e) from None
+        self.guest_width = r.guest_width or self.width
+        try:
+            self.domain.create(
+                guest=self.guest,
+                p2m_size=self.p2m_size,
+                width=self.width,
+                guest_width=self.guest_width,
+            )
+        except DomainFull as e:
+            self.log.errno = M.ENOMEM
+            self.log.error(M.MEMORY_ALLOC)
+            raise _Out(
+                StreamMalformed(str(e), offset=hdr.offset, field="header.p2m_size")
+            ) from None
+        self._created = True
+
+    def _ext_info_failure(self, e: StreamError) -> None:
+        f = e.field or ""
+        self._io_failure(e)
+        if f == "ext_info.vcpu_size":
+            self.log.error(M.EXT_CONTEXT_SIZE, n=e.value)
+            return
+        if f.startswith("p2m_frame_list"):
+            msg = M.P2M_FL
+        elif f == "ext_info.signature":
+            msg = M.EXT_SIGNATURE
+        elif f == "ext_info.total_bytes":
+            msg = M.EXT_SIZE
+        elif f in ("ext_info.block_id", "ext_info.block_size"):
+            msg = M.EXT_CHUNK_SIGNATURE
+        elif f == "ext_info.vcpu":
+            msg = M.EXT_VCPU_CONTEXT
+        else:
+            msg = M.EXT_DISCARD
+        self.log.perror(msg)
+
+    # -- reading chunks (§10.3) -----------------------------------------------------------
+
+    def _io_failure(self, e: StreamError) -> None:
+        """What ``rdexact`` logs for a failed read (nothing for a bad value)."""
+        if isinstance(e, StreamTimeout):
+            self.log.read_timeout()
+        elif isinstance(e, StreamTruncated):
+            self.log.read_eof()
+
+    def _read_one(self) -> int:
+        """``pagebuf_get_one``: metadata chunks recurse, a batch or -12 returns."""
+        r = self.reader
+        while True:
+            head = b""
+            try:
+                head = self.source.peek(4)
+                rec = r.read_chunk(
+                    known_ids=self.gen.known_ids,
+                    dataless_nibbles=self.gen.dataless_nibbles,
+                    compressed=self.pb.compressing,
+                    max_vcpu_id=self.gen.max_vcpu_id,
+                )
+            except StreamError as e:
+                self._chunk_failure(e, head)
+                raise _ReadFailed(e) from None
+            match rec:
+                case EndOfBody():
+                    return 0
+                case PageBatch():
+                    self._stage(rec)
+                    self._report("checkpoint")
+                    return rec.count
+                case CompressedData():
+                    pos = sum(len(b) for b in self.pb.compbuf)
+                    self.pb.compbuf_segments.append((pos, rec.offset + 4 + self.width))
+                    self.pb.compbuf.append(bytes(rec.data))
+                    return len(rec.data) or 1
+                case _:
+                    self._metadata(rec)
+
+    def _read_body(self) -> None:
+        """``pagebuf_get``: read chunks until the end of a whole body."""
+        self.pb.reset()
+        while self._read_one() > 0:
+            pass
+
+    def _chunk_failure(self, e: StreamError, head: bytes) -> None:
+        f = e.field or ""
+        if f == "chunk_header" and isinstance(e, StreamMalformed):
+            self.log.error(M.MAX_BATCH_SIZE, n=e.value)
+            self.log.errno = M.EMSGSIZE
+            if e.offset is not None:
+                self.consumed_to = max(self.consumed_to, e.offset + 4)
+            return
+        self._io_failure(e)
+        chunk_id = int.from_bytes(head, "little", signed=True) if len(head) == 4 else 0
+        if f == "chunk_header":
+            msg = M.READING_BATCH_SIZE
+        elif f == "batch.entries":
+            msg = M.REGION_PFN_TYPES
+        elif f == "batch.pages":
+            msg = M.READING_PAGES
+        elif f.startswith("vcpu_info"):
+            msg = M.READING_MAX_VCPU_ID
+        elif f.startswith("hvm_param"):
+            msg = M.HVM_PARAM_READ.get(chunk_id, M.READING_BATCH_SIZE)
+        elif f.startswith("tsc_info"):
+            msg = M.TSC_INFO
+        elif f.startswith("tmem_extra"):
+            msg = M.TMEM_EXTRA
+        elif f.startswith("tmem"):
+            msg = M.TMEM
+        elif f == "compressed_data.length":
+            msg = M.COMPBUF_SIZE
+        elif f.startswith("compressed_data"):
+            msg = M.COMPBUF_READ
+        elif f.startswith("toolstack") and self.gen.toolstack_errors_ignored:
+            # <= 4.3.x ignores TOOLSTACK read errors (f46fa80ec4): the next header read
+            # fails on the same EOF / silence.
+            self._io_failure(e)
+            msg = M.READING_BATCH_SIZE
+        elif f.startswith("toolstack"):
+            msg = M.TOOLSTACK_ALLOC
+        else:
+            msg = M.READING_BATCH_SIZE
+        self.log.perror(msg)
+
+    def _metadata(self, rec: Record) -> None:
+        """A metadata chunk: immediate effect, or staged in ``pagebuf`` (§10.5)."""
+        pb = self.pb
+        match rec:
+            case VcpuInfo():
+                pb.vcpu_info = rec
+            case HvmParamChunk():
+                pb.params[rec.chunk_id] = rec.value
+            case Toolstack():
+                pb.toolstack = rec.blob
+            case TscInfo():
+                self.tsc = {
+                    "mode": rec.tsc_mode,
+                    "nsec": rec.nsec,
+                    "khz": rec.khz,
+                    "incarnation": rec.incarnation,
+                }
+            case TmemExtra():
+                self.tmem["extra_entries"] = self.tmem.get("extra_entries", 0) + len(rec.entries)
+            case LastCheckpoint():
+                self.last_checkpoint = True
+            case EnableCompression():
+                self.ctx_compressing = True
+            case EnableVerifyMode():
+                pb.verify = True
+            case _:  # TMEM (-5): restored at once
+                pools = getattr(rec, "pools", ())
+                self.tmem["pools"] = self.tmem.get("pools", 0) + len(pools)
+
+    def _stage(self, rec: PageBatch) -> None:
+        dt = "<u8" if rec.width == 8 else "<u4"
+        entries = np.frombuffer(rec.entries, dtype=dt).astype(np.uint64) & np.uint64(0xFFFFFFFF)
+        data = rec.data
+        if data is not None and self.completed:
+            data = bytes(data)  # buffered until the tail arrives; the reader reuses its buffer
+        self.pb.batches.append(_Staged(entries, data))
+        self.pb.nr_pages += len(entries)
+
+    # -- applying (§4.3, §6.3) -------------------------------------------------------------
+
+    def _apply_staged(self) -> None:
+        decoder: CheckpointDecoder | None = None
+        if self.pb.compressing:
+            decoder = CheckpointDecoder(b"".join(self.pb.compbuf), self.pb.compbuf_segments)
+        for staged in self.pb.batches:
+            self._apply_batch(staged, decoder)
+        self.pb.reset()
+
+    def _apply_batch(self, staged: _Staged, decoder: CheckpointDecoder | None) -> None:
+        ent = staged.entries
+        types = (ent >> np.uint64(28)).astype(np.uint8)
+        pfns = ent & np.uint64(F.PFN_MASK)
+        nibbles = np.array(sorted(self.gen.dataless_nibbles), dtype=np.uint8)
+        data_mask = ~np.isin(types, nibbles)
+        out_of_range = (types != 0xF) & (pfns >= np.uint64(self.p2m_size))
+        bogus = data_mask & ((types & 7) > 4)
+        bad = np.flatnonzero(out_of_range | bogus)
+        if len(bad):
+            i = int(bad[0])
+            if out_of_range[i]:
+                self._fatal(M.PFN_OUT_OF_RANGE, "batch.entries", int(pfns[i]))
+            self._fatal(
+                M.BOGUS_PAGE_TYPE.format(
+                    type=(int(types[i]) << 28) & F.XEN_DOMCTL_PFINFO_LTABTYPE_MASK,
+                    i=i,
+                    p2m_size=self.p2m_size,
+                ),
+                "batch.entries",
+                int(types[i]),
+            )
+        broken = types == 0xD
+        if broken.any() and 0xD in self.gen.dataless_nibbles:
+            self.broken.update(pfns[broken].tolist())
+        dpfns = pfns[data_mask]
+        if not len(dpfns):
+            return
+        self._track_types(dpfns, types[data_mask])
+        if decoder is not None:
+            data = self._decode(decoder, dpfns)
+        else:
+            if staged.data is None:
+                raise AssertionError("format A batch without page data")
+            data = memoryview(staged.data)
+        if not self.pb.verify:  # verify mode compares instead of writing (-1)
+            self.domain.write_pages(dpfns, data)
+        self.pages += len(dpfns)
+
+    def _track_types(self, pfns: np.ndarray, types: np.ndarray) -> None:
+        pt = (types & 7) != 0
+        if pt.any():
+            for p, t in zip(pfns[pt].tolist(), types[pt].tolist(), strict=True):
+                self.pt_types[int(p)] = int(t)
+        if self.pt_types and (~pt).any():
+            for p in pfns[~pt].tolist():
+                self.pt_types.pop(int(p), None)
+
+    def _decode(self, decoder: CheckpointDecoder, pfns: np.ndarray) -> memoryview:
+        plist = pfns.tolist()
+        pages = np.empty((len(plist), F.PAGE_SIZE), dtype=np.uint8)
+        for i, pfn in enumerate(plist):
+            pages[i] = np.frombuffer(self.domain.read_page(int(pfn)), dtype=np.uint8)
+        try:
+            decoder.decode_into(pages, pfns=plist)
+        except StreamMalformed as e:
+            self.log.error(e.message)
+            self.log.error(M.UNCOMPRESS, pfn=e.value or 0)
+            raise _Out(e) from None
+        return pages.reshape(-1).data
+
+    def _fatal(self, message: str, fieldname: str, value: int | None = None) -> NoReturn:
+        self.log.error(message)
+        raise _Out(
+            StreamMalformed(
+                message.rstrip("\n"), offset=self.source.offset, field=fieldname, value=value
+            )
+        )
+
+    # -- end of body, tails, after the tail (§10.4, §10.5) -----------------------------------
+
+    def _end_of_body(self) -> None:
+        pb = self.pb
+        if pb.vcpu_info is not None:
+            self.vcpu_info = pb.vcpu_info
+        for cid, name in END_OF_BODY_PARAMS.items():
+            if cid in pb.params:
+                self.hvm_params[name] = pb.params[cid]
+        if F.XC_SAVE_ID_HVM_CONSOLE_PFN in pb.params:
+            self.console_pfn = pb.params[F.XC_SAVE_ID_HVM_CONSOLE_PFN]
+        addr = pb.params.get(F.XC_SAVE_ID_HVM_GENERATION_ID_ADDR)
+        if addr is not None:
+            if self.gen.genid_is_param:
+                self.hvm_params["vm_generation_id_addr"] = addr
+            else:
+                pfn = addr >> F.PAGE_SHIFT
+                if pfn >= self.p2m_size or pfn in self.pt_types:
+                    self._fatal(M.GENID_FRAME_BAD, "hvm_param.value", addr)
+            self.genid_addr = addr
+
+    def _buffer_tail(self) -> _Tail:
+        try:
+            tail = self.reader.read_tail(vcpu_info=self.vcpu_info)
+        except StreamError as e:
+            self._tail_failure(e)
+            raise _ReadFailed(e) from None
+        qemu = None
+        if isinstance(tail, HvmTail) and self.ts.libxc_reads_qemu:
+            qemu = self._buffer_qemu()
+        return _Tail(tail, qemu)
+
+    def _tail_failure(self, e: StreamError) -> None:
+        f = e.field or ""
+        self._io_failure(e)
+        messages = {
+            "pv_tail.pfn_count": M.PV_PFN_COUNT,
+            "pv_tail.pfns": M.PV_PFNTAB,
+            "pv_tail.shared_info": M.PV_SHARED_INFO,
+            "hvm_tail.magic_pfns": M.HVM_MAGIC_PFNS,
+            "hvm_tail.context_length": M.HVM_PARAMS_SIZE,
+            "hvm_tail.context": M.HVM_PARAMS,
+        }
+        self.log.perror(messages.get(f, M.PV_CTXT))
+
+    def _buffer_qemu(self) -> QemuRecord:
+        """The QEMU record upstream libxc reads as part of the HVM tail (§7.2, §8.1)."""
+        src = self.source
+        start = src.offset
+        try:
+            sig = src.read_exact(F.QEMU_SIGNATURE_LEN, field="qemu.signature")
+        except StreamError as e:
+            self._io_failure(e)
+            self.log.perror(M.QEMU_SIGNATURE_READ)
+            raise _ReadFailed(e) from None
+        if sig == F.QEMU_SIG_TO_EOF:
+            # compat_buffer_qemu: a plain blocking read() loop, no heartbeat (§8.1).
+            saved, src.timeout = src.timeout, None
+            try:
+                data = src.read_to_eof(field="qemu.data")
+            finally:
+                src.timeout = saved
+            if data[:4] != F.QEMU_MAGIC:
+                magic = int.from_bytes(data[:4].ljust(4, b"\0"), "little")
+                self.log.error(M.QEMU_MAGIC, magic=magic)
+                raise _ReadFailed(StreamMalformed("bad QEMU magic", offset=start, field="qemu"))
+        elif sig in (F.QEMU_SIG_0002, F.QEMU_SIG_REMUS):
+            try:
+                raw = src.read_exact(4, field="qemu.length")
+            except StreamError as e:
+                self._io_failure(e)
+                self.log.perror(M.QEMU_LENGTH)
+                raise _ReadFailed(e) from None
+            try:
+                data = src.read_exact(int.from_bytes(raw, "little"), field="qemu.data")
+            except StreamError as e:
+                self._io_failure(e)
+                self.log.perror(M.QEMU_STATE)
+                raise _ReadFailed(e) from None
+        else:
+            self.log.error(M.QEMU_SIGNATURE_BAD, sig=sig[:20].decode("latin-1"))
+            raise _ReadFailed(
+                StreamMalformed("invalid QEMU signature", offset=start, field="qemu.signature")
+            )
+        return QemuRecord(offset=start, signature=sig, data=data)
+
+    def _after_tail(self) -> None:
+        """Params taken from the staged values once a tail is buffered (L1742-1756)."""
+        p = self.pb.params
+        acpi = p.get(F.XC_SAVE_ID_HVM_ACPI_IOPORTS_LOCATION)
+        if acpi == 1:
+            self.hvm_params["acpi_ioports_location"] = 1
+        elif acpi not in (None, 0):
+            self.log.error(M.ACPI_IOPORT, v=acpi)
+        viridian = p.get(F.XC_SAVE_ID_HVM_VIRIDIAN)
+        if viridian:
+            self.hvm_params["viridian"] = viridian if self.gen.viridian_mask else 1
+        pfn = p.get(F.XC_SAVE_ID_HVM_IOREQ_SERVER_PFN)
+        nr = p.get(F.XC_SAVE_ID_HVM_NR_IOREQ_SERVER_PAGES)
+        if pfn is not None or nr is not None:
+            if bool(pfn) != bool(nr):
+                self.log.error(M.IOREQ_INCONSISTENT, nr=nr or 0, pfn=pfn or 0)
+            elif pfn:
+                self.hvm_params["ioreq_server_pfn"] = pfn
+                self.hvm_params["nr_ioreq_server_pages"] = nr or 0
+        self.tdata = self.pb.toolstack
+
+    # -- FINISH ---------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        self._report("finish", force=True)
+        if self.tailbuf is None:
+            raise AssertionError("finish without a buffered tail")
+        tail = self.tailbuf.tail
+        files: dict[str, bytes] = {}
+        if isinstance(tail, PvTail):
+            fl = self.frame_list.entries if self.frame_list is not None else ()
+            for i, pfn in enumerate(fl):
+                if pfn >= self.p2m_size or pfn in self.pt_types:
+                    self._fatal(M.P2M_FRAME_BAD.format(i=i, pfn=pfn), "p2m_frame_list", pfn)
+            # libxc indexes p2m with these unchecked; the simulation ignores wild ones.
+            unmapped = np.array([p for p in tail.unmapped if p < self.p2m_size], dtype=np.uint64)
+            self.domain.release_pages(unmapped)
+            for v in tail.vcpus:
+                files[f"vcpu{v.vcpu_id}.ctx"] = v.context
+                if v.ext is not None:
+                    files[f"vcpu{v.vcpu_id}.ext"] = v.ext
+                if v.xsave is not None:
+                    files[f"vcpu{v.vcpu_id}.xsave"] = v.xsave.data
+            files["shared_info"] = tail.shared_info
+        else:
+            if self.tdata is not None and not self.ts.toolstack_callback:
+                self._fatal(M.TOOLSTACK_NO_CALLBACK, "toolstack")
+            files["hvm_context"] = tail.context
+            self.hvm_params.update(
+                ioreq_pfn=tail.ioreq_pfn,
+                bufioreq_pfn=tail.bufioreq_pfn,
+                store_pfn=tail.store_pfn,
+            )
+            if self.console_pfn is not None:
+                self.hvm_params["console_pfn"] = self.console_pfn
+        qemu = self.tailbuf.qemu
+        if qemu is not None:
+            files["qemu"] = qemu.data
+        if self.tdata is not None:
+            files["toolstack"] = self.tdata
+        self.domain.finish(self._state(tail, qemu), files)
+
+    def _state(self, tail: PvTail | HvmTail, qemu: QemuRecord | None) -> dict[str, Any]:
+        vi = self.vcpu_info
+        online = vi.online_vcpus() if vi is not None else [0]
+        ext = self.reader.ext_info
+        return {
+            "guest": self.guest,
+            "width": self.width * 8,
+            "guest_width": self.guest_width * 8,
+            "p2m_size": self.p2m_size,
+            "framing": self.reader.framing,
+            "online_vcpus": online,
+            "max_vcpu_id": vi.max_vcpu_id if vi is not None else 0,
+            "hvm_params": self.hvm_params,
+            "tsc_info": self.tsc,
+            "tmem": self.tmem or None,
+            "console_pfn": self.console_pfn,
+            "store_pfn": tail.store_pfn if isinstance(tail, HvmTail) else None,
+            "generation_id_addr": self.genid_addr,
+            "unmapped_pfns": len(tail.unmapped) if isinstance(tail, PvTail) else None,
+            "pv_ext_info": [b.block_id.decode("latin-1") for b in ext.blocks] if ext else None,
+            "broken_pfns": sorted(self.broken),
+            "verify_mode": self.pb.verify,
+            "qemu": None
+            if qemu is None
+            else {
+                "signature": qemu.signature.decode("latin-1"),
+                "length": len(qemu.data),
+            },
+            "committed_checkpoint": self.checkpoints_complete - 1,
+            "receiver": self.gen.name,
+            "receiver_label": self.gen.label,
+            "toolstack": self.ts.name,
+            "checkpointed_stream": self.cs,
+            "outcome": "restored",
+            "pages_applied": self.pages,
+            "messages": list(self.log.lines),
+        }

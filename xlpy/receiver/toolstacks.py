@@ -1,0 +1,84 @@
+"""Receiving toolstacks: what sits around ``xc_domain_restore`` (legacy-stream.md §8, §12, §13).
+
+A toolstack decides the ``checkpointed_stream`` argument, whether libxc reads the HVM
+QEMU record as part of its tail, and what the toolstack itself reads after libxc returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xlpy.errors import UsageError
+
+
+@dataclass(frozen=True, slots=True)
+class Toolstack:
+    """One receiving toolstack."""
+
+    name: str
+    #: ``checkpointed_stream`` values it can pass, the first is its default (§13).
+    checkpointed: tuple[int, ...]
+    #: Upstream libxc reads the QEMU record inside the HVM tail; XenServer-classic's
+    #: ``revert_qemu_tail.patch`` removed that (§8.1).
+    libxc_reads_qemu: bool = True
+    #: After libxc returns, the toolstack reads its own ``QemuDeviceModelRecord\\n`` +
+    #: big-endian length record (HVM), and fails if it does not find one (§8.1, §12 EAT).
+    reads_foreign_qemu: bool = False
+    #: Installs libxc's ``toolstack_restore`` callback (libxl): without one an HVM stream
+    #: carrying chunk -18 fails at finish (§5, -18).
+    toolstack_callback: bool = False
+    summary: str = ""
+
+
+TOOLSTACKS: dict[str, Toolstack] = {
+    t.name: t
+    for t in (
+        Toolstack(
+            "xc_restore",
+            (0, 1),
+            summary="libxc's own xc_restore helper; 9th argument defaults to 0 (§13)",
+        ),
+        Toolstack("xend", (1,), summary="xend passes a literal 1 (XendCheckpoint.py, §13)"),
+        Toolstack(
+            "libxl-4.3.2",
+            (0,),
+            toolstack_callback=True,
+            summary="4.3 backport: libxl-save-helper hard-wires 0 (§13)",
+        ),
+        Toolstack(
+            "xl-4.4",
+            (0, 1),
+            toolstack_callback=True,
+            summary="xl migrate-receive passes 0, or 1 with -r (Remus) (§13)",
+        ),
+        Toolstack(
+            "xenserver-classic",
+            (0,),
+            libxc_reads_qemu=False,
+            reads_foreign_qemu=True,
+            summary="xenguest passes 0; xenopsd reads its own QEMU record after libxc (§8.1)",
+        ),
+    )
+}
+DEFAULT_TOOLSTACK = "xc_restore"
+
+
+def toolstack(name: str) -> Toolstack:
+    """The toolstack called ``name``, or :class:`UsageError`."""
+    try:
+        return TOOLSTACKS[name]
+    except KeyError:
+        known = ", ".join(TOOLSTACKS)
+        raise UsageError(f"unknown toolstack {name!r} (known: {known})") from None
+
+
+def checkpointed_for(ts: Toolstack, requested: int | None) -> int:
+    """The ``checkpointed_stream`` value ``ts`` passes when asked for ``requested``."""
+    if requested is None:
+        return ts.checkpointed[0]
+    if requested not in ts.checkpointed:
+        can = " or ".join(str(c) for c in ts.checkpointed)
+        raise UsageError(
+            f"toolstack {ts.name} cannot pass checkpointed_stream={requested} (it passes {can})"
+        )
+    return requested
