@@ -1,0 +1,56 @@
+"""The thin cffi binding to libxenguest's ``xc_domain_restore``, for every ABI generation.
+
+:func:`restore_libxc` is the libxc backend's one entry point; :func:`detect` tells which
+library and generation it would use.  Layers: :mod:`.generations` (the declarations as
+data), :mod:`.detect` (which library), :mod:`.loader` (the raw cffi ABI-mode binding),
+:mod:`.restore` (checked call, callbacks, errors), :mod:`.helper` (out of process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from xlpy.binding.callbacks import Callback
+from xlpy.binding.detect import Abi, detect
+from xlpy.binding.generations import GENERATIONS, Generation
+from xlpy.binding.restore import RestoreRequest, RestoreResult, restore_in_process
+
+__all__ = [
+    "GENERATIONS",
+    "Abi",
+    "Callback",
+    "Generation",
+    "RestoreRequest",
+    "RestoreResult",
+    "detect",
+    "restore_libxc",
+]
+
+
+def restore_libxc(
+    request: RestoreRequest,
+    callbacks: Mapping[str, Callback] | None = None,
+    *,
+    abi: Abi | None = None,
+    out_of_process: bool = True,
+    timeout: float | None = None,
+) -> RestoreResult:
+    """Restore a domain from ``request.io_fd`` with the installed libxenguest.
+
+    ``callbacks`` maps ``restore_callbacks`` slot names (``checkpoint``, ``suspend``,
+    ``postcopy``, ``wait_checkpoint``, ``restore_results``, ``static_data_done``,
+    ``toolstack_restore``) to Python callables taking the C arguments without ``data``.
+    By default libxc runs in a helper process (``out_of_process``), so its ``assert``s
+    and crashes surface as :class:`~xlpy.errors.LibxcCrashed`.  Raises
+    :class:`~xlpy.errors.UsageError` for anything libxc would assert on,
+    :class:`~xlpy.errors.XenUnavailable` without a hypervisor or library,
+    :class:`~xlpy.errors.XenError` when libxc fails, or a callback's own exception.
+    """
+    abi = detect() if abi is None else abi
+    callbacks = {} if callbacks is None else callbacks
+    if out_of_process:
+        # Imported here: ``python -m xlpy.binding.helper`` must not find itself half-run.
+        from xlpy.binding.helper import restore_out_of_process
+
+        return restore_out_of_process(abi, request, callbacks, timeout=timeout)
+    return restore_in_process(abi, request, callbacks)

@@ -1,0 +1,240 @@
+"""Out-of-process ``xc_domain_restore``: a libxc assert, crash or hang cannot take the
+toolstack down.
+
+The parent starts ``python -m xlpy.binding.helper FD`` with the stream fd (and the COLO
+back channel) inherited under the same numbers and one end of a socketpair as ``FD``.
+Frames on the socket are a 4-byte big-endian length and a JSON object:
+
+* parent → helper: ``{"abi": …, "request": …, "callbacks": [names]}``
+* helper → parent: ``{"callback": name, "args": […]}``, answered by ``{"return": value}``
+* helper → parent, last: ``{"result": …}`` or ``{"error": {"type", "message", …}}``
+
+Callbacks run in the parent through the same :class:`CallbackBridge` as the in-process
+call, so a callback's exception is re-raised in the parent after the restore returns.
+If the helper dies before its last frame, the parent raises
+:class:`~xlpy.errors.LibxcCrashed` carrying the signal and libxc's last stderr lines
+(an assert names its condition there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import xlpy
+from xlpy.binding.callbacks import Callback, CallbackBridge
+from xlpy.binding.detect import Abi
+from xlpy.binding.generations import by_name
+from xlpy.binding.restore import RestoreRequest, RestoreResult, call_restore, validate
+from xlpy.errors import LibxcCrashed, UsageError, XenError, XenUnavailable, XlpyError
+
+log = logging.getLogger("xlpy.libxc")
+
+_LEN = struct.Struct(">I")
+_ERRORS: Mapping[str, type[XlpyError]] = {
+    "XenUnavailable": XenUnavailable,
+    "UsageError": UsageError,
+}
+
+
+def _send(sock: socket.socket, message: Mapping[str, Any]) -> None:
+    body = json.dumps(message).encode()
+    sock.sendall(_LEN.pack(len(body)) + body)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < n:
+        chunk = sock.recv(n - len(chunks))
+        if not chunk:
+            return None
+        chunks += chunk
+    return bytes(chunks)
+
+
+def _recv(sock: socket.socket) -> dict[str, Any] | None:
+    """The next frame, or None at end of stream."""
+    head = _recv_exact(sock, _LEN.size)
+    if head is None:
+        return None
+    body = _recv_exact(sock, _LEN.unpack(head)[0])
+    if body is None:
+        return None
+    message: dict[str, Any] = json.loads(body)
+    return message
+
+
+def _encode_args(args: list[Any]) -> list[Any]:
+    return [{"hex": a.hex()} if isinstance(a, bytes) else a for a in args]
+
+
+def _decode_args(args: list[Any]) -> list[Any]:
+    return [bytes.fromhex(a["hex"]) if isinstance(a, dict) else a for a in args]
+
+
+def _abi_to_wire(abi: Abi) -> dict[str, Any]:
+    return {
+        "library": abi.library,
+        "soname": abi.soname,
+        "symbol_version": abi.symbol_version,
+        "generation": abi.generation.name,
+        "release": abi.release,
+        "overridden": abi.overridden,
+    }
+
+
+def _abi_from_wire(wire: Mapping[str, Any]) -> Abi:
+    return Abi(
+        library=wire["library"],
+        soname=wire["soname"],
+        symbol_version=wire["symbol_version"],
+        generation=by_name(wire["generation"]),
+        release=wire["release"],
+        overridden=wire["overridden"],
+    )
+
+
+def _error_to_wire(error: XlpyError) -> dict[str, Any]:
+    if isinstance(error, XenError):
+        return {
+            "type": "XenError",
+            "code": error.code,
+            "errno": error.xc_errno,
+            "message": error.message,
+        }
+    kind = "UsageError" if isinstance(error, UsageError) else "XenUnavailable"
+    return {"type": kind, "message": str(error)}
+
+
+def _error_from_wire(wire: Mapping[str, Any]) -> XlpyError:
+    if wire["type"] == "XenError":
+        return XenError(wire["code"], wire["errno"], wire["message"])
+    return _ERRORS[wire["type"]](wire["message"])
+
+
+def _drain(stream: IO[bytes], tail: deque[str]) -> None:
+    """Log the helper's stderr (libxc's own logger writes there) and keep its tail."""
+    for raw in stream:
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        tail.append(line)
+        log.info("libxc: %s", line)
+
+
+def restore_out_of_process(
+    abi: Abi,
+    request: RestoreRequest,
+    callbacks: Mapping[str, Callback],
+    *,
+    timeout: float | None = None,
+) -> RestoreResult:
+    """``xc_domain_restore`` in a helper process; same results and errors as in-process.
+
+    ``timeout`` bounds each wait for the helper (not the caller's own callbacks); on
+    expiry the helper is killed and :class:`LibxcCrashed` raised.
+    """
+    validate(abi.generation, abi.release, request, callbacks)
+    bridge = CallbackBridge(callbacks)
+    parent, child = socket.socketpair()
+    fds = {child.fileno(), request.io_fd} | ({request.send_back_fd} - {-1})
+    env = dict(os.environ)
+    root = str(Path(xlpy.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xlpy.binding.helper", str(child.fileno())],
+        pass_fds=sorted(fds),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    child.close()
+    assert proc.stderr is not None
+    tail: deque[str] = deque(maxlen=20)
+    drain = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
+    drain.start()
+    final: dict[str, Any] | None = None
+    try:
+        parent.settimeout(timeout)
+        _send(parent, {"abi": _abi_to_wire(abi), "request": request.to_json(),
+                       "callbacks": sorted(callbacks)})  # fmt: skip
+        while (message := _recv(parent)) is not None:
+            if "callback" in message:
+                ret = bridge.invoke(message["callback"], _decode_args(message["args"]))
+                _send(parent, {"return": ret})
+            else:
+                final = message
+                break
+    except (TimeoutError, OSError) as e:
+        proc.kill()
+        hung = isinstance(e, TimeoutError)
+        proc.wait()
+        drain.join()
+        raise LibxcCrashed(
+            f"the libxc restore helper {'hung' if hung else 'broke the channel'} "
+            f"({'no message for ' + str(timeout) + ' s' if hung else e}); killed it",
+            signal=None,
+            stderr="\n".join(tail),
+        ) from None
+    finally:
+        parent.close()
+    rc = proc.wait()
+    drain.join()
+    if final is None:
+        how = f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
+        last = tail[-1] if tail else "(no output)"
+        error: XlpyError = LibxcCrashed(
+            f"libxenguest ended the restore helper with {how}: {last}",
+            signal=-rc if rc < 0 else None,
+            stderr="\n".join(tail),
+        )
+    elif "result" in final:
+        bridge.reraise()
+        return RestoreResult(**final["result"])
+    else:
+        error = _error_from_wire(final["error"])
+    bridge.reraise(cause=error)
+    raise error
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The helper side: one restore, driven over the socket named by ``argv[0]``."""
+    args = sys.argv[1:] if argv is None else argv
+    sock = socket.socket(fileno=int(args[0]))
+    request_message = _recv(sock)
+    if request_message is None:
+        return 2
+    abi = _abi_from_wire(request_message["abi"])
+    request = RestoreRequest(**request_message["request"])
+    names: list[str] = request_message["callbacks"]
+
+    def invoke(name: str, cargs: Any) -> int | None:
+        _send(sock, {"callback": name, "args": _encode_args(list(cargs))})
+        reply = _recv(sock)
+        if reply is None:  # the parent is gone: fail the callback, libxc unwinds
+            raise ConnectionError("toolstack closed the helper channel")
+        ret: int | None = reply["return"]
+        return ret
+
+    try:
+        validate(abi.generation, abi.release, request, names)
+        result = call_restore(abi, request, names, invoke)
+    except XlpyError as e:
+        _send(sock, {"error": _error_to_wire(e)})
+    else:
+        _send(sock, {"result": result.to_json()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
