@@ -99,3 +99,29 @@ class XenUnavailable(XlpyError, OSError):
 
 class RestoreRefused(XlpyError, ValueError):
     """The toolstack layer refused an operation that would be unsafe on this libxc."""
+
+
+class LibraryNotFound(XenUnavailable):
+    """A Xen library (``missing``) could not be loaded; ``package`` is the Debian package
+    that provides it."""
+
+    def __init__(self, message: str, missing: str, package: str) -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.package = package
+
+
+class LibxcCrashed(XenError):
+    """The out-of-process libxc restore died (an ``assert``, a crash) or hung.
+
+    ``signal`` is the signal that ended the helper (None for a hang or a plain exit) and
+    ``stderr`` what it printed last (libxenguest's assert message, when there is one).
+    """
+
+    def __init__(self, message: str, *, signal: int | None, stderr: str) -> None:
+        super().__init__(1, 0, message)  # XC_INTERNAL_ERROR: libxc never said anything
+        self.signal = signal
+        self.stderr = stderr
+
+    def __str__(self) -> str:
+        return self.message
