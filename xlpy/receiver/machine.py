@@ -172,6 +172,8 @@ class Restore:
         self.checkpoints_complete = 0
         self.image_end: int | None = None
         self.consumed_to: int = 0
+        #: Logical bytes consumed when libxc returned (before the toolstack reads more).
+        self.libxc_consumed = 0
         self.stop_error: StreamError | None = None
         self._created = False
         self._last_progress = 0.0
@@ -185,7 +187,9 @@ class Restore:
             self._toolstack_before()
             self._libxc()
         except _Out as e:
+            self.libxc_consumed = self._consumed()
             return self._failed(rc=1, error=e.error)
+        self.libxc_consumed = self._consumed()
         toolstack_error = self._toolstack_after()
         if toolstack_error is not None:
             self.log.stderr(f"{self.ts.name}: {toolstack_error}")
@@ -200,7 +204,8 @@ class Restore:
         return max(self.source.offset, self.consumed_to)
 
     def _result(self, *, ok: bool, rc: int, error: StreamError | None, **kw: Any) -> RestoreResult:
-        past = 0 if self.image_end is None else max(0, self._consumed() - self.image_end)
+        consumed = self.libxc_consumed
+        past = 0 if self.image_end is None else max(0, consumed - self.image_end)
         return RestoreResult(
             ok=ok,
             rc=rc,
@@ -214,7 +219,7 @@ class Restore:
             checkpointed=self.cs,
             error=error,
             checkpoints_complete=self.checkpoints_complete,
-            bytes_consumed=self._consumed(),
+            bytes_consumed=consumed,
             **kw,
         )
 
