@@ -1,0 +1,52 @@
+"""``xlpy abi``: which libxenguest this machine has and which declarations xlpy uses for it.
+
+Exit 0 when a library was found and its ABI generation is known; 2 when it was not
+(no library, a missing dependency, an unknown or ambiguous soname): that is a setup
+problem, not a stream error, so the message names what is missing and the Debian
+package that provides it.  Reads nothing from the hypervisor: works in any domain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY, detect
+from xlpy.errors import LibraryNotFound, UsageError, XenUnavailable
+
+EXIT_MISSING = 2
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "abi",
+        help="show the installed libxenguest and its ABI generation",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog=f"Environment: {ENV_LIBRARY}=/path/libxenguest.so.4.N picks the library; "
+        f"{ENV_GENERATION}=GEN (e.g. 4.14-4.21) overrides the detected generation.",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        abi = detect()
+    except (XenUnavailable, UsageError) as e:
+        if args.json:
+            doc: dict[str, Any] = {"error": str(e)}
+            if isinstance(e, LibraryNotFound):
+                doc.update(missing=e.missing, package=e.package)
+            print(json.dumps(doc, indent=2))
+        else:
+            print(f"xlpy abi: {e}", file=sys.stderr)
+        return EXIT_MISSING
+    doc = abi.to_json()
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    for key, value in doc.items():
+        shown = ("\n" + " " * 16).join(value) if isinstance(value, list) else value
+        print(f"{key + ':':16}{shown}")
+    return 0
