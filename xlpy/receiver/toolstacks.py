@@ -53,7 +53,8 @@ TOOLSTACKS: dict[str, Toolstack] = {
         ),
         Toolstack(
             "xenserver-classic",
-            (0,),
+            # xenguest passes 0; 1 models the cs=1 column of the outcome matrix (§12).
+            (0, 1),
             libxc_reads_qemu=False,
             reads_foreign_qemu=True,
             summary="xenguest passes 0; xenopsd reads its own QEMU record after libxc (§8.1)",

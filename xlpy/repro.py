@@ -1,0 +1,326 @@
+"""The outcome matrix of legacy-stream.md §12, runnable.
+
+Every cell — sender {S-pre ``xen-4.0``, S-post ``xen-4.1``+} × mode {plain, remus} ×
+guest {pv, hvm} × trailer {eof, quiet, foreign} × receiver {4.0, 4.1-4.3.1, 4.3.2 cs=0,
+4.3.2/4.5 cs=1, 4.4 cs=1} — is played by generating the sender's stream, pushing it
+through a real socketpair into the reference receiver and classifying what happened
+with the spec's codes.  The expected codes are data (``xlpy/data/outcomes.json``, each
+citing its §12 cell), never derived from the receiver.
+
+How a cell's stream is made (the sender profiles of :mod:`xlpy.stream.legacy.senders`,
+bare libxc framing, plus the toolstack's QEMU record and trailer):
+
+* S-post is generated as ``xen-4.3`` (it emits -9 like every 4.1+ sender; Remus
+  checkpoints use compression, as ``xl remus`` does by default, so the first id a 4.0
+  receiver does not know is -13 for PV);
+* HVM QEMU records read by libxc inside the tail: S-pre plain + eof:
+  ``QemuDeviceModelRecord`` to EOF (xend); other S-pre: ``RemusDeviceModelState``;
+  S-post: ``DeviceModelRecord0002`` (libxl).  Plain HVM + foreign is the
+  XenServer-classic case: no QEMU record in libxc's tail, xenopsd's own
+  ``QemuDeviceModelRecord\\n`` + big-endian length record after the image, received by
+  the ``xenserver-classic`` toolstack.  Other foreign trailers are xl's
+  ``"domain is yours…"`` handshake bytes;
+* eof: the sender closes after the last byte; quiet: it keeps the socket open until
+  the receiver is done (so quiet cells cost one heartbeat each).
+
+For CI the guest is tiny and the heartbeat short (:data:`DEFAULT_HEARTBEAT`); libxc's
+real value (1 s) is the default of ``xlpy restore``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlpy.guest import Guest, GuestSpec
+from xlpy.receiver import restore
+from xlpy.receiver.backends import RestoreResult
+from xlpy.stream.legacy import format as F
+from xlpy.stream.legacy.records import HvmTail, QemuRecord, Record, Trailer
+from xlpy.stream.legacy.senders import FOREIGN_TRAILER, SenderProfile, stream_records
+from xlpy.stream.legacy.writer import LegacyWriter
+from xlpy.stream.source import ByteSource
+
+#: Heartbeat for quiet cells: short so the matrix runs in seconds.
+DEFAULT_HEARTBEAT = 0.1
+#: Remus streams carry this many checkpoints.
+REMUS_CHECKPOINTS = 3
+#: Tiny guests: enough for several batches of the VCPU/HVM machinery, not more.
+GUEST_PAGES = 48
+#: The profile that stands for "every sender that emits -9".
+S_POST_PROFILE = "xen-4.3"
+
+CODES = ("OK0", "OK1", "EAT", "DIE", "DIE44", "R-OK", "R-EARLY", "R-DIE44")
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One cell of the matrix, with its expected code and the spec text it cites."""
+
+    sender: str
+    mode: str
+    guest: str
+    trailer: str
+    receiver: str
+    checkpointed: int | None
+    expected: str
+    cite: str = ""
+
+    @property
+    def column(self) -> str:
+        cs = "" if self.checkpointed is None else f" cs={self.checkpointed}"
+        return f"{self.receiver}{cs}"
+
+    @property
+    def row(self) -> tuple[str, str, str, str]:
+        return (self.sender, self.mode, self.guest, self.trailer)
+
+    def matches(self, terms: Iterable[str]) -> bool:
+        """``--only``: every term names one of the cell's coordinates."""
+        words = {self.sender, self.mode, self.guest, self.trailer, self.receiver}
+        if self.checkpointed is not None:
+            words.add(f"cs={self.checkpointed}")
+            words.add(f"cs{self.checkpointed}")
+        return all(t in words for t in terms)
+
+
+@dataclass(slots=True)
+class CellResult:
+    cell: Cell
+    observed: str
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.observed == self.cell.expected
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.cell
+        return {
+            "sender": c.sender,
+            "mode": c.mode,
+            "guest": c.guest,
+            "trailer": c.trailer,
+            "receiver": c.receiver,
+            "checkpointed": c.checkpointed,
+            "expected": c.expected,
+            "observed": self.observed,
+            "messages": self.messages,
+        }
+
+
+def load_cells() -> list[Cell]:
+    """The expected table (``xlpy/data/outcomes.json``)."""
+    text = resources.files("xlpy").joinpath("data/outcomes.json").read_text()
+    doc = json.loads(text)
+    return [
+        Cell(
+            sender=c["sender"],
+            mode=c["mode"],
+            guest=c["guest"],
+            trailer=c["trailer"],
+            receiver=c["receiver"],
+            checkpointed=c["checkpointed"],
+            expected=c["expected"],
+            cite=c["cite"],
+        )
+        for c in doc["cells"]
+    ]
+
+
+# --- streams --------------------------------------------------------------------------
+
+
+def _profile(sender: str, mode: str) -> SenderProfile:
+    remus = mode == "remus"
+    spre = sender == "xen-4.0"
+    return SenderProfile(
+        sender=sender if spre else S_POST_PROFILE,
+        toolstack="bare",
+        mode=mode,
+        checkpoints=REMUS_CHECKPOINTS if remus else 1,
+        compress=remus and not spre,
+    )
+
+
+def _spec(guest: str) -> GuestSpec:
+    return GuestSpec(kind=guest, pages=GUEST_PAGES, seed=7, vcpus=2)  # type: ignore[arg-type]
+
+
+def _qemu_signature(sender: str, mode: str, trailer: str) -> bytes | None:
+    if mode == "plain" and trailer == "foreign":
+        return None  # XenServer-classic: the record lives outside libxc's image
+    if sender != "xen-4.0":
+        return F.QEMU_SIG_0002
+    if mode == "plain" and trailer == "eof":
+        return F.QEMU_SIG_TO_EOF
+    return F.QEMU_SIG_REMUS
+
+
+def _records(sender: str, mode: str, guest: str, trailer: str) -> Iterator[Record]:
+    g = Guest(_spec(guest))
+    sig = _qemu_signature(sender, mode, trailer) if guest == "hvm" else None
+    k = 0
+    for rec in stream_records(_profile(sender, mode), _spec(guest)):
+        yield rec
+        if isinstance(rec, HvmTail) and sig is not None:
+            yield QemuRecord(signature=sig, data=g.qemu_data(k))
+            k += 1
+    if trailer == "foreign":
+        if guest == "hvm" and mode == "plain":
+            yield QemuRecord(signature=F.XENSERVER_QEMU_SIG, data=g.qemu_data(0))
+        else:
+            yield Trailer(data=FOREIGN_TRAILER)
+
+
+@lru_cache(maxsize=32)
+def cell_stream(sender: str, mode: str, guest: str, trailer: str) -> bytes:
+    """The bytes the sender of a row puts on the wire (cached per row)."""
+    out = BytesIO()
+    LegacyWriter(out, width=8).write_all(_records(sender, mode, guest, trailer))
+    return out.getvalue()
+
+
+def receiving_toolstack(cell: Cell) -> str:
+    """XenServer-classic for its own HVM record; libxc's xc_restore otherwise."""
+    if cell.guest == "hvm" and cell.mode == "plain" and cell.trailer == "foreign":
+        return "xenserver-classic"
+    return "xc_restore"
+
+
+# --- running and classifying ------------------------------------------------------------
+
+
+def _send(sock: socket.socket, data: bytes, quiet: bool, done: threading.Event) -> None:
+    try:
+        sock.sendall(data)
+        if quiet:
+            done.wait(60)
+    except OSError:
+        pass  # the receiver stopped reading (R-EARLY, DIE) and closed its end
+    finally:
+        sock.close()
+
+
+def classify(cell: Cell, r: RestoreResult) -> str:
+    """The spec's code for what the receiver did (§12 "Outcome codes")."""
+    if r.rc != 0:
+        if r.checkpoints_complete == 0:
+            return "DIE"
+        return "R-DIE44" if cell.mode == "remus" else "DIE44"
+    if cell.mode == "remus":
+        if r.committed_checkpoint == REMUS_CHECKPOINTS - 1:
+            return "R-OK"
+        if r.committed_checkpoint == 0:
+            return "R-EARLY"
+        return f"R-AT{r.committed_checkpoint}"
+    ate = any("Max batch size exceeded" in m for m in r.messages)
+    if ate and r.bytes_past_image > 0:
+        return "EAT"
+    if not r.ok:
+        return "FAILED"
+    if not r.messages and r.bytes_past_image == 0:
+        return "OK0"
+    return "OK1"
+
+
+def _memory_ok(cell: Cell, out: Path, committed: int) -> bool:
+    """The restored memory equals the sender's guest at the committed checkpoint."""
+    g = Guest(_spec(cell.guest))
+    epoch = committed + 1 if cell.mode == "remus" else 0
+    mem = np.fromfile(out / "memory", dtype=np.uint8).reshape(-1, F.PAGE_SIZE)
+    pop = np.flatnonzero(g.populated)
+    want = g.pages(pop.astype(np.uint64), epoch)
+    holes = np.flatnonzero(~g.populated)
+    return bool(np.array_equal(mem[pop], want) and not mem[holes].any())
+
+
+def run_cell(cell: Cell, workdir: Path, heartbeat: float = DEFAULT_HEARTBEAT) -> CellResult:
+    """Stream the cell's row through a socketpair into its receiver and classify."""
+    data = cell_stream(cell.sender, cell.mode, cell.guest, cell.trailer)
+    tx, rx = socket.socketpair()
+    done = threading.Event()
+    t = threading.Thread(target=_send, args=(tx, data, cell.trailer == "quiet", done))
+    t.daemon = True
+    t.start()
+    out = workdir / "domain"
+    try:
+        r = restore(
+            ByteSource(rx),
+            generation=cell.receiver,
+            out=out,
+            checkpointed=cell.checkpointed,
+            toolstack=receiving_toolstack(cell),
+            heartbeat=heartbeat,
+        )
+    finally:
+        done.set()
+        rx.close()
+        t.join(10)
+    observed = classify(cell, r)
+    if (
+        r.ok
+        and r.committed_checkpoint is not None
+        and not _memory_ok(cell, out, r.committed_checkpoint)
+    ):
+        observed += "/BADMEM"
+    shutil.rmtree(out, ignore_errors=True)
+    return CellResult(cell, observed, list(r.messages))
+
+
+def run_matrix(
+    cells: Iterable[Cell], *, heartbeat: float = DEFAULT_HEARTBEAT
+) -> Iterator[CellResult]:
+    """Run ``cells`` one after another (each gets a fresh domain directory)."""
+    with tempfile.TemporaryDirectory(prefix="xlpy-repro-") as tmp:
+        for cell in cells:
+            yield run_cell(cell, Path(tmp), heartbeat)
+
+
+def render(results: list[CellResult]) -> str:
+    """The matrix as text: rows sender/mode/guest/trailer, one column per receiver."""
+    columns: list[str] = []
+    rows: list[tuple[str, str, str, str]] = []
+    grid: dict[tuple[tuple[str, str, str, str], str], CellResult] = {}
+    for res in results:
+        c = res.cell
+        if c.column not in columns:
+            columns.append(c.column)
+        if c.row not in rows:
+            rows.append(c.row)
+        grid[(c.row, c.column)] = res
+    label = "sender   mode   guest trailer"
+    width = max(13, *(len(col) for col in columns))
+    lines = [label + "  " + "".join(col.ljust(width + 2) for col in columns)]
+    for row in rows:
+        sender, mode, guest, trailer = row
+        text = f"{sender:<8} {mode:<6} {guest:<5} {trailer:<7}"
+        for col in columns:
+            res = grid.get((row, col))
+            if res is None:
+                cell_text = ""
+            elif res.ok:
+                cell_text = res.observed
+            else:
+                cell_text = f"{res.observed}!={res.cell.expected}"
+            text += "  " + cell_text.ljust(width)
+        lines.append(text.rstrip())
+    bad = sum(not r.ok for r in results)
+    lines.append("")
+    lines.append(
+        f"{len(results)} cells, {len(results) - bad} as expected, {bad} mismatched"
+        + ("" if not bad else "  (X!=Y: observed X, the spec says Y)")
+    )
+    return "\n".join(lines)
