@@ -1,7 +1,7 @@
 """The outcome matrix of legacy-stream.md §12, runnable.
 
-Every cell — sender {S-pre ``xen-4.0``, S-post ``xen-4.1``+} × mode {plain, remus} ×
-guest {pv, hvm} × trailer {eof, quiet, foreign} × receiver {4.0, 4.1-4.3.1, 4.3.2 cs=0,
+Every cell — sender {S-pre ``xen-4.0``, S-post ``xen-4.1``+} x mode {plain, remus} ×
+guest {pv, hvm} x trailer {eof, quiet, foreign} x receiver {4.0, 4.1-4.3.1, 4.3.2 cs=0,
 4.3.2/4.5 cs=1, 4.4 cs=1} — is played by generating the sender's stream, pushing it
 through a real socketpair into the reference receiver and classifying what happened
 with the spec's codes.  The expected codes are data (``xlpy/data/outcomes.json``, each
