@@ -1,6 +1,6 @@
 """The outcome matrix of legacy-stream.md §12, runnable.
 
-Every cell — sender {S-pre ``xen-4.0``, S-post ``xen-4.1``+} x mode {plain, remus} ×
+Every cell — sender {S-pre ``xen-4.0``, S-post ``xen-4.1``+} x mode {plain, remus} x
 guest {pv, hvm} x trailer {eof, quiet, foreign} x receiver {4.0, 4.1-4.3.1, 4.3.2 cs=0,
 4.3.2/4.5 cs=1, 4.4 cs=1} — is played by generating the sender's stream, pushing it
 through a real socketpair into the reference receiver and classifying what happened
