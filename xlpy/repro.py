@@ -308,13 +308,13 @@ def render(results: list[CellResult]) -> str:
         sender, mode, guest, trailer = row
         text = f"{sender:<8} {mode:<6} {guest:<5} {trailer:<7}"
         for col in columns:
-            res = grid.get((row, col))
-            if res is None:
+            got = grid.get((row, col))
+            if got is None:
                 cell_text = ""
-            elif res.ok:
-                cell_text = res.observed
+            elif got.ok:
+                cell_text = got.observed
             else:
-                cell_text = f"{res.observed}!={res.cell.expected}"
+                cell_text = f"{got.observed}!={got.cell.expected}"
             text += "  " + cell_text.ljust(width)
         lines.append(text.rstrip())
     bad = sum(not r.ok for r in results)
