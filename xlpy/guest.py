@@ -115,6 +115,9 @@ class Guest:
         self.seed = spec.seed
         rng = np.random.default_rng([spec.seed, 0x67656E])
         self._pool = rng.integers(0, 1 << 64, size=_POOL_WORDS, dtype=np.uint64, endpoint=False)
+        # Every page-sized window of the pool, as a view: gathering rows of it
+        # copies whole pages without building an index array.
+        self._windows = np.lib.stride_tricks.sliding_window_view(self._pool, _WORDS)
 
     # -- memory layout ----------------------------------------------------------------
 
@@ -155,8 +158,7 @@ class Guest:
         with np.errstate(over="ignore"):
             key = _hash(self.seed, _SALT_KEY, p)
             start = (key >> np.uint64(20)) % np.uint64(_POOL_WORDS - _WORDS)
-            idx = start.astype(np.int64)[:, None] + np.arange(_WORDS, dtype=np.int64)
-            words = self._pool[idx]
+            words = self._windows[start.astype(np.int64)]
             words ^= key[:, None]
             zero = (_hash(self.seed, _SALT_ZERO, p) & np.uint64(7)) == 0
             words[zero] = 0

@@ -265,22 +265,25 @@ class DeltaCache:
         self._lru[pfn] = token
 
 
+_FULL = bytes([F.COMP_FULL])
+
 #: Fetches page contents in bulk: ``(pfns, tokens) -> uint8 array (n, 4096)``.
 PageSource = Callable[[list[int], list[object]], np.ndarray]
 
 #: Pages whose contents are fetched at once while compressing (bounds memory).
-_FETCH_BLOCK = 1024
+_FETCH_BLOCK = 256
 
 
 class Compressor:
     """The sender side of one Remus stream: staging + LRU cache + chunking.
 
     ``stage(pfn, token, pagetable=...)`` queues a data page in entry order and
-    returns the compressed -12 payloads that must be written *now* (the stage
-    was full); ``flush()`` returns the payloads for whatever is still staged
-    (the end of a checkpoint).  ``content(pfns, tokens)`` yields page bytes for
-    staged or cached tokens: tokens let a deterministic guest model avoid
-    holding 8192 page copies (a token may simply be the page bytes).
+    returns True when the stage is full: the caller must then write the -12
+    payloads of ``flush()`` at once, as it must at the end of a checkpoint.
+    ``flush()`` yields payloads one at a time (each up to ~16 MiB).
+    ``content(pfns, tokens)`` yields page bytes for staged or cached tokens:
+    tokens let a deterministic guest model avoid holding 8192 page copies (a
+    token may simply be the page bytes).
 
     Unlike libxc, a page is assigned a cache slot only once its encoding fits
     the chunk: libxc's ``get_cache_page`` claims the slot before
@@ -303,20 +306,18 @@ class Compressor:
         self._stage_pages = stage_pages
         self._limit = chunk_limit
 
-    def stage(self, pfn: int, token: object, *, pagetable: bool = False) -> list[bytes]:
-        """``xc_compression_add_page``; returns payloads to emit if the stage filled."""
+    def stage(self, pfn: int, token: object, *, pagetable: bool = False) -> bool:
+        """``xc_compression_add_page``; True when the stage is full (flush now)."""
         if pagetable:
             # Evicted at staging time, before earlier staged pages are looked up.
             self.cache.invalidate(pfn)
         self._stage.append((pfn, token, pagetable))
-        if len(self._stage) == self._stage_pages:
-            return self.flush()
-        return []
+        return len(self._stage) >= self._stage_pages
 
-    def flush(self) -> list[bytes]:
+    def flush(self) -> Iterator[bytes]:
         """``write_compressed``: compress every staged page into -12 payloads."""
-        chunks: list[bytes] = []
-        cur = bytearray()
+        cur: list[bytes] = []
+        size = 0
         for b in range(0, len(self._stage), _FETCH_BLOCK):
             block = self._stage[b : b + _FETCH_BLOCK]
             pfns = [pfn for pfn, _, _ in block]
@@ -334,15 +335,12 @@ class Compressor:
             for i in range(len(block)):
                 row = old_row.get(i)
                 need = FULL_PAGE_SIZE if row is None else WORST_COMP_PAGE_SIZE
-                if len(cur) + need > self._limit:
-                    chunks.append(bytes(cur))
-                    cur = bytearray()
-                if row is None:
-                    cur.append(F.COMP_FULL)
-                    cur += new[i].tobytes()
-                else:
-                    cur += compress_page(new[i], old[row])
-        if cur:
-            chunks.append(bytes(cur))
+                if size + need > self._limit:
+                    yield b"".join(cur)
+                    cur, size = [], 0
+                enc = _FULL + new[i].tobytes() if row is None else compress_page(new[i], old[row])
+                cur.append(enc)
+                size += len(enc)
         self._stage.clear()
-        return chunks
+        if cur:
+            yield b"".join(cur)

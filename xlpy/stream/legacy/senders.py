@@ -269,7 +269,7 @@ class _Stream:
             data_pfns = chunk[self.g.populated[chunk]].astype(np.uint64)
             pages = self.g.pages(data_pfns, epoch)
             yield PageBatch(
-                width=self.w, entries=self._entries(chunk).tobytes(), data=pages.tobytes()
+                width=self.w, entries=self._entries(chunk).tobytes(), data=pages.reshape(-1).data
             )
 
     def _compressed_batches(self, pfns: np.ndarray, epoch: int) -> Iterator[Record]:
@@ -279,13 +279,13 @@ class _Stream:
         for s in range(0, pfns.size, F.MAX_BATCH_SIZE):
             chunk = pfns[s : s + F.MAX_BATCH_SIZE]
             yield PageBatch(width=self.w, entries=self._entries(chunk).tobytes(), data=None)
-            payloads: list[bytes] = []
             for pfn, ver in zip(
                 chunk.tolist(), versions[s : s + F.MAX_BATCH_SIZE].tolist(), strict=True
             ):
-                payloads += self.compressor.stage(pfn, ver)
-            for data in payloads:
-                yield CompressedData(data=data)
+                if self.compressor.stage(pfn, ver):
+                    # libxc flushes mid-batch, once the batch's entries are out.
+                    for data in self.compressor.flush():
+                        yield CompressedData(data=data)
         for data in self.compressor.flush():
             yield CompressedData(data=data)
 

@@ -1,0 +1,135 @@
+"""``xlpy gen``: write the legacy stream a given Xen sender would send for a seeded guest.
+
+The stream is produced batch by batch (memory stays bounded whatever the guest
+size).  With ``-o FILE`` it is written to a temporary name beside FILE and
+renamed on success; ``-o -`` writes to stdout.  Impossible combinations
+(compression without Remus, xl framing from xen-4.0, ...) exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from typing import Any, BinaryIO
+
+from xlpy.errors import UsageError
+from xlpy.guest import GuestSpec
+from xlpy.stream.legacy.framing import parse_width
+from xlpy.stream.legacy.senders import (
+    MODES,
+    SENDERS,
+    TOOLSTACKS,
+    TRAILERS,
+    SenderProfile,
+    generate,
+)
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_OUT_BUFFER = 1 << 20
+
+
+def parse_size(text: str) -> int:
+    """``64M``, ``1G``, ``512K``, ``4096`` (bytes; suffixes are binary, ``iB``/``B`` allowed)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"bad size {text!r} (expected e.g. 64M, 1G)")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def _width(text: str) -> int:
+    try:
+        return parse_width(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "gen",
+        help="generate a legacy stream from a sender profile",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    p.add_argument("--guest", choices=["pv", "hvm"], required=True)
+    p.add_argument(
+        "--guest-width", type=_width, default=8, help="PV guest width: 32 or 64 (default 64)"
+    )
+    p.add_argument("--width", type=_width, default=8, help="toolstack width W: 64 (default) or 32")
+    p.add_argument("--sender", choices=SENDERS, required=True)
+    p.add_argument("--toolstack", choices=TOOLSTACKS, default="bare")
+    p.add_argument("--mode", choices=MODES, default="plain")
+    p.add_argument(
+        "--checkpoints", type=int, help="Remus checkpoints (default 3; plain: exactly 1)"
+    )
+    p.add_argument(
+        "--dirty", type=float, default=0.2, help="fraction of pages each checkpoint rewrites"
+    )
+    p.add_argument("--compress", action="store_true", help="Remus checkpoint compression")
+    p.add_argument("--trailer", choices=TRAILERS, default="eof")
+    p.add_argument("--memory", type=_size, required=True, help="guest memory, e.g. 64M, 1G")
+    p.add_argument("--vcpus", type=int, default=2)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file or '-'")
+
+
+def _spec(args: argparse.Namespace) -> tuple[SenderProfile, GuestSpec]:
+    if args.memory % 4096:
+        raise UsageError(f"--memory must be a multiple of 4 KiB, not {args.memory}")
+    checkpoints = args.checkpoints
+    if checkpoints is None:
+        checkpoints = 3 if args.mode == "remus" else 1
+    profile = SenderProfile(
+        sender=args.sender,
+        toolstack=args.toolstack,
+        mode=args.mode,
+        checkpoints=checkpoints,
+        compress=args.compress,
+        trailer=args.trailer,
+        width=args.width,
+    )
+    try:
+        spec = GuestSpec(
+            kind=args.guest,
+            pages=args.memory // 4096,
+            seed=args.seed,
+            guest_width=args.guest_width,
+            vcpus=args.vcpus,
+            dirty=args.dirty,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    profile.check(spec)
+    return profile, spec
+
+
+def run(args: argparse.Namespace) -> int:
+    profile, spec = _spec(args)
+    if args.output == "-":
+        out: BinaryIO = sys.stdout.buffer
+        generate(profile, spec, out)
+        out.flush()
+        return 0
+    target = os.path.abspath(args.output)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target)
+    )
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb", buffering=_OUT_BUFFER) as f:
+            generate(profile, spec, f)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return 0
