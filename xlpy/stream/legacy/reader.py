@@ -25,8 +25,6 @@ import struct
 from collections.abc import Iterator
 from typing import NoReturn
 
-import numpy as np
-
 from xlpy.errors import StreamMalformed, StreamTruncated, UsageError
 from xlpy.stream.legacy import format as F
 from xlpy.stream.legacy import framing
@@ -80,25 +78,32 @@ _MAX_PAGE_BYTES = F.MAX_BATCH_SIZE * F.PAGE_SIZE
 _QEMU_SIGNATURES = (F.QEMU_SIG_0002, F.QEMU_SIG_REMUS, F.QEMU_SIG_TO_EOF)
 
 
-def data_bearing_mask(
-    entries: bytes, width: int, dataless_nibbles: frozenset[int] = F.DATALESS_NIBBLES
-) -> np.ndarray:
-    """Boolean array: which raw W-sized batch entries are followed by a page (§4.2).
+def _nibble_table(dataless_nibbles: frozenset[int]) -> bytes:
+    """Byte translation: top byte of an entry → 1 if its type nibble carries a page."""
+    return bytes(0 if b >> 4 in dataless_nibbles else 1 for b in range(256))
 
-    Only the low 32 bits count: on W=8 the receiver masks with a 32-bit constant.
-    """
-    arr = np.frombuffer(entries, dtype="<u4" if width == 4 else "<u8")
-    nibbles = (arr & 0xFFFFFFFF) >> F.XEN_DOMCTL_PFINFO_LTAB_SHIFT
-    if not dataless_nibbles:
-        return np.ones(len(arr), dtype=bool)
-    return ~np.isin(nibbles, np.fromiter(dataless_nibbles, dtype=np.uint64))
+
+_DATA_TABLES = {
+    nibbles: _nibble_table(nibbles) for nibbles in (F.DATALESS_NIBBLES, F.DATALESS_NIBBLES_4_0)
+}
 
 
 def data_bearing_count(
     entries: bytes, width: int, dataless_nibbles: frozenset[int] = F.DATALESS_NIBBLES
 ) -> int:
-    """How many pages follow a batch with these raw entries."""
-    return int(np.count_nonzero(data_bearing_mask(entries, width, dataless_nibbles)))
+    """How many pages follow a batch with these raw W-sized entries (§4.2).
+
+    The type nibble is the top of bits 31..28, i.e. of byte 3 of each
+    little-endian entry; on W=8 the upper half is ignored, as by the receiver
+    (its mask is a 32-bit constant).  Pure bytes work: no numpy on this path.
+    """
+    table = _DATA_TABLES.get(dataless_nibbles) or _nibble_table(dataless_nibbles)
+    return entries[3::width].translate(table).count(1)
+
+
+def _uwords(raw: bytes, width: int) -> tuple[int, ...]:
+    """Little-endian W-sized words."""
+    return struct.unpack(f"<{len(raw) // width}{'I' if width == 4 else 'Q'}", raw)
 
 
 class LegacyReader:
@@ -345,8 +350,7 @@ class LegacyReader:
         fpp = F.PAGE_SIZE // (self.guest_width or w)
         count = -(-self.p2m_size // fpp)
         raw = self._read(count * w, "p2m_frame_list.entries")
-        entries = np.frombuffer(raw, dtype="<u4" if w == 4 else "<u8").tolist()
-        return P2mFrameList(offset=start, index=self._emit(), entries=tuple(entries))
+        return P2mFrameList(offset=start, index=self._emit(), entries=_uwords(raw, w))
 
     # -- body (§4, §5) --------------------------------------------------------------
 
@@ -527,8 +531,7 @@ class LegacyReader:
         n = self._u32("pv_tail.pfn_count")
         if n > F.MAX_UNMAPPED_PFNS:
             self._malformed(f"PV tail: {n} unmapped pfns (more than 2^28)", "pv_tail.pfn_count", n)
-        raw = self._read(n * w, "pv_tail.pfns")
-        unmapped = np.frombuffer(raw, dtype="<u4" if w == 4 else "<u8").tolist()
+        unmapped = _uwords(self._read(n * w, "pv_tail.pfns"), w)
         ext = self.ext_info
         ctx_size = (
             F.VCPU_CONTEXT_SIZE_32 if (self.guest_width or w) == 4 else F.VCPU_CONTEXT_SIZE_64
@@ -558,7 +561,7 @@ class LegacyReader:
         return PvTail(
             offset=start,
             index=self._emit(),
-            unmapped=tuple(unmapped),
+            unmapped=unmapped,
             vcpus=tuple(vcpus),
             shared_info=shared,
         )

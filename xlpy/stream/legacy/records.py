@@ -15,10 +15,12 @@ reused by the next batch: consumers that keep it must copy it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from xlpy.stream.legacy import format as F
+
+if TYPE_CHECKING:  # numpy costs ~0.1 s to import: only entry_array() needs it
+    import numpy as np
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +150,8 @@ class PageBatch(Record):
 
     def entry_array(self) -> np.ndarray:
         """Entries as a ``uint64`` numpy array (zero-extended for W=4)."""
+        import numpy as np
+
         dt = "<u8" if self.width == 8 else "<u4"
         return np.frombuffer(self.entries, dtype=dt).astype(np.uint64)
 
