@@ -154,6 +154,9 @@ def load_library(env: Mapping[str, str] | None = None) -> ctypes.CDLL:
 
 def _symbol_version(lib: ctypes.CDLL, major: int, minor: int) -> str | None:
     libdl = _libdl()
+    # glibc's dlvsym matches any version in an unversioned object: probe with a bogus one.
+    if libdl.dlvsym(lib._handle, b"xc_domain_restore", b"XLPY_NO_SUCH_VERSION"):
+        return None
     # VERS_4.N.0 in 4.15-4.17, libxenguest_4.N.0 from 4.18 on (abi.md §1a).
     for version in (f"VERS_{major}.{minor}.0", f"libxenguest_{major}.{minor}.0"):
         if libdl.dlvsym(lib._handle, b"xc_domain_restore", version.encode()):
