@@ -344,8 +344,11 @@ class Restore:
             self.log.error(M.READ_P2M_SIZE)
             raise _Out(e) from None
         except UsageError as e:
-            # The guest type could not be detected: libxc's caller always knows it.
-            raise e
+            # libxc's caller always knows the guest type; without it (and with too few
+            # bytes to detect it) the toolstack cannot start the restore at all.
+            self.log.stderr(f"{self.ts.name}: {e}")
+            err = StreamMalformed(str(e), offset=self.source.offset, field="header.guest")
+            raise _Out(err) from None
         self.p2m_size = hdr.p2m_size
         self.width = hdr.width
         self.guest = r.guest or "pv"
