@@ -421,3 +421,23 @@ def test_truncation_reports_element_start() -> None:
         records(data[:cut])
     assert ei.value.offset == 8 + 24 and ei.value.field == "batch.pages"
     assert ei.value.record == 3 and str(cut) in ei.value.message
+
+
+def test_required_qemu_record() -> None:
+    r = reader(b"DeviceModelRecord0003" + b"\0" * 8, width=8, guest="hvm")
+    assert r.read_qemu_record() is None and r.source.offset == 0
+    with pytest.raises(StreamMalformed) as ei:
+        r.read_qemu_record(required=True)
+    assert (ei.value.field, ei.value.offset) == ("qemu.signature", 0)
+    r = reader(b"DeviceModel", width=8, guest="hvm")
+    with pytest.raises(StreamTruncated) as et:
+        r.read_qemu_record(required=True)
+    assert et.value.field == "qemu.signature"
+    r = reader(B.qemu_remus(b"QEVM"), width=8, guest="hvm")
+    assert r.read_qemu_record(required=True) == QemuRecord(signature=F.QEMU_SIG_REMUS, data=b"QEVM")
+
+
+def test_v2_stream_is_named() -> None:
+    v2 = b"\xff" * 8 + b"XenF" + struct.pack(">IHH", 2, 1, 0)
+    with pytest.raises(StreamMalformed, match="v2"):
+        reader(v2).read_header()

@@ -125,6 +125,8 @@ def cases() -> list[Case]:
             value=-5,
         )
     )
+    v2 = b"\xff" * 8 + b"XenF" + struct.pack(">IHH", 2, 1, 0)
+    out.append(Case("migration-v2-image-header", v2, "malformed", 0, "header.p2m_size"))
     # -- PV ext-info and frame list ---------------------------------------------------
     ext = pv.at["ext"]
     out.append(_trunc("truncated-ext-info-total", pv, "ext", 10, "ext", "ext_info.total_bytes"))

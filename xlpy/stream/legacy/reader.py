@@ -75,6 +75,8 @@ _XSAVE_HEAD = struct.Struct("<QQ")
 _U32_ALL_ONES = 0xFFFFFFFF
 _U64_ALL_ONES = (1 << 64) - 1
 _MAX_PAGE_BYTES = F.MAX_BATCH_SIZE * F.PAGE_SIZE
+#: Migration v2 image header: all-ones marker, then "XenF" (big-endian id).
+_V2_IHDR_START = b"\xff" * 8 + b"XenF"
 _QEMU_SIGNATURES = (F.QEMU_SIG_0002, F.QEMU_SIG_REMUS, F.QEMU_SIG_TO_EOF)
 
 
@@ -264,6 +266,10 @@ class LegacyReader:
         """``p2m_size`` (detecting W and the guest type unless given)."""
         start = self._begin("header")
         head = self.source.peek(16)
+        if head[:12] == _V2_IHDR_START:
+            self._malformed(
+                "a migration v2 stream, not a legacy one (try xlpy verify)", "header.p2m_size"
+            )
         if self.width is None:
             # Fewer than 8 bytes: either width fails on p2m_size or just after it.
             self.width = framing.detect_width(head) or 8
@@ -592,12 +598,20 @@ class LegacyReader:
         sig = head[: F.QEMU_SIGNATURE_LEN]
         return sig if sig in _QEMU_SIGNATURES else None
 
-    def read_qemu_record(self) -> QemuRecord | None:
-        """A QEMU record if one of the known signatures starts here, else ``None``."""
+    def read_qemu_record(self, *, required: bool = False) -> QemuRecord | None:
+        """A QEMU record if one of the known signatures starts here, else ``None``.
+
+        With ``required`` (libxc's HVM tail, which always reads one) anything
+        else is an error in field ``qemu.signature``: truncated when fewer than
+        21 bytes are left, malformed otherwise (libxc's "Invalid QEMU signature").
+        """
         sig = self.qemu_signature_ahead()
-        if sig is None:
-            return None
         start = self._begin("qemu")
+        if sig is None:
+            if not required:
+                return None
+            head = self._read(F.QEMU_SIGNATURE_LEN, "qemu.signature")
+            self._malformed(f"invalid QEMU signature {head!r}", "qemu.signature")
         self._read(len(sig), "qemu.signature")
         if sig == F.QEMU_SIG_TO_EOF:
             try:
