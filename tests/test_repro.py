@@ -1,0 +1,109 @@
+"""``xlpy repro``: every §12 cell reproduced, and the classifier can tell cells apart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xlpy.receiver.backends import RestoreResult
+from xlpy.repro import CODES, Cell, classify, load_cells, render, run_matrix
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_expected_table_covers_the_matrix_and_cites_the_spec() -> None:
+    cells = load_cells()
+    assert len(cells) == 2 * 2 * 2 * 3 * 5
+    assert len({(c.row, c.column) for c in cells}) == len(cells)
+    for c in cells:
+        assert c.expected in CODES
+        assert c.cite.startswith("§12 row") and ("[C]" in c.cite or "[C+M" in c.cite)
+
+
+def test_every_cell_is_reproduced() -> None:
+    results = list(run_matrix(load_cells()))
+    bad = [(r.cell.row, r.cell.column, r.observed, r.cell.expected) for r in results if not r.ok]
+    assert bad == []
+    text = render(results)
+    assert "120 cells, 120 as expected, 0 mismatched" in text
+    eat = [r for r in results if r.cell.expected == "EAT" and r.cell.guest == "hvm"]
+    assert eat and all(
+        "xc: error: Max batch size exceeded (1970103633). Giving up.: Internal error" in r.messages
+        for r in eat
+    )
+
+
+def _result(**kw: object) -> RestoreResult:
+    base: dict[str, object] = dict(
+        ok=True,
+        rc=0,
+        committed_checkpoint=0,
+        bytes_past_image=0,
+        domain_destroyed=False,
+        messages=[],
+        out=None,
+        checkpoints_complete=1,
+    )
+    base.update(kw)
+    return RestoreResult(**base)  # type: ignore[arg-type]
+
+
+def test_classifier_separates_the_codes() -> None:
+    plain = Cell("xen-4.0", "plain", "pv", "eof", "xen-4.3.1", None, "OK1")
+    remus = Cell("xen-4.0", "remus", "pv", "eof", "xen-4.3.1", None, "R-OK")
+    mbs = ["xc: error: Max batch size exceeded (1634561892). Giving up.: Internal error"]
+    assert classify(plain, _result()) == "OK0"
+    assert classify(plain, _result(messages=["x"])) == "OK1"
+    assert classify(plain, _result(messages=mbs, bytes_past_image=4)) == "EAT"
+    assert classify(plain, _result(ok=False, messages=mbs, bytes_past_image=4)) == "EAT"
+    assert classify(plain, _result(ok=False, rc=1, checkpoints_complete=0)) == "DIE"
+    assert classify(plain, _result(ok=False, rc=1)) == "DIE44"
+    assert classify(remus, _result(ok=False, rc=1, checkpoints_complete=3)) == "R-DIE44"
+    assert classify(remus, _result(committed_checkpoint=2)) == "R-OK"
+    assert classify(remus, _result(committed_checkpoint=0)) == "R-EARLY"
+
+
+def test_cli_only_and_json() -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.run(
+        [sys.executable, "-m", "xlpy", "repro", "--json", "--only", "hvm,foreign,plain"],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    cells = json.loads(p.stdout)
+    assert len(cells) == 2 * 5
+    assert {c["trailer"] for c in cells} == {"foreign"}
+    for c in cells:
+        assert set(c) == {
+            "sender",
+            "mode",
+            "guest",
+            "trailer",
+            "receiver",
+            "checkpointed",
+            "expected",
+            "observed",
+            "messages",
+        }
+        assert c["observed"] == c["expected"]
+
+
+@pytest.mark.parametrize("only", ["nothing-matches", "xen-4.0,hvm,remus,eof,cs7"])
+def test_cli_only_selecting_nothing_is_usage_error(only: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.run(
+        [sys.executable, "-m", "xlpy", "repro", "--only", only],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == 2
