@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import V2Sample
+from conftest import V2_SAMPLE_SPECS, V2Sample, _v2_sample
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from xlpy.stream.source import ByteSource
 from xlpy.stream.v2 import format as F
@@ -169,3 +171,23 @@ def test_cli_reads_stdin(v2_samples: dict[str, V2Sample]) -> None:
     res = _cli("-", "--strict", stdin=v2_samples["hvm-libxl"].data)
     assert res.returncode == 0, res.stderr
     assert b"valid v2 stream" in res.stdout
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sample=st.sampled_from(["pv64-libxc-v3", "hvm-libxl", "pv-xl"]),
+    flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)), max_size=4),
+    cut=st.integers(0, 1 << 20),
+    strict=st.booleans(),
+)
+def test_never_crashes_on_damaged_streams(
+    sample: str, flips: list[tuple[int, int]], cut: int, strict: bool
+) -> None:
+    """Any damage ends in a report (valid or with a located error), never an exception."""
+    data = bytearray(_v2_sample(**V2_SAMPLE_SPECS[sample]).data)  # type: ignore[arg-type]
+    for pos, x in flips:
+        data[pos % len(data)] ^= x
+    data = data[: len(data) - cut % 64] if cut % 3 else data[: cut % len(data)]
+    r = _verify(bytes(data), strict=strict)
+    if r.error is not None:
+        assert getattr(r.error, "offset", None) is not None
