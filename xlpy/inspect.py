@@ -155,7 +155,9 @@ def inspect_stream(
                 assert cp is not None
                 cp.tail = True
     except StreamError as e:
-        summary.error = e
+        # Without its traceback the error holds no frame, hence no cycle back
+        # to this summary and the reader's buffers.
+        summary.error = e.with_traceback(None)
     summary.framing = reader.framing
     summary.end_offset = source.offset
     return summary
