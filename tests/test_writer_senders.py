@@ -135,7 +135,7 @@ def test_remus_shape() -> None:
     assert [(b.number, b.compressed) for b in begins] == [(0, False), (1, True), (2, True)]
     assert sum(isinstance(x, TscInfo) for x in r) == 1
     lists = end_lists(r)
-    assert lists[0][-2:] == [-13, 0] and -9 not in sum(lists, [])
+    assert lists[0][-2:] == [-13, 0] and all(-9 not in x for x in lists)
     assert all(-13 not in x for x in lists[1:])
     qemu = [x for x in r if isinstance(x, QemuRecord)]
     assert [q.signature for q in qemu] == [F.QEMU_SIG_0002] * 3
@@ -267,7 +267,7 @@ def test_expected_memory_matches_replay(kind: str, mode: str, compress: bool, pa
     expected = {
         int(pfn): row.tobytes()
         for pfns, pg in expected_memory(p, spec)
-        for pfn, row in zip(pfns, pg)
+        for pfn, row in zip(pfns, pg, strict=True)
     }
     assert mem.keys() == expected.keys()
     assert all(mem[k] == expected[k] for k in expected)

@@ -119,9 +119,12 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
         return 0
     target = os.path.abspath(args.output)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target)
-    )
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target)
+        )
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -129,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         with os.fdopen(fd, "wb", buffering=_OUT_BUFFER) as f:
             generate(profile, spec, f)
         os.replace(tmp, target)
+    except OSError as e:
+        os.unlink(tmp)
+        raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
     except BaseException:
         os.unlink(tmp)
         raise
