@@ -8,6 +8,7 @@ a segfault means every assert passed (and the dummy handle's first hypercall cra
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -99,3 +100,39 @@ def test_colo_with_the_required_callbacks_passes_asserts(xen_tools: object) -> N
     rc, err = _probe(xen_tools.env, "4.14-4.21", 2, *names)  # type: ignore[attr-defined]
     assert "Assertion" not in err
     assert rc == -signal.SIGSEGV, err
+
+
+@pytest.mark.parametrize("out_of_process", [True, False], ids=["helper", "in-process"])
+def test_restore_libxc_without_hypervisor_is_xen_unavailable(
+    xen_tools: object, monkeypatch: pytest.MonkeyPatch, out_of_process: bool
+) -> None:
+    from xlpy.binding import RestoreRequest, restore_libxc
+    from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY
+    from xlpy.errors import XenUnavailable
+
+    lib_dir = xen_tools.lib_dirs[0]  # type: ignore[attr-defined]
+    monkeypatch.setenv(ENV_LIBRARY, str(lib_dir / "libxenguest.so.4.17"))
+    monkeypatch.delenv(ENV_GENERATION, raising=False)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(XenUnavailable, match="/dev/xen/privcmd") as info:
+            restore_libxc(RestoreRequest(io_fd=r, dom=1), out_of_process=out_of_process)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert "xc_interface_open failed (ENOENT" in str(info.value)
+
+
+@pytest.mark.parametrize("stream_type", [3, 1, 2])
+def test_real_library_never_sees_what_it_would_assert_on(
+    xen_tools: object, monkeypatch: pytest.MonkeyPatch, stream_type: int
+) -> None:
+    # In-process on purpose: an abort here would kill pytest itself.
+    from xlpy.binding import RestoreRequest, restore_libxc
+    from xlpy.binding.detect import ENV_LIBRARY
+    from xlpy.errors import UsageError
+
+    lib_dir = xen_tools.lib_dirs[0]  # type: ignore[attr-defined]
+    monkeypatch.setenv(ENV_LIBRARY, str(lib_dir / "libxenguest.so.4.17"))
+    with pytest.raises(UsageError):
+        restore_libxc(RestoreRequest(io_fd=0, dom=1, stream_type=stream_type), out_of_process=False)

@@ -1,0 +1,149 @@
+"""Framing for libxc that takes no stream type (4.0-4.3.1): libxc sees one checkpoint.
+
+Those receivers read on past the last checkpoint (legacy-stream.md §12): into EOF,
+which is harmless, or into whatever the toolstack put after the image, which it eats
+(the EAT cell: ``Max batch size exceeded (1970103633)``).  For a plain restore xlpy
+therefore reads the legacy stream itself, forwards exactly the first checkpoint's libxc
+image (header through tail, plus the QEMU record where upstream libxc reads it as part
+of its tail) into a pipe, closes the pipe, and hands every later byte back to the
+caller untouched.  The toolstack's own framing header (xl, xend) is read here and never
+forwarded, as a toolstack does before calling libxc.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from xlpy.stream.legacy.reader import LegacyReader
+from xlpy.stream.legacy.records import EndOfBody, VcpuInfo, XendHeader, XlHeader
+from xlpy.stream.source import ByteSource
+
+
+class _Tap:
+    """The raw reader under the :class:`ByteSource`: keeps bytes until forwarded."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending = bytearray()
+        #: Stream offset of ``pending[0]``.
+        self.base = 0
+
+    def readinto(self, b: memoryview, /) -> int:
+        n = os.readv(self.fd, [b])
+        self.pending += b[:n]
+        return n
+
+    def take(self, upto: int) -> bytes:
+        """The bytes from ``base`` to stream offset ``upto``, removed from ``pending``."""
+        n = upto - self.base
+        out = bytes(self.pending[:n])
+        del self.pending[:n]
+        self.base = upto
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """What the forwarder did."""
+
+    #: The toolstack framing header it read (not forwarded), if any.
+    framing: XlHeader | XendHeader | None
+    #: Bytes of libxc image written to the pipe.
+    image_bytes: int
+    #: Bytes read from the input past the image: the start of what follows, to be read
+    #: by the caller before the rest of the input descriptor.
+    rest: bytes
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def forward_first_checkpoint(
+    source_fd: int,
+    sink_fd: int,
+    *,
+    libxc_reads_qemu: bool = True,
+    guest: str | None = None,
+    width: int | None = None,
+) -> Forwarded:
+    """Copy the first checkpoint's libxc image from ``source_fd`` to ``sink_fd``, then
+    close ``sink_fd``.
+
+    ``libxc_reads_qemu``: the receiving libxc reads an HVM QEMU record after the tail
+    (upstream; XenServer-classic's patched libxc does not).  Stream errors propagate
+    (as :class:`~xlpy.errors.StreamError`) after ``sink_fd`` is closed, so libxc sees
+    the image end where the input went wrong.
+    """
+    tap = _Tap(source_fd)
+    src = ByteSource(tap)
+    reader = LegacyReader(src, guest=guest, width=width)
+    forwarded = 0
+
+    def flush() -> None:
+        nonlocal forwarded
+        chunk = tap.take(src.offset)
+        _write_all(sink_fd, chunk)
+        forwarded += len(chunk)
+
+    try:
+        framing = reader.read_framing()
+        tap.take(src.offset)  # the toolstack's header, never libxc's
+        reader.read_header()
+        flush()
+        if reader.guest == "pv":
+            reader.read_pv_ext_info()
+            reader.read_p2m_frame_list()
+            flush()
+        vcpu_info: VcpuInfo | None = None
+        while True:
+            rec = reader.read_chunk()
+            flush()
+            if isinstance(rec, VcpuInfo):
+                vcpu_info = rec
+            elif isinstance(rec, EndOfBody):
+                break
+        reader.read_tail(vcpu_info=vcpu_info)
+        flush()
+        if reader.guest == "hvm" and libxc_reads_qemu:
+            reader.read_qemu_record()
+            flush()
+    finally:
+        os.close(sink_fd)
+    return Forwarded(framing=framing, image_bytes=forwarded, rest=bytes(tap.pending))
+
+
+class Forwarder:
+    """:func:`forward_first_checkpoint` in a thread, feeding the pipe at :attr:`read_fd`.
+
+    Hand :attr:`read_fd` to libxc (or the simulated receiver) as its ``io_fd``, then
+    call :meth:`result`.
+    """
+
+    def __init__(self, source_fd: int, **kw: object) -> None:
+        self.read_fd, write_fd = os.pipe()
+        self._result: Forwarded | None = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._result = forward_first_checkpoint(source_fd, write_fd, **kw)  # type: ignore[arg-type]
+            except BaseException as e:  # re-raised in result(), in the caller's thread
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="xlpy-forwarder", daemon=True)
+        self._thread.start()
+
+    def result(self, timeout: float | None = None) -> Forwarded:
+        """Wait for the forwarder; raises what it raised (e.g. a stream error)."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the forwarder is still copying the first checkpoint")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result

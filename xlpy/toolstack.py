@@ -1,0 +1,217 @@
+"""The toolstack decision: the stream type comes from the caller's *operation*.
+
+A toolstack knows what it is doing (restoring a file, receiving a migration, being a
+Remus or COLO secondary); the stream and the sender's version do not say so reliably
+(legacy-stream.md §12-§14).  :func:`stream_type_for` turns the operation into libxc's
+stream type, and :func:`check_operation` checks it against what the receiving libxc
+release does with it, from the outcome matrix (§12):
+
+* libxc 4.0-4.3.1 takes no ``checkpointed_stream``: a plain restore is made safe by
+  *framing* (xlpy forwards exactly the first checkpoint's libxc image and closes the
+  pipe, so libxc cannot eat what follows: the EAT cell) and a Remus receive is refused,
+  since xlpy cannot tell libxc it is one;
+* 4.4.x destroys the backup on Remus failover (R-DIE44): refused;
+* COLO needs 4.7's stream-type enum: refused, and no ``force`` makes it possible.
+
+``force=True`` overrides the refusals a caller may knowingly accept, never the
+impossible ones.  Rules are data (:data:`RULES`) so each is testable alone.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from dataclasses import dataclass
+
+from xlpy.binding.generations import BY_NAME
+from xlpy.errors import RestoreRefused, UsageError
+
+log = logging.getLogger("xlpy.toolstack")
+
+
+class Operation(enum.StrEnum):
+    """What the toolstack is doing; the only input to the stream-type decision."""
+
+    RESTORE = "restore"
+    MIGRATE_RECEIVE = "migrate-receive"
+    REMUS_RECEIVE = "remus-receive"
+    COLO_RECEIVE = "colo-receive"
+
+
+class StreamType(enum.IntEnum):
+    """libxc's stream type (``xc_stream_type_t``; ``checkpointed_stream`` 0/1 before 4.7)."""
+
+    PLAIN = 0
+    REMUS = 1
+    COLO = 2
+
+
+_STREAM_FOR = {
+    Operation.RESTORE: StreamType.PLAIN,
+    Operation.MIGRATE_RECEIVE: StreamType.PLAIN,
+    Operation.REMUS_RECEIVE: StreamType.REMUS,
+    Operation.COLO_RECEIVE: StreamType.COLO,
+}
+
+
+class Verdict(enum.Enum):
+    """What the toolstack does with an operation on a libxc release."""
+
+    ALLOW = "allow"
+    #: Allowed, with xlpy framing the first checkpoint's image for libxc.
+    FRAME = "frame"
+    #: Refused unless the caller forces it.
+    REFUSE = "refuse"
+    #: Refused; cannot be forced (libxc cannot express it).
+    IMPOSSIBLE = "impossible"
+
+
+_SEVERITY = {Verdict.ALLOW: 0, Verdict.FRAME: 1, Verdict.REFUSE: 2, Verdict.IMPOSSIBLE: 3}
+_PATCH_ANY = 999  # "4.4" means every 4.4.x
+
+Version = tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One row of the safety table: ``stream_type`` on releases ``first``..``last``."""
+
+    name: str
+    stream_type: StreamType
+    first: Version
+    last: Version
+    verdict: Verdict
+    reason: str
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "colo-before-4.7",
+        StreamType.COLO,
+        (4, 0, 0),
+        (4, 6, _PATCH_ANY),
+        Verdict.IMPOSSIBLE,
+        "COLO needs libxc 4.7 or later (xc_migration_stream_t); older libxc has no way to be told",
+    ),
+    Rule(
+        "remus-without-argument",
+        StreamType.REMUS,
+        (4, 0, 0),
+        (4, 3, 1),
+        Verdict.REFUSE,
+        "libxc 4.0-4.3.1 takes no checkpointed_stream, so xlpy cannot tell it this is "
+        "Remus; the backup's behaviour would depend on the sender alone (legacy-stream.md "
+        "§12, R-pre/R-bug)",
+    ),
+    Rule(
+        "remus-4.4-failover",
+        StreamType.REMUS,
+        (4, 4, 0),
+        (4, 4, _PATCH_ANY),
+        Verdict.REFUSE,
+        "libxc 4.4.x destroys the backup on Remus failover: errors after a completed "
+        "checkpoint go to `out` (c2ba706c44, R-DIE44 in legacy-stream.md §12)",
+    ),
+    Rule(
+        "plain-without-argument",
+        StreamType.PLAIN,
+        (4, 0, 0),
+        (4, 3, 1),
+        Verdict.FRAME,
+        "libxc 4.0-4.3.1 reads past the last checkpoint into what follows (the EAT cell "
+        "of legacy-stream.md §12): xlpy forwards exactly the first checkpoint's image "
+        "through a pipe and hands the rest back",
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The toolstack's decision for one operation on one libxc release."""
+
+    operation: Operation
+    release: str
+    stream_type: StreamType
+    verdict: Verdict
+    reason: str
+    #: The caller forced a :attr:`Verdict.REFUSE` through.
+    forced: bool = False
+
+    @property
+    def framed(self) -> bool:
+        """xlpy must frame the first checkpoint for libxc (plain, no argument)."""
+        return self.verdict is Verdict.FRAME
+
+
+def stream_type_for(operation: Operation | str) -> StreamType:
+    """The stream type for ``operation``; logs the decision and its reason.
+
+    Takes no sender version on purpose: only the receiving toolstack knows whether it
+    is a Remus/COLO secondary.
+    """
+    op = _operation(operation)
+    st = _STREAM_FOR[op]
+    log.info("stream type %s: operation is %s", st.name, op.value)
+    return st
+
+
+def _operation(operation: Operation | str) -> Operation:
+    try:
+        return Operation(operation)
+    except ValueError:
+        known = ", ".join(o.value for o in Operation)
+        raise UsageError(f"unknown operation {operation!r} (known: {known})") from None
+
+
+_RELEASE = re.compile(r"^(?:xen-)?(\d+)\.(\d+)(?:\.(\d+))?$")
+
+
+def release_span(release: str) -> tuple[Version, Version]:
+    """The versions ``release`` may stand for: ``"4.4"`` is 4.4.0-4.4.x, ``"4.3.1"`` one.
+
+    An ABI generation name (``"4.3.2-4.4"``) spans its releases; receiver names
+    (``"xen-4.3.1"``) work too.
+    """
+    m = _RELEASE.match(release)
+    if not m:
+        if release in BY_NAME:
+            releases = BY_NAME[release].releases
+            return release_span(releases[0])[0], release_span(releases[-1])[1]
+        raise UsageError(f"not a Xen release: {release!r} (e.g. 4.17, 4.3.1, xen-4.4)")
+    major, minor = int(m[1]), int(m[2])
+    if m[3] is None:
+        return (major, minor, 0), (major, minor, _PATCH_ANY)
+    patch = int(m[3])
+    return (major, minor, patch), (major, minor, patch)
+
+
+def check_operation(operation: Operation | str, generation: str, force: bool = False) -> Decision:
+    """Decide ``operation`` on libxc ``generation`` (a release such as ``"4.4"``,
+    ``"4.3.1"``, ``"xen-4.3.1"``, or an ABI generation name); raises
+    :class:`~xlpy.errors.RestoreRefused` for an unsafe one unless ``force`` (which
+    never overrides :attr:`Verdict.IMPOSSIBLE`).
+
+    Where ``generation`` spans releases that the rules treat differently (``"4.3"``,
+    ``"4.3.2-4.4"``), the strictest verdict wins.
+    """
+    op = _operation(operation)
+    st = stream_type_for(op)
+    lo, hi = release_span(generation)
+    verdict, reason = Verdict.ALLOW, f"libxc {generation} receives {st.name} streams as told"
+    for rule in RULES:
+        overlaps = rule.stream_type is st and rule.first <= hi and lo <= rule.last
+        if overlaps and _SEVERITY[rule.verdict] > _SEVERITY[verdict]:
+            partial = not (rule.first <= lo and hi <= rule.last)
+            verdict = rule.verdict
+            reason = rule.reason + (f" (on some releases {generation} may be)" if partial else "")
+    decision = Decision(op, generation, st, verdict, reason)
+    if verdict is Verdict.IMPOSSIBLE or (verdict is Verdict.REFUSE and not force):
+        hint = "" if verdict is Verdict.IMPOSSIBLE else " (force=True / --force to proceed)"
+        log.warning("refusing %s on libxc %s: %s", op.value, generation, reason)
+        raise RestoreRefused(f"{op.value} refused on libxc {generation}: {reason}{hint}")
+    if verdict is Verdict.REFUSE:
+        log.warning("%s on libxc %s forced by the caller despite: %s", op.value, generation, reason)
+        return Decision(op, generation, st, Verdict.ALLOW, reason, forced=True)
+    log.info("%s on libxc %s: %s (%s)", op.value, generation, verdict.value, reason)
+    return decision
