@@ -1,0 +1,80 @@
+"""``xlpy restore`` of a plain stream into the simulated domain, against the pipe limit.
+
+For a 1 GiB (``ctx.size``) plain HVM and PV stream (the same cached ``xlpy gen`` files
+as ``bench_inspect``), side by side in one run:
+
+* ``cat FILE | xlpy restore - --receiver xen-4.5 --toolstack xl-4.4 --out DIR -q``
+  vs ``cat FILE | cat >/dev/null`` (target >= 0.7x pipe throughput);
+* for context, vs ``cat FILE | cat >OUT`` (the pipe plus writing a 1 GiB file: the
+  simulated domain's ``memory`` has to land in the page cache too);
+* peak RSS of the restore process tree (target <= 64 MiB).
+
+Best of ``ctx.repeat`` runs; each restore gets a fresh domain directory, removed
+after the measurement.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+PIPE_TARGET = 0.7
+RSS_TARGET_MIB = 64
+
+
+def _inspect_bench(ctx: Any) -> Any:
+    """``bench_inspect``: its cached streams and its measuring helper."""
+    path = Path(ctx.root) / "bench" / "bench_inspect.py"
+    spec = importlib.util.spec_from_file_location("bench_inspect", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run(ctx: Any) -> list[dict[str, Any]]:
+    helper = _inspect_bench(ctx)
+    xlpy = " ".join(shlex.quote(a) for a in ctx.xlpy)
+    rows: list[dict[str, Any]] = []
+    for guest in ("hvm", "pv"):
+        path = helper.stream_file(ctx, guest)
+        f = shlex.quote(str(path))
+        size = path.stat().st_size
+        work = Path(tempfile.mkdtemp(prefix="bench-restore-", dir=ctx.cache))
+        try:
+            w = shlex.quote(str(work))
+            base_s, _ = helper.measure(ctx, f"cat {f} | cat >/dev/null")
+            file_s, _ = helper.measure(ctx, f"cat {f} | cat >{w}/copy; rm -f {w}/copy")
+            cmd = (
+                f"cat {f} | {xlpy} restore - --receiver xen-4.5 --toolstack xl-4.4 -q "
+                f'--out "$(mktemp -u -p {w} dom.XXXXXX)"'
+            )
+            s, rss = helper.measure(ctx, cmd)
+            doms = list(work.glob("dom.*"))
+            if len(doms) != max(1, ctx.repeat):
+                raise RuntimeError(f"expected {max(1, ctx.repeat)} restored domains, got {doms}")
+            restored = (doms[0] / "memory").stat().st_size
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        ratio = base_s / s
+        rows.append(
+            {
+                "case": f"{guest} pipe",
+                "stream_MiB": round(size / 2**20),
+                "memory_MiB": round(restored / 2**20),
+                "limit_s": base_s,
+                "limit_to_file_s": file_s,
+                "restore_s": s,
+                "MiB/s": size / 2**20 / s,
+                "ratio": ratio,
+                "ratio_to_file": file_s / s,
+                "target": f">={PIPE_TARGET}",
+                "rss_MiB": rss,
+                "ok": ratio >= PIPE_TARGET and rss <= RSS_TARGET_MIB,
+            }
+        )
+    return rows
