@@ -130,41 +130,50 @@ class CheckpointDecoder:
         page: int,
         pfns: Sequence[int] | None,
     ) -> int:
-        """One run-list page (``default:`` branch of ``uncompress_page``)."""
-        pagepos = 0
+        """One run-list page (``default:`` branch of ``uncompress_page``).
+
+        ``d`` is the absolute write position (``base + pagepos``); SKIP markers
+        (the commonest: long unchanged stretches come as runs of 0xFF) only
+        advance it.
+        """
+        d = base
+        end = base + PAGE
         while True:
             m = buf[pos]
-            n = (m & 0x7F) << 2
-            if not n:
-                self.pos = pos
-                raise self._fail(
-                    "Zero length run encountered for normal page: "
-                    f"buffer (d):read ptr = {pos}, flag = {_FLAG_AS_PRINTED[m & 0x80]}, "
-                    f"bufsize = {size}, pagepos = {pagepos}",
-                    pos,
-                    _page_id(page, pfns),
-                )
-            pos += 1
-            if m < 0x80:
-                if pos + n > size or pagepos + n > PAGE:
+            if m > 0x80:
+                d += (m - 0x80) << 2
+                pos += 1
+            elif m and m < 0x80:
+                n = m << 2
+                pos += 1
+                if pos + n > size or d + n > end:
                     self.pos = pos
                     raise self._fail(
                         "Out of bounds exception in compression "
                         f"buffer (c):read ptr = {pos}, runlen = {n}, "
-                        f"bufsize = {size}, pagepos = {pagepos}",
+                        f"bufsize = {size}, pagepos = {d - base}",
                         pos,
                         _page_id(page, pfns),
                     )
-                dst[base + pagepos : base + pagepos + n] = buf[pos : pos + n]
+                dst[d : d + n] = buf[pos : pos + n]
                 pos += n
-            pagepos += n
-            if pagepos >= PAGE or pos >= size:
+                d += n
+            else:
+                self.pos = pos
+                raise self._fail(
+                    "Zero length run encountered for normal page: "
+                    f"buffer (d):read ptr = {pos}, flag = {_FLAG_AS_PRINTED[m]}, "
+                    f"bufsize = {size}, pagepos = {d - base}",
+                    pos,
+                    _page_id(page, pfns),
+                )
+            if d >= end or pos >= size:
                 break
-        if pagepos != PAGE:
+        if d != end:
             self.pos = pos
             raise self._fail(
                 "Invalid data in compression buffer:"
-                f"read ptr = {pos}, bufsize = {size}, pagepos = {pagepos}",
+                f"read ptr = {pos}, bufsize = {size}, pagepos = {d - base}",
                 pos,
                 _page_id(page, pfns),
             )
