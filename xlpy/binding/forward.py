@@ -124,14 +124,23 @@ class Forwarder:
     call :meth:`result`.
     """
 
-    def __init__(self, source_fd: int, **kw: object) -> None:
+    def __init__(
+        self,
+        source_fd: int,
+        *,
+        libxc_reads_qemu: bool = True,
+        guest: str | None = None,
+        width: int | None = None,
+    ) -> None:
         self.read_fd, write_fd = os.pipe()
         self._result: Forwarded | None = None
         self._error: BaseException | None = None
 
         def run() -> None:
             try:
-                self._result = forward_first_checkpoint(source_fd, write_fd, **kw)  # type: ignore[arg-type]
+                self._result = forward_first_checkpoint(
+                    source_fd, write_fd, libxc_reads_qemu=libxc_reads_qemu, guest=guest, width=width
+                )
             except BaseException as e:  # re-raised in result(), in the caller's thread
                 self._error = e
 
