@@ -38,6 +38,13 @@ def test_every_cell_is_reproduced() -> None:
     )
 
 
+def test_story_cells_tell_the_regression() -> None:
+    from xlpy.repro import story_cells
+
+    results = list(run_matrix(story_cells()))
+    assert [r.observed for r in results] == ["EAT", "OK0", "R-OK"]
+
+
 def _result(**kw: object) -> RestoreResult:
     base: dict[str, object] = dict(
         ok=True,

@@ -280,6 +280,22 @@ def run_cell(cell: Cell, workdir: Path, heartbeat: float = DEFAULT_HEARTBEAT) ->
     return CellResult(cell, observed, list(r.messages))
 
 
+#: The seed's story (``make run``): an old-sender HVM stream with XenServer-classic's
+#: QEMU record into 4.3.1 (EAT, the 1970103633 line) and into a fixed receiver told
+#: ``checkpointed_stream=0`` (OK0); then a Remus stream into a fixed receiver told 1 (R-OK).
+STORY = (
+    ("xen-4.0", "plain", "hvm", "foreign", "xen-4.3.1", None),
+    ("xen-4.0", "plain", "hvm", "foreign", "xen-4.3.2", 0),
+    ("xen-4.1", "remus", "hvm", "eof", "xen-4.3.2", 1),
+)
+
+
+def story_cells() -> list[Cell]:
+    """The cells of :data:`STORY`, with their expected codes, in story order."""
+    by_key = {(*c.row, c.receiver, c.checkpointed): c for c in load_cells()}
+    return [by_key[key] for key in STORY]
+
+
 def run_matrix(
     cells: Iterable[Cell], *, heartbeat: float = DEFAULT_HEARTBEAT
 ) -> Iterator[CellResult]:
