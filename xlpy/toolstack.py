@@ -13,17 +13,25 @@ release does with it, from the outcome matrix (§12):
 * 4.4.x destroys the backup on Remus failover (R-DIE44): refused;
 * COLO needs 4.7's stream-type enum: refused, and no ``force`` makes it possible.
 
+:func:`restore_libxc_operation` drives the libxc backend with that decision (framing
+included); the simulated backend takes the same decision from the same function.
+
 ``force=True`` overrides the refusals a caller may knowingly accept, never the
 impossible ones.  Rules are data (:data:`RULES`) so each is testable alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from xlpy.binding import Abi, Callback, RestoreRequest, RestoreResult, detect, restore_libxc
+from xlpy.binding.forward import Forwarded, Forwarder
 from xlpy.binding.generations import BY_NAME
 from xlpy.errors import RestoreRefused, UsageError
 
@@ -215,3 +223,59 @@ def check_operation(operation: Operation | str, generation: str, force: bool = F
         return Decision(op, generation, st, Verdict.ALLOW, reason, forced=True)
     log.info("%s on libxc %s: %s (%s)", op.value, generation, verdict.value, reason)
     return decision
+
+
+@dataclass(frozen=True, slots=True)
+class LibxcRestore:
+    """A libxc restore driven by an operation."""
+
+    decision: Decision
+    result: RestoreResult
+    #: When framed: the image size sent to libxc and the bytes read past it.  The caller
+    #: reads ``forwarded.rest`` and then the rest of its descriptor (e.g. its QEMU record).
+    forwarded: Forwarded | None
+
+
+def restore_libxc_operation(
+    request: RestoreRequest,
+    operation: Operation | str,
+    *,
+    callbacks: Mapping[str, Callback] | None = None,
+    force: bool = False,
+    abi: Abi | None = None,
+    out_of_process: bool = True,
+    timeout: float | None = None,
+    libxc_reads_qemu: bool = True,
+    guest: str | None = None,
+) -> LibxcRestore:
+    """Restore with the installed libxenguest as ``operation`` requires.
+
+    The stream type comes from ``operation`` (``request.stream_type`` must be left at
+    PLAIN); the installed release is checked by :func:`check_operation` (raising
+    :class:`~xlpy.errors.RestoreRefused`), and on libxc without the argument a plain
+    restore is framed: libxc reads the first checkpoint's image from a pipe fed from
+    ``request.io_fd``.  ``libxc_reads_qemu``/``guest`` describe the stream for the
+    framing (upstream libxc reads the HVM QEMU record as part of its tail).
+    """
+    if request.stream_type != StreamType.PLAIN:
+        raise UsageError("the stream type comes from the operation, not the request")
+    abi = detect() if abi is None else abi
+    decision = check_operation(operation, abi.release, force)
+    request = dataclasses.replace(request, stream_type=int(decision.stream_type))
+    if not decision.framed:
+        result = restore_libxc(
+            request, callbacks, abi=abi, out_of_process=out_of_process, timeout=timeout
+        )
+        return LibxcRestore(decision, result, None)
+    fwd = Forwarder(request.io_fd, libxc_reads_qemu=libxc_reads_qemu, guest=guest)
+    try:
+        result = restore_libxc(
+            dataclasses.replace(request, io_fd=fwd.read_fd),
+            callbacks,
+            abi=abi,
+            out_of_process=out_of_process,
+            timeout=timeout,
+        )
+    finally:
+        os.close(fwd.read_fd)  # a libxc that stopped early must not block the forwarder
+    return LibxcRestore(decision, result, fwd.result())
