@@ -64,7 +64,8 @@ def add_parser(subparsers: Any) -> None:
         "--toolstack",
         default=DEFAULT_TOOLSTACK,
         choices=list(TOOLSTACKS),
-        help=f"receiving toolstack (default {DEFAULT_TOOLSTACK})",
+        help=f"receiving toolstack (default {DEFAULT_TOOLSTACK}; HVM streams from libxl "
+        "carry chunk -18 and need libxl-4.3.2 or xl-4.4)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="domain directory to create")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

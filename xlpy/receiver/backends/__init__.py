@@ -128,12 +128,30 @@ class Domain(Protocol):
         """Remove every trace of the domain (libxc's ``xc_domain_destroy``)."""
 
 
+#: Backend factories by name; the embedded ``sim`` is always there.
+_BACKENDS: dict[str, Callable[[], Backend]] = {}
+
+
+def register_backend(name: str, factory: Callable[[], Backend]) -> None:
+    """Make ``factory`` available as ``get_backend(name)`` (e.g. the libxc binding)."""
+    _BACKENDS[name] = factory
+
+
+def backend_names() -> list[str]:
+    """Every registered backend name, ``sim`` first."""
+    return ["sim", *sorted(n for n in _BACKENDS if n != "sim")]
+
+
 def get_backend(name: str) -> Backend:
-    """The backend called ``name`` (``"sim"``; the binding adds ``"libxc"``)."""
+    """The backend called ``name`` (``"sim"``, or one added with :func:`register_backend`)."""
     from xlpy.errors import UsageError
 
     if name == "sim":
         from xlpy.receiver.backends.sim import SimBackend
 
         return SimBackend()
-    raise UsageError(f"unknown restore backend {name!r} (known: sim)")
+    factory = _BACKENDS.get(name)
+    if factory is None:
+        known = ", ".join(backend_names())
+        raise UsageError(f"unknown restore backend {name!r} (known: {known})")
+    return factory()
