@@ -208,3 +208,20 @@ def test_named_file_must_exist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 )
 def test_debian_package_names(soname: str, package: str) -> None:
     assert debian_package(soname) == package
+
+
+def test_symbol_version_contradicting_soname_is_refused(
+    cc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lib = _stand_in(cc, tmp_path, "libxenguest.so.4.17", version="VERS_4.16.0")
+    monkeypatch.setenv(ENV_LIBRARY, str(lib))
+    monkeypatch.delenv(ENV_GENERATION, raising=False)
+    with pytest.raises(XenUnavailable, match=r"versioned VERS_4\.16\.0"):
+        detect()
+    monkeypatch.setenv(ENV_GENERATION, "4.16")
+    abi = detect()
+    assert (abi.generation.name, abi.symbol_version, abi.overridden) == (
+        "4.14-4.21",
+        "VERS_4.16.0",
+        True,
+    )

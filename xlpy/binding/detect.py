@@ -153,14 +153,17 @@ def load_library(env: Mapping[str, str] | None = None) -> ctypes.CDLL:
 
 
 def _symbol_version(lib: ctypes.CDLL, major: int, minor: int) -> str | None:
+    """The version of ``xc_domain_restore``: the soname's release first, then any known one."""
     libdl = _libdl()
     # glibc's dlvsym matches any version in an unversioned object: probe with a bogus one.
     if libdl.dlvsym(lib._handle, b"xc_domain_restore", b"XLPY_NO_SUCH_VERSION"):
         return None
-    # VERS_4.N.0 in 4.15-4.17, libxenguest_4.N.0 from 4.18 on (abi.md §1a).
-    for version in (f"VERS_{major}.{minor}.0", f"libxenguest_{major}.{minor}.0"):
-        if libdl.dlvsym(lib._handle, b"xc_domain_restore", version.encode()):
-            return version
+    releases = [(major, minor)] + [(4, n) for n in range(15, 23) if (4, n) != (major, minor)]
+    for ma, mi in releases:
+        # VERS_4.N.0 in 4.15-4.17, libxenguest_4.N.0 from 4.18 on (abi.md §1a).
+        for version in (f"VERS_{ma}.{mi}.0", f"libxenguest_{ma}.{mi}.0"):
+            if libdl.dlvsym(lib._handle, b"xc_domain_restore", version.encode()):
+                return version
     return None
 
 
@@ -187,6 +190,12 @@ def detect(env: Mapping[str, str] | None = None) -> Abi:
         elif release not in generation.releases:
             release = generation.releases[-1]
         return Abi(path, soname, symbol_version, generation, release, overridden=True)
+    versioned = re.search(r"_(\d+)\.(\d+)\.0$", symbol_version or "")
+    if versioned and (int(versioned[1]), int(versioned[2])) != (major, minor):
+        raise XenUnavailable(
+            f"{path}: soname {soname} but xc_domain_restore is versioned {symbol_version}; "
+            f"the file is not what its name says (set {ENV_GENERATION} if you know better)"
+        )
     if (major, minor) == (4, 0) and hasattr(lib, "xtl_createlogger_stdiostream"):
         release = "4.1"
     elif (major, minor) == (4, 3):

@@ -191,10 +191,14 @@ def restore_out_of_process(
     rc = proc.wait()
     drain.join()
     if final is None:
-        how = f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
         last = tail[-1] if tail else "(no output)"
+        how = (
+            f"libxenguest killed the restore helper with {signal.Signals(-rc).name}"
+            if rc < 0
+            else f"the restore helper exited with status {rc} before reporting"
+        )
         error: XlpyError = LibxcCrashed(
-            f"libxenguest ended the restore helper with {how}: {last}",
+            f"{how}: {last}",
             signal=-rc if rc < 0 else None,
             stderr="\n".join(tail),
         )
