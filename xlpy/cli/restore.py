@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
+from xlpy.cli.progress import make_progress
 from xlpy.errors import UsageError
 from xlpy.receiver import restore
 from xlpy.receiver.backends import ProgressFn
@@ -87,44 +87,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--guest", choices=["pv", "hvm"], help="guest type; default detected")
 
 
-class _Progress:
-    """JSON lines on a descriptor, or a one-line bar on a terminal's stderr."""
-
-    def __init__(self, fd: int | None, bar: bool) -> None:
-        self.fd = fd
-        self.bar = bar
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if self.fd is not None:
-            os.write(self.fd, (json.dumps(event) + "\n").encode())
-        if self.bar:
-            mib = event["bytes"] / (1 << 20)
-            sys.stderr.write(
-                f"\r{event['phase']:<10} checkpoint {event['checkpoint']:>4}  "
-                f"{event['pages']:>10} pages  {mib:10.1f} MiB"
-            )
-            if event["phase"] in ("done", "failed"):
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def _progress(args: argparse.Namespace, source_fd: int | None) -> ProgressFn | None:
-    if args.quiet:
-        return None
-    fd = args.progress_fd
-    if fd is not None:
-        if fd == source_fd:
-            raise UsageError(f"--progress-fd {fd} is the stream being restored")
-        if fd == 1 and args.json:
-            raise UsageError("--progress-fd 1 would mix progress into the --json output")
-        try:
-            os.fstat(fd)
-        except OSError as e:
-            raise UsageError(f"--progress-fd {fd}: {e.strerror}") from None
-    bar = fd != 2 and sys.stderr.isatty()
-    if fd is None and not bar:
-        return None
-    return _Progress(fd, bar)
+    busy: dict[int, str] = {}
+    if args.json:
+        busy[1] = "would mix progress into the --json output"
+    if source_fd is not None:
+        busy[source_fd] = "is the stream being restored"
+    return make_progress(args.progress_fd, quiet=args.quiet, busy_fds=busy)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,66 @@
+"""Progress reporting shared by long-running sub-commands (``restore``, ``convert``).
+
+Events are dicts with ``phase``, ``checkpoint``, ``pages`` and ``bytes``.  They go
+as JSON lines to ``--progress-fd N`` and as a one-line bar to stderr only when
+stderr is a terminal, so nothing ever lands in a pipe a toolstack reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from xlpy.errors import UsageError
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+class Progress:
+    """JSON lines on a descriptor, or a one-line bar on a terminal's stderr."""
+
+    def __init__(self, fd: int | None, bar: bool) -> None:
+        self.fd = fd
+        self.bar = bar
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.fd is not None:
+            os.write(self.fd, (json.dumps(event) + "\n").encode())
+        if self.bar:
+            mib = event["bytes"] / (1 << 20)
+            sys.stderr.write(
+                f"\r{event['phase']:<10} checkpoint {event['checkpoint']:>4}  "
+                f"{event['pages']:>10} pages  {mib:10.1f} MiB"
+            )
+            if event["phase"] in ("done", "failed"):
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def make_progress(
+    fd: int | None,
+    *,
+    quiet: bool = False,
+    busy_fds: dict[int, str] | None = None,
+) -> ProgressFn | None:
+    """The reporter for ``--progress-fd fd`` (``None`` when nothing is to be shown).
+
+    ``busy_fds`` maps descriptors progress must not go to onto the reason
+    (the stream being read, the ``--json`` output ...): :class:`UsageError`.
+    """
+    if quiet:
+        return None
+    if fd is not None:
+        why = (busy_fds or {}).get(fd)
+        if why is not None:
+            raise UsageError(f"--progress-fd {fd} {why}")
+        try:
+            os.fstat(fd)
+        except OSError as e:
+            raise UsageError(f"--progress-fd {fd}: {e.strerror}") from None
+    bar = fd != 2 and sys.stderr.isatty()
+    if fd is None and not bar:
+        return None
+    return Progress(fd, bar)
