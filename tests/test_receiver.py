@@ -330,3 +330,29 @@ def test_usage_errors(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     with pytest.raises(UsageError):
         run(data, tmp_path / "d", "xen-4.3.1")
+
+
+def test_r_pre_does_not_read_xsave_records(tmp_path: Path) -> None:
+    """A 4.1 xend-Remus PV stream from an xsave host: 4.0 skips "xcnt" and desyncs (§12)."""
+    import io as _io
+
+    from xlpy.guest import GuestSpec
+    from xlpy.stream.legacy.senders import SenderProfile, expected_memory, generate
+
+    prof = SenderProfile(sender="xen-4.1", toolstack="xend", mode="remus", checkpoints=2)
+    spec = GuestSpec(kind="pv", pages=40, seed=2, vcpus=1, xsave=True)
+    buf = _io.BytesIO()
+    generate(prof, spec, buf)
+    good = run(buf.getvalue(), tmp_path / "ok", "xen-4.1")
+    assert good.ok and good.committed_checkpoint == 1
+    bad = run(buf.getvalue(), tmp_path / "d", "xen-4.0")
+    # Garbage or death: never the sender's last checkpoint.
+    from xlpy.guest import Guest
+
+    final = Guest(spec).shared_info(2)
+    assert (tmp_path / "ok" / "shared_info").read_bytes() == final
+    assert not bad.ok or (tmp_path / "d" / "shared_info").read_bytes() != final
+    mem = memory(tmp_path / "ok")
+    for pfns, pages in expected_memory(prof, spec):
+        for pfn, page_ in zip(pfns.tolist(), pages, strict=True):
+            assert mem[pfn * PAGE : (pfn + 1) * PAGE] == page_.tobytes()

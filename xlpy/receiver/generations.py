@@ -39,6 +39,9 @@ class Generation:
     genid_is_param: bool = False
     #: Passes -11's value through as a feature mask instead of 1 (84bfbd5d75).
     viridian_mask: bool = False
+    #: Knows the "xcnt" ext-info block and per-vcpu xsave tail records (d0cf814150, 4.1);
+    #: 4.0 skips the block as unknown and reads tails without xsave (§12, S-post Remus).
+    knows_xcnt: bool = True
     #: TOOLSTACK (-18) payload read errors are ignored (<= 4.3.x, fixed by f46fa80ec4).
     toolstack_errors_ignored: bool = True
 
@@ -64,6 +67,7 @@ def _gen(
         genid_is_param=name == "xen-4.5",
         viridian_mask=name == "xen-4.5",
         toolstack_errors_ignored=name not in ("xen-4.4", "xen-4.5"),
+        knows_xcnt=label != "R-pre",
     )
 
 

@@ -17,6 +17,7 @@ effect, and what libxc logs.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import time
 from collections.abc import Callable
@@ -354,11 +355,15 @@ class Restore:
         self.guest = r.guest or "pv"
         if self.guest == "pv":
             try:
-                r.read_pv_ext_info()
+                ext = r.read_pv_ext_info()
                 self.frame_list = r.read_p2m_frame_list()
             except StreamError as e:
                 self._ext_info_failure(e)
                 raise _Out(e) from None
+            if ext is not None and not self.gen.knows_xcnt:
+                # Skipped as an unknown block: later tails are read without xsave records.
+                blocks = tuple(b for b in ext.blocks if b.block_id != b"xcnt")
+                r.ext_info = dataclasses.replace(ext, blocks=blocks)
         self.guest_width = r.guest_width or self.width
         try:
             self.domain.create(
