@@ -64,7 +64,7 @@ class StreamMalformed(StreamError):
     kind = "malformed"
 
 
-class StreamTimeout(StreamError, TimeoutError):  # type: ignore[misc]
+class StreamTimeout(StreamError, TimeoutError):
     """No byte arrived within the heartbeat (libxc's 1 s select timeout)."""
 
     kind = "timeout"

@@ -79,9 +79,7 @@ class ByteSource:
                 fd = src.fileno()  # type: ignore[union-attr]
             except (AttributeError, OSError, io.UnsupportedOperation):
                 fd = None
-            buffered = getattr(src, "peek", None) is not None and not isinstance(
-                src, io.BytesIO
-            )
+            buffered = getattr(src, "peek", None) is not None and not isinstance(src, io.BytesIO)
             if fd is not None and not buffered:
                 self._fd = fd
                 self._raw = io.FileIO(fd, "rb", closefd=False)
@@ -91,9 +89,9 @@ class ByteSource:
                 self._fd = fd
                 self._raw = src  # type: ignore[assignment]
             elif hasattr(src, "readinto"):
-                self._raw = src  # type: ignore[assignment]
+                self._raw = src
             else:
-                self._raw = _ReadAdapter(src)  # type: ignore[arg-type]
+                self._raw = _ReadAdapter(src)
         if self._fd is not None:
             _enlarge_pipe(self._fd)
         self._buf = bytearray()
@@ -201,10 +199,7 @@ class ByteSource:
             self._pos += take
         done = take
         while done < total:
-            if self._eof:
-                n = 0
-            else:
-                n = self._raw_readinto(mv[done:], field)
+            n = 0 if self._eof else self._raw_readinto(mv[done:], field)
             if n == 0:
                 self._eof = True
                 self.offset = start + done
@@ -274,4 +269,4 @@ def open_source(spec: str) -> tuple[ByteSource, BinaryIO | None]:
     if spec.startswith("fd:"):
         return ByteSource(int(spec[3:])), None
     f = open(spec, "rb", buffering=0)  # noqa: SIM115 - returned to the caller
-    return ByteSource(f.fileno()), f  # type: ignore[return-value]
+    return ByteSource(f.fileno()), f
