@@ -13,6 +13,7 @@ the corpus folder defaults to ``.cache/fuzz/reader``.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
@@ -60,8 +61,33 @@ def seeds() -> list[bytes]:
         B.pv_image(4, 4),
         B.pv_image(8, 4, xcnt=48),
     ]
+    images += generated()
     out = [b"\0" + img for img in images]
     out += [b"\0" + p.read_bytes() for p in sorted((TESTS / "streams").glob("*.bin"))]
+    return out
+
+
+def generated() -> list[bytes]:
+    """Small streams from the sender profiles (what ``xlpy gen`` writes)."""
+    from xlpy.guest import MIN_PAGES, GuestSpec
+    from xlpy.stream.legacy.senders import SenderProfile, generate
+
+    cases = [
+        (SenderProfile(sender="xen-4.3", toolstack="xl"), "hvm", 8),
+        (SenderProfile(sender="xen-4.0", toolstack="xend", width=4), "pv", 4),
+        (SenderProfile(sender="xen-4.5", toolstack="xenserver-classic", trailer="foreign"),
+         "hvm", 8),
+        (SenderProfile(sender="xen-4.3", toolstack="xl", mode="remus", checkpoints=3,
+                       compress=True), "pv", 8),
+        (SenderProfile(sender="xen-4.2", toolstack="xend", mode="remus", checkpoints=2),
+         "hvm", 8),
+    ]  # fmt: skip
+    out = []
+    for prof, kind, gw in cases:
+        buf = io.BytesIO()
+        generate(prof, GuestSpec(kind=kind, pages=MIN_PAGES[kind] + 3, seed=3, guest_width=gw),
+                 buf)  # fmt: skip
+        out.append(buf.getvalue())
     return out
 
 
@@ -69,10 +95,11 @@ def main() -> None:
     args = list(sys.argv)
     if not any(not a.startswith("-") for a in args[1:]):
         corpus = ROOT / ".cache" / "fuzz" / "reader"
-        if not corpus.is_dir():
-            corpus.mkdir(parents=True)
-            for i, s in enumerate(seeds()):
-                (corpus / f"seed-{i:03d}").write_bytes(s)
+        corpus.mkdir(parents=True, exist_ok=True)
+        for seed in seeds():  # named by content: adds new seeds, keeps what was found
+            name = corpus / f"seed-{hashlib.sha1(seed).hexdigest()}"
+            if not name.exists():
+                name.write_bytes(seed)
         args.append(str(corpus))
     if not any(a.startswith("-timeout=") for a in args):
         args.append("-timeout=10")
