@@ -1,0 +1,246 @@
+"""``xlpy convert``: legacy → migration v2, a drop-in for Xen's ``convert-legacy-stream``.
+
+Takes Xen's command line: ``-i/--in`` and ``-o/--out`` are a file descriptor
+number when the text is a decimal integer (as Xen's ``open_file_or_fd``), else
+a path (``-`` is stdin/stdout); ``-w/--width 32|64`` (optional: the stream's
+own width wins, with a warning when they differ), ``-g/--guest-type`` (or
+``--guest``) ``pv|hvm`` (optional: detected), ``-f/--format libxc|libxl``,
+``-x/--xl``, ``--skip-qemu``, ``--syslog``, ``-v/--verbose``.  Exit 0 ok, 1 stream
+error (nothing written to an output path: it is written under a temporary name
+and renamed on success), 2 usage or program error.
+
+libxl restores a legacy image (``xl restore`` of a pre-4.6 save file, or an
+incoming legacy migration) by running the helper named in the environment
+variable ``LIBXL_CONVERT_HELPER`` (default ``$LIBEXEC_BIN/convert-legacy-stream``)
+as ``HELPER --in <fd> --out <fd> --width 64|32 --guest pv|hvm --format libxl``,
+the width being libxl's own.  To use xlpy, point it at a wrapper::
+
+    #!/bin/sh
+    exec xlpy convert "$@"
+
+and start the toolstack with ``LIBXL_CONVERT_HELPER=/path/to/wrapper``.
+
+``--to legacy`` goes the other way (v2 → the legacy stream of ``--sender`` and
+``--toolstack``).  ``--progress-fd N`` writes progress as JSON lines; a bar is
+shown only when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import os
+import sys
+import syslog
+import tempfile
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from xlpy.cli.progress import make_progress
+from xlpy.errors import StreamError, UsageError, XlpyError
+from xlpy.stream.legacy.framing import parse_width
+from xlpy.stream.source import ByteSource
+
+_OUT_BUFFER = 1 << 20
+SENDERS = ("xen-4.0", "xen-4.1", "xen-4.2", "xen-4.3", "xen-4.5")
+TOOLSTACKS = ("bare", "xend", "xl", "xenserver-classic")
+
+
+def _width(text: str) -> int:
+    try:
+        return parse_width(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a legacy stream to migration v2 (drop-in convert-legacy-stream)",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    p.add_argument("-i", "--in", dest="fin", default="-", metavar="FD|FILE", help="input")
+    p.add_argument("-o", "--out", dest="fout", default="-", metavar="FD|FILE", help="output")
+    p.add_argument(
+        "-w", "--width", type=_width, help="legacy toolstack width 32|64 (default: detected)"
+    )
+    p.add_argument(
+        "-g",
+        "--guest-type",
+        "--guest",
+        dest="guest",
+        choices=["pv", "hvm"],
+        help="guest type (default: detected)",
+    )
+    p.add_argument("-f", "--format", dest="format", choices=["libxc", "libxl"], default="libxc")
+    p.add_argument("-x", "--xl", action="store_true", help="the input starts with an xl header")
+    p.add_argument(
+        "--skip-qemu",
+        action="store_true",
+        help="libxc format: leave the QEMU record out",
+    )
+    p.add_argument("--syslog", action="store_true", help="log to syslog too")
+    p.add_argument("-v", "--verbose", action="store_true", help="summarise the stream")
+    p.add_argument(
+        "--to",
+        choices=["v2", "legacy"],
+        default="v2",
+        help="v2 (default: legacy → v2) or legacy (v2 → legacy)",
+    )
+    p.add_argument("--sender", choices=SENDERS, help="--to legacy: the sender to imitate")
+    p.add_argument(
+        "--toolstack", choices=TOOLSTACKS, default="bare", help="--to legacy: the framing"
+    )
+    p.add_argument(
+        "--progress-fd", type=int, metavar="N", help="write progress as JSON lines to fd N"
+    )
+
+
+def _fd_of(text: str) -> int | None:
+    """Xen's ``open_file_or_fd``: a decimal integer is a descriptor."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        return None
+
+
+class _Log:
+    def __init__(self, verbose: bool, use_syslog: bool) -> None:
+        self.verbose = verbose
+        self.syslog = use_syslog
+        if use_syslog:
+            syslog.openlog("xlpy-convert", syslog.LOG_PID)
+
+    def info(self, message: str) -> None:
+        if not self.verbose:
+            return
+        if self.syslog:
+            syslog.syslog(syslog.LOG_INFO, message)
+        print(message, file=sys.stderr)
+
+    def error(self, message: str) -> None:
+        if self.syslog:
+            syslog.syslog(syslog.LOG_ERR, message)
+
+
+def _open_input(text: str) -> tuple[ByteSource, BinaryIO | None]:
+    fd = _fd_of(text)
+    try:
+        if text == "-":
+            return ByteSource(sys.stdin.buffer.fileno()), None
+        if fd is not None:
+            os.fstat(fd)
+            return ByteSource(fd), None
+        f = open(text, "rb", buffering=0)  # noqa: SIM115 - closed by run()
+        return ByteSource(f.fileno()), f
+    except OSError as e:
+        raise UsageError(f"cannot open input {text}: {e.strerror or e}") from None
+
+
+def _write_output(text: str, produce: Callable[[BinaryIO], None]) -> None:
+    """Run ``produce`` on the output: an fd is streamed, a path written via rename."""
+    fd = _fd_of(text)
+    if text == "-" or fd is not None:
+        fd = sys.stdout.buffer.fileno() if text == "-" else fd
+        assert fd is not None
+        try:
+            os.fstat(fd)
+        except OSError as e:
+            raise UsageError(f"cannot write to fd {fd}: {e.strerror}") from None
+        out = io.BufferedWriter(io.FileIO(fd, "wb", closefd=False), buffer_size=_OUT_BUFFER)
+        try:
+            produce(out)
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                out.flush()
+        return
+    target = os.path.abspath(text)
+    try:
+        tfd, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target)
+        )
+    except OSError as e:
+        raise UsageError(f"cannot write {text}: {e.strerror or e}") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(tfd, 0o666 & ~umask)
+        with os.fdopen(tfd, "wb", buffering=_OUT_BUFFER) as f:
+            produce(f)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _to_legacy(args: argparse.Namespace, source: ByteSource, progress: Any) -> None:
+    try:
+        mod = importlib.import_module("xlpy.stream.tolegacy")
+    except ImportError:
+        raise UsageError(
+            "--to legacy is not available in this build (no xlpy.stream.tolegacy)"
+        ) from None
+    if args.sender is None:
+        raise UsageError("--to legacy needs --sender")
+
+    def produce(out: BinaryIO) -> None:
+        mod.v2_to_legacy(
+            source,
+            out,
+            sender=args.sender,
+            toolstack=args.toolstack,
+            width=args.width or 8,
+            progress=progress,
+        )
+
+    _write_output(args.fout, produce)
+
+
+def run(args: argparse.Namespace) -> int:
+    log = _Log(args.verbose, args.syslog)
+    source, owned = _open_input(args.fin)
+    try:
+        busy = {source.fileno: "is the input stream"} if source.fileno is not None else {}
+        out_fd = 1 if args.fout == "-" else _fd_of(args.fout)
+        if out_fd is not None:
+            busy[out_fd] = "is the output stream"
+        progress = make_progress(args.progress_fd, busy_fds=busy)
+        if args.to == "legacy":
+            _to_legacy(args, source, progress)
+            return 0
+        from xlpy.stream.convert import legacy_to_v2
+
+        def produce(out: BinaryIO) -> None:
+            report = legacy_to_v2(
+                source,
+                out,
+                fmt=args.format,
+                width=args.width,
+                guest=args.guest,
+                xl=args.xl,
+                qemu=not args.skip_qemu,
+                progress=progress,
+                log=log.info,
+            )
+            for w in report.warnings:
+                print(f"xlpy convert: warning: {w}", file=sys.stderr)
+            log.info(
+                f"converted {report.guest} stream (W={report.width * 8}, {report.framing}): "
+                f"{report.checkpoints} checkpoint(s), {report.pages} pages, "
+                f"{report.bytes_in} bytes in, {report.bytes_out} bytes out"
+            )
+
+        _write_output(args.fout, produce)
+        return 0
+    except StreamError as e:
+        log.error(f"Stream Error: {e}")
+        raise
+    except XlpyError as e:
+        log.error(f"Error: {e}")
+        raise
+    finally:
+        if owned is not None:
+            owned.close()

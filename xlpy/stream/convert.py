@@ -1,0 +1,619 @@
+"""Legacy → migration v2 conversion (what Xen's ``convert-legacy-stream`` does, and more).
+
+:func:`legacy_to_v2` reads a legacy stream with :class:`LegacyReader` and writes
+the v2 stream with :class:`V2Writer`.  On every stream Xen's tool converts, the
+output is byte-identical to it: the same records in the same order, image
+version 3, ``xen_major`` 0 / ``xen_minor`` 1 ("converted"), the libxl header with
+the LEGACY option, HVM params of the body in one HVM_PARAMS record at the end of
+the body, the magic pfns in a second one, the libxl physmap from ``-18`` as
+EMULATOR_XENSTORE_DATA, the ``DeviceModelRecord0002`` record as
+EMULATOR_CONTEXT (libxl) or copied raw after the libxc END (libxc format).
+
+Beyond it:
+
+* every QEMU record (``QemuDeviceModelRecord`` to EOF, ``DeviceModelRecord0002``,
+  ``RemusDeviceModelState``, the XenServer-classic ``QemuDeviceModelRecord\\n``)
+  becomes the emulator record; in libxc format it is written in the
+  ``DeviceModelRecord0002`` form;
+* Remus streams: each checkpoint ends with CHECKPOINT (libxc) followed, in
+  libxl format, by that checkpoint's libxl records and CHECKPOINT_END, the
+  layering libxl's stream reader follows; after the last complete checkpoint
+  come the libxc END and the libxl END.  A checkpoint from the second on is
+  spooled (:class:`tempfile.SpooledTemporaryFile`) until its tail and QEMU
+  record are complete: when the input then ends or breaks, as it does at a
+  Remus failover, that abandoned checkpoint is dropped, as libxc's receiver
+  drops it, and the stream is ended cleanly (:attr:`ConvertReport.abandoned`);
+* compressed checkpoints (format B) are decoded.  A RUN/SKIP/EMPTY page is a
+  delta against the receiver's copy of the page, i.e. the last content sent
+  for that pfn.  The sender's delta cache only holds pages it sent compressed
+  (its cache starts empty at the first compressed checkpoint; an uncached page
+  goes FULL), so the converter keeps exactly those: every page decoded so far
+  is stored at ``pfn * 4096`` in an unlinked sparse temporary file mapped with
+  numpy.  Memory is one checkpoint's compressed data plus one block of pages;
+  the disk used is at most the pages that were ever dirty in a compressed
+  checkpoint, and the kernel's page cache decides what stays in RAM;
+* verify mode (``-1``), ``-9`` and ``-13`` are accepted (they carry nothing v2
+  needs); tmem (``-5``/``-6``) raises :class:`NotRepresentable`;
+* the xend header and bytes after the image (xl's handshake) are dropped.
+
+Deliberate differences from Xen's tool: a batch made only of bare XTAB entries
+gives no PAGE_DATA record (Xen's tool writes one with count 0, which libxc's
+receiver and verify-stream-v2 reject); PV streams with several checkpoints are
+converted whole (Xen's tool silently keeps only the first).
+
+Memory: a plain stream is converted one batch at a time; a Remus stream needs
+one checkpoint's spooled records (RAM up to 32 MiB, then a temporary file).
+"""
+
+from __future__ import annotations
+
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any, BinaryIO
+
+import numpy as np
+
+from xlpy.errors import NotRepresentable, StreamError, StreamMalformed
+from xlpy.stream.legacy import format as LF
+from xlpy.stream.legacy.compression import CheckpointDecoder
+from xlpy.stream.legacy.reader import LegacyReader
+from xlpy.stream.legacy.records import (
+    CheckpointBegin,
+    CompressedData,
+    EndOfBody,
+    HvmParamChunk,
+    HvmTail,
+    P2mFrameList,
+    PageBatch,
+    PvExtInfo,
+    PvTail,
+    QemuRecord,
+    Record,
+    StreamHeader,
+    Tmem,
+    TmemExtra,
+    Toolstack,
+    Trailer,
+    TscInfo,
+    XendHeader,
+    XlHeader,
+)
+from xlpy.stream.source import ByteSource
+from xlpy.stream.v2 import format as F
+from xlpy.stream.v2.writer import V2Writer
+
+FORMATS = ("libxc", "libxl")
+
+# --- HVM params (xen/include/public/hvm/params.h) ------------------------------------
+HVM_PARAM_STORE_PFN = 1
+HVM_PARAM_IOREQ_PFN = 5
+HVM_PARAM_BUFIOREQ_PFN = 6
+HVM_PARAM_VIRIDIAN = 9
+HVM_PARAM_IDENT_PT = 12
+HVM_PARAM_VM86_TSS = 15
+HVM_PARAM_CONSOLE_PFN = 17
+HVM_PARAM_ACPI_IOPORTS_LOCATION = 19
+HVM_PARAM_PAGING_RING_PFN = 27
+HVM_PARAM_MONITOR_RING_PFN = 28
+HVM_PARAM_SHARING_RING_PFN = 29
+HVM_PARAM_IOREQ_SERVER_PFN = 32
+HVM_PARAM_NR_IOREQ_SERVER_PAGES = 33
+HVM_PARAM_VM_GENERATION_ID_ADDR = 34
+
+#: The HVM param each legacy HVM-param chunk carries (as Xen's converter maps them).
+CHUNK_TO_HVM_PARAM: dict[int, int] = {
+    LF.XC_SAVE_ID_HVM_IDENT_PT: HVM_PARAM_IDENT_PT,
+    LF.XC_SAVE_ID_HVM_VM86_TSS: HVM_PARAM_VM86_TSS,
+    LF.XC_SAVE_ID_HVM_CONSOLE_PFN: HVM_PARAM_CONSOLE_PFN,
+    LF.XC_SAVE_ID_HVM_ACPI_IOPORTS_LOCATION: HVM_PARAM_ACPI_IOPORTS_LOCATION,
+    LF.XC_SAVE_ID_HVM_VIRIDIAN: HVM_PARAM_VIRIDIAN,
+    LF.XC_SAVE_ID_HVM_GENERATION_ID_ADDR: HVM_PARAM_VM_GENERATION_ID_ADDR,
+    LF.XC_SAVE_ID_HVM_PAGING_RING_PFN: HVM_PARAM_PAGING_RING_PFN,
+    LF.XC_SAVE_ID_HVM_ACCESS_RING_PFN: HVM_PARAM_MONITOR_RING_PFN,
+    LF.XC_SAVE_ID_HVM_SHARING_RING_PFN: HVM_PARAM_SHARING_RING_PFN,
+    LF.XC_SAVE_ID_HVM_IOREQ_SERVER_PFN: HVM_PARAM_IOREQ_SERVER_PFN,
+    LF.XC_SAVE_ID_HVM_NR_IOREQ_SERVER_PAGES: HVM_PARAM_NR_IOREQ_SERVER_PAGES,
+}
+
+#: ``xen_minor`` of converted images: Xen's converter writes its ``__version__``.
+CONVERTED_XEN_MINOR = 1
+#: Checkpoints spooled in RAM up to this size, then in a temporary file.
+SPOOL_RAM = 32 << 20
+#: Pages decoded at once from a compressed checkpoint.
+_DECODE_BLOCK = 1024
+_PROGRESS_INTERVAL = 0.25
+_COPY_SIZE = 1 << 20
+_PHYSMAP_HEAD = struct.Struct("<QQQI")
+_U32 = struct.Struct("<I")
+
+ProgressFn = Callable[[dict[str, Any]], None]
+LogFn = Callable[[str], None]
+
+
+@dataclass
+class ConvertReport:
+    """What a conversion did: guest, width, checkpoints, pages, and any abandoned checkpoint."""
+
+    guest: str = ""
+    width: int = 0
+    framing: str = ""
+    checkpoints: int = 0
+    pages: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: The error that ended an incomplete last checkpoint (Remus failover), if any.
+    abandoned: StreamError | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def physmap_xenstore(blob: bytes, width: int, *, offset: int | None = None) -> bytes:
+    """libxl's ``-18`` toolstack blob (§8.4) as EMULATOR_XENSTORE_DATA key/value pairs.
+
+    ``width`` is the toolstack width in bytes: a 64-bit libxl leaked 4 bytes of
+    structure padding after each name.  Keys and values as Xen's converter makes
+    them (``physmap/<phys>/{start_addr,size,name}``, hex values).
+    """
+
+    def bad(message: str) -> StreamMalformed:
+        return StreamMalformed(message, offset=offset, field="toolstack.physmap")
+
+    if len(blob) < 8:
+        raise bad("overly short libxl toolstack data")
+    version, count = struct.unpack_from("<II", blob)
+    if version != 1:
+        raise bad(f"cannot decode libxl toolstack version {version}")
+    pos = 8
+    out = bytearray()
+    pad = 4 if width == 8 else 0
+    for _ in range(count):
+        if len(blob) - pos < _PHYSMAP_HEAD.size:
+            raise bad("remaining data too short for physmap header")
+        phys, start, size, namelen = _PHYSMAP_HEAD.unpack_from(blob, pos)
+        pos += _PHYSMAP_HEAD.size
+        if namelen == 0:
+            raise bad("no physmap info name")
+        if len(blob) - pos < namelen + pad:
+            raise bad("remaining data too short for physmap name")
+        name = blob[pos : pos + namelen]
+        pos += namelen + pad
+        if name[-1] != 0:
+            raise bad("physmap name not NUL terminated")
+        root = b"physmap/%x" % phys
+        for key, val in (
+            (root + b"/start_addr", b"%x" % start),
+            (root + b"/size", b"%x" % size),
+            (root + b"/name", name[:-1]),
+        ):
+            out += key + b"\0" + val + b"\0"
+    return bytes(out)
+
+
+def v2_entries(entries: bytes, width: int) -> np.ndarray:
+    """Legacy W-sized batch entries as v2 PAGE_DATA entries, bare XTAB entries dropped.
+
+    As Xen's converter: the type nibble (bits 28-31) moves to bits 60-63, the pfn
+    is bits 0-27; the upper half of a W=8 entry is ignored, as by the receiver.
+    """
+    raw = np.frombuffer(entries, dtype="<u4" if width == 4 else "<u8")
+    low = (raw & np.uint64(0xFFFFFFFF)).astype(np.uint64)
+    low = low[low != LF.BARE_XTAB_ENTRY]
+    out: np.ndarray = ((low & np.uint64(0xF0000000)) << np.uint64(32)) | (
+        low & np.uint64(LF.PFN_MASK)
+    )
+    return out.astype("<u8")
+
+
+def _data_pfns(v2: np.ndarray) -> np.ndarray:
+    """pfns of the data-bearing v2 entries (type nibble below 0xD)."""
+    types = v2 >> np.uint64(60)
+    return (v2[types < 0xD] & np.uint64(LF.PFN_MASK)).astype(np.int64)
+
+
+class _PageStore:
+    """Last content sent for each pfn of the compressed checkpoints (sparse, file-backed)."""
+
+    def __init__(self, p2m_size: int) -> None:
+        self._file = tempfile.TemporaryFile(prefix="xlpy-convert-pages-")  # noqa: SIM115
+        self._file.truncate(max(p2m_size, 1) * LF.PAGE_SIZE)
+        self.pages = np.memmap(
+            self._file, dtype=np.uint8, mode="r+", shape=(max(p2m_size, 1), 4096)
+        )
+        self.size = p2m_size
+
+    def close(self) -> None:
+        del self.pages
+        self._file.close()
+
+
+class _Converter:
+    def __init__(
+        self,
+        source: ByteSource,
+        out: BinaryIO,
+        *,
+        fmt: str,
+        width: int | None,
+        guest: str | None,
+        require_xl: bool,
+        qemu: bool,
+        progress: ProgressFn | None,
+        log: LogFn | None,
+    ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be libxc or libxl, not {fmt!r}")
+        self.source = source
+        self.reader = LegacyReader(source, guest=guest, reuse_buffers=True)
+        self.want_width = width
+        self._raw = out
+        self.out = V2Writer(out)
+        self.w = self.out
+        self.libxl = fmt == "libxl"
+        self.require_xl = require_xl
+        self.qemu = qemu
+        self.progress = progress
+        self.log = log
+        self.report = ConvertReport()
+        self._last_progress = 0.0
+        self._static_done = False
+        self._pv_info_done = False
+        # per checkpoint
+        self._spool: IO[bytes] | None = None
+        self._hvm_params: list[int] = []
+        self._xenstore = b""
+        self._qemu_rec: QemuRecord | None = None
+        self._compressed: list[CompressedData] = []
+        self._pending: list[np.ndarray] = []
+        self._store: _PageStore | None = None
+        #: The QEMU record of the last committed checkpoint (libxc format appends it).
+        self._committed_qemu: QemuRecord | None = None
+
+    def info(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
+
+    def _tick(self, phase: str, *, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_progress < _PROGRESS_INTERVAL:
+            return
+        self._last_progress = now
+        self.progress(
+            {
+                "bytes": self.source.offset,
+                "pages": self.report.pages,
+                "checkpoint": self.report.checkpoints,
+                "phase": phase,
+            }
+        )
+
+    # -- driver -----------------------------------------------------------------------
+
+    def run(self) -> ConvertReport:
+        records = self.reader.records()
+        number = -1
+        try:
+            for rec in records:
+                if isinstance(rec, CheckpointBegin):
+                    if rec.number > 0:
+                        self._commit(final=False)
+                        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_RAM)  # noqa: SIM115
+                        self.w = V2Writer(self._spool)  # type: ignore[arg-type]
+                    number = rec.number
+                    self._start_checkpoint()
+                else:
+                    self._record(rec)
+        except NotRepresentable:
+            raise
+        except StreamError as e:
+            if number < 1:
+                raise
+            self._abandon(e)
+            return self._finish(number)
+        if number < 0:
+            raise StreamMalformed(
+                "the stream ends before its first checkpoint", offset=self.source.offset
+            )
+        if number == 0:
+            self._commit(final=True)
+        else:
+            self._commit(final=False)
+        return self._finish(number)
+
+    def _finish(self, number: int) -> ConvertReport:
+        if number > 0 or self.report.abandoned is not None:
+            self.out.end()
+            self._raw_qemu(self._committed_qemu)
+            if self.libxl:
+                self.out.end()
+        if self._store is not None:
+            self._store.close()
+        r = self.report
+        r.width = self.reader.width or 0
+        r.guest = self.reader.guest or ""
+        r.framing = self.reader.framing
+        r.bytes_in = self.source.offset
+        r.bytes_out = self.out.offset
+        self._tick("done", force=True)
+        return r
+
+    def _abandon(self, error: StreamError) -> None:
+        """Remus failover: drop the incomplete checkpoint, keep the committed ones."""
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        self.w = self.out
+        self.report.abandoned = error
+        self.report.warnings.append(f"incomplete last checkpoint dropped: {error}")
+        self.info(f"Incomplete checkpoint abandoned: {error}")
+
+    def _start_checkpoint(self) -> None:
+        self._hvm_params = []
+        self._xenstore = b""
+        self._qemu_rec = None
+        self._compressed = []
+        self._pending = []
+
+    def _commit(self, *, final: bool) -> None:
+        """The checkpoint just read is complete: emit it, then END or CHECKPOINT."""
+        if self._spool is not None:
+            self._spool.seek(0)
+            while chunk := self._spool.read(_COPY_SIZE):
+                self._emit_raw(chunk)
+            self._spool.close()
+            self._spool = None
+        self.w = self.out
+        self.report.checkpoints += 1
+        qemu = self._qemu_rec
+        if final:
+            self.out.end()
+            if self.libxl:
+                self._libxl_records(qemu)
+            else:
+                self._raw_qemu(qemu)
+            if self.libxl:
+                self.out.end()
+        else:
+            self.out.checkpoint()
+            if self.libxl:
+                self._libxl_records(qemu)
+                self.out.checkpoint_end()
+            self._committed_qemu = qemu
+        self._tick("checkpoint", force=True)
+
+    def _libxl_records(self, qemu: QemuRecord | None) -> None:
+        if self._xenstore:
+            self.out.emulator_xenstore_data(self._xenstore)
+        if qemu is not None:
+            self.out.emulator_context(qemu.data)
+
+    def _raw_qemu(self, qemu: QemuRecord | None) -> None:
+        """libxc format: the QEMU record after the image, as ``DeviceModelRecord0002``."""
+        if qemu is None or self.libxl or not self.qemu or self.reader.guest != "hvm":
+            return
+        self._emit_raw(LF.QEMU_SIG_0002 + _U32.pack(len(qemu.data)) + qemu.data)
+
+    def _emit_raw(self, data: bytes) -> None:
+        """Bytes that are no v2 record of their own (spooled records, a raw QEMU record)."""
+        mv = memoryview(data)
+        while mv:
+            n = self._raw.write(mv)
+            mv = mv[len(mv) if n is None else n :]
+        self.out.offset += len(data)
+
+    # -- records --------------------------------------------------------------------------
+
+    def _record(self, rec: Record) -> None:
+        w = self.w
+        match rec:
+            case PageBatch():
+                if rec.data is None:
+                    self._pending.append(v2_entries(rec.entries, rec.width))
+                    return
+                ent = v2_entries(rec.entries, rec.width)
+                if len(ent):
+                    w.write_record(
+                        F.REC_TYPE_PAGE_DATA,
+                        F.PAGE_DATA_HDR_FORMAT.pack(len(ent), 0),
+                        ent.tobytes(),
+                        rec.data,
+                    )
+                    self.report.pages += len(rec.data) // LF.PAGE_SIZE
+                self._tick("pages")
+            case CompressedData():
+                self._compressed.append(rec)
+            case TscInfo():
+                w.tsc_info(rec.tsc_mode, rec.khz, rec.nsec, rec.incarnation)
+            case HvmParamChunk():
+                if self.reader.guest != "hvm":
+                    raise StreamMalformed(
+                        f"HVM-only param (chunk {rec.chunk_id}) in a PV stream",
+                        offset=rec.offset,
+                        record=rec.index,
+                        field="hvm_param",
+                        value=rec.chunk_id,
+                    )
+                self._hvm_params += [CHUNK_TO_HVM_PARAM[rec.chunk_id], rec.value]
+            case Toolstack():
+                if self.libxl and rec.blob:
+                    self._xenstore += physmap_xenstore(
+                        rec.blob, self.reader.width or 8, offset=rec.offset
+                    )
+            case Tmem() | TmemExtra():
+                raise NotRepresentable(
+                    "tmem is not representable in v2 (migration v2 has no tmem record)",
+                    offset=rec.offset,
+                    record=rec.index,
+                    field="tmem",
+                )
+            case EndOfBody():
+                if self._pending:
+                    self._decode_compressed()
+                if self._hvm_params:
+                    pairs = list(zip(self._hvm_params[::2], self._hvm_params[1::2], strict=True))
+                    w.hvm_params(pairs)
+            case PvTail():
+                for v in rec.vcpus:
+                    w.x86_pv_vcpu_basic(v.vcpu_id, v.context)
+                    if v.ext is not None:
+                        w.x86_pv_vcpu_extended(v.vcpu_id, v.ext)
+                    if v.xsave is not None:
+                        w.x86_pv_vcpu_xsave(v.vcpu_id, v.xsave.data)
+                w.shared_info(rec.shared_info)
+            case HvmTail():
+                w.hvm_params(
+                    [
+                        (HVM_PARAM_IOREQ_PFN, rec.ioreq_pfn),
+                        (HVM_PARAM_BUFIOREQ_PFN, rec.bufioreq_pfn),
+                        (HVM_PARAM_STORE_PFN, rec.store_pfn),
+                    ]
+                )
+                w.hvm_context(rec.context)
+            case QemuRecord():
+                self._qemu_rec = rec
+            case StreamHeader():
+                self._header(rec)
+            case PvExtInfo():
+                for b in rec.blocks:
+                    if b.block_id == b"vcpu":
+                        self._pv_info(8 if len(b.data) == LF.VCPU_CONTEXT_SIZE_64 else 4)
+                self._static_data_end()
+            case P2mFrameList():
+                if not self._pv_info_done:
+                    self._pv_info(self.reader.guest_width or 8)
+                self._static_data_end()
+                p2m = self.reader.p2m_size or 0
+                w.x86_pv_p2m_frames(0, max(p2m - 1, 0), rec.entries)
+            case XlHeader():
+                flags = rec.mandatory_flags
+                if self.libxl:
+                    flags |= LF.XL_MANDATORY_FLAG_STREAMv2
+                w.xl_header(
+                    mandatory_flags=flags,
+                    optional_flags=rec.optional_flags,
+                    optional_data=rec.optional_data,
+                )
+            case XendHeader():
+                self.info("xend header dropped (v2 has no place for its configuration)")
+            case Trailer():
+                self.info(f"{len(rec.data)} bytes after the image ignored")
+            case _:
+                pass  # -1, -2, -9, -13: nothing v2 needs
+
+    def _header(self, rec: StreamHeader) -> None:
+        if self.require_xl and self.reader.framing != "xl":
+            raise StreamMalformed("No xl header", offset=0, field="xl_header.magic")
+        if self.want_width is not None and self.want_width != rec.width:
+            msg = (
+                f"the stream was written by a {rec.width * 8}-bit toolstack, not "
+                f"{self.want_width * 8}-bit as given: using {rec.width * 8}"
+            )
+            self.report.warnings.append(msg)
+            self.info(msg)
+        w = self.w
+        if self.libxl:
+            w.libxl_header(options=F.LIBXL_OPT_LEGACY)
+            w.libxc_context()
+        w.image_header(version=3)
+        pv = self.reader.guest == "pv"
+        w.domain_header(
+            F.DHDR_TYPE_X86_PV if pv else F.DHDR_TYPE_X86_HVM,
+            xen_major=0,
+            xen_minor=CONVERTED_XEN_MINOR,
+        )
+        if not pv:
+            self._static_data_end()
+
+    def _pv_info(self, guest_width: int) -> None:
+        self.w.x86_pv_info(guest_width, 4 if guest_width == 8 else 3)
+        self._pv_info_done = True
+
+    def _static_data_end(self) -> None:
+        if not self._static_done:
+            self.w.static_data_end()
+            self._static_done = True
+
+    # -- compressed checkpoints -----------------------------------------------------------
+
+    def _decode_compressed(self) -> None:
+        """Decode the checkpoint's pages against the stored copies, write PAGE_DATA."""
+        p2m = self.reader.p2m_size or 0
+        if self._store is None:
+            self._store = _PageStore(p2m)
+        store = self._store.pages
+        data = b"".join(c.data for c in self._compressed)
+        segments: list[tuple[int, int]] = []
+        pos = 0
+        for c in self._compressed:
+            # the payload starts after the chunk id and the W-sized length
+            segments.append((pos, c.offset + 4 + (self.reader.width or 8)))
+            pos += len(c.data)
+        dec = CheckpointDecoder(data, segments)
+        for ent in self._pending:
+            pfns = _data_pfns(ent)
+            if pfns.size and int(pfns.max()) >= max(p2m, 1):
+                raise StreamMalformed(
+                    f"pfn {int(pfns.max()):#x} beyond p2m_size {p2m:#x}",
+                    offset=self.source.offset,
+                    field="batch.entries",
+                    value=int(pfns.max()),
+                )
+            pages = store[pfns]
+            dec.decode_into(pages, pfns=pfns.tolist())
+            store[pfns] = pages
+            self.w.write_record(
+                F.REC_TYPE_PAGE_DATA,
+                F.PAGE_DATA_HDR_FORMAT.pack(len(ent), 0),
+                ent.tobytes(),
+                pages.reshape(-1).data,
+            )
+            self.report.pages += pfns.size
+            self._tick("pages")
+        self._pending = []
+        self._compressed = []
+
+
+def legacy_to_v2(
+    source: ByteSource,
+    out: BinaryIO,
+    *,
+    fmt: str = "libxc",
+    width: int | None = None,
+    guest: str | None = None,
+    xl: bool = False,
+    qemu: bool = True,
+    progress: ProgressFn | None = None,
+    log: LogFn | None = None,
+) -> ConvertReport:
+    """Convert the legacy stream on ``source`` into a v2 stream written to ``out``.
+
+    ``fmt`` is ``"libxc"`` (a bare libxc image) or ``"libxl"`` (libxl stream with
+    the libxc image inside).  ``width`` (4/8) is the toolstack width the caller
+    believes in: the stream's own (octets 4-7 of the image) wins, with a warning.
+    ``guest`` (``"pv"``/``"hvm"``) overrides detection; ``xl`` insists on an xl
+    header (one is always recognised and carried over, STREAMv2 set for libxl).
+    ``qemu=False`` leaves the QEMU record out of a libxc-format output
+    (``--skip-qemu``).  Raises :class:`StreamError` (an incomplete or bad first
+    checkpoint), :class:`NotRepresentable` (tmem) or :class:`UsageError`.
+    """
+    conv = _Converter(
+        source,
+        out,
+        fmt=fmt,
+        width=width,
+        guest=guest,
+        require_xl=xl,
+        qemu=qemu,
+        progress=progress,
+        log=log,
+    )
+    try:
+        return conv.run()
+    except BaseException:
+        conv._tick("failed", force=True)
+        if conv._store is not None:
+            conv._store.close()
+        raise
