@@ -15,7 +15,7 @@ from types import ModuleType
 from xlpy.errors import UsageError, XlpyError
 
 #: Sub-command modules, in the order ``xlpy --help`` lists them.
-COMMANDS = ["gen", "inspect", "verify", "restore", "abi", "repro"]
+COMMANDS = ["gen", "inspect", "verify", "restore", "abi", "repro", "convert"]
 
 EXIT_OK = 0
 EXIT_STREAM = 1
