@@ -72,3 +72,52 @@ def test_compressed_garbage_fails_with_libxc_decoder_message(tmp_path: Path, gue
     assert any("compression buffer" in m for m in r.messages), r.messages
     assert r.messages[-1].startswith("xc: error: Failed to uncompress page (pfn=")
     assert not (tmp_path / "d").exists()
+
+
+def _pv_tail_offset(data: bytes) -> int:
+    """Offset of the (only) PV tail of a one-checkpoint stream built with ``last``."""
+    import struct as _s
+
+    return data.rindex(_s.pack("<i", F.XC_SAVE_ID_LAST_CHECKPOINT) + bytes(4)) + 8
+
+
+def test_pv_tail_that_lies_about_its_pfn_count(tmp_path: Path) -> None:
+    import struct as _s
+
+    data = bytearray(build("pv", [{1: bytes(4096)}], last=True))
+    at = _pv_tail_offset(bytes(data))
+    data[at : at + 4] = _s.pack("<I", (1 << 28) + 1)
+    r = restore(io.BytesIO(bytes(data)), generation="xen-4.3.1", out=tmp_path / "d")
+    assert not r.ok
+    assert r.messages == [
+        "xc: error: Error when reading pfn count (0 = Success): Internal error",
+        "xc: error: error buffering image tail: Internal error",
+    ]
+    assert isinstance(r.error, StreamError) and r.error.field == "pv_tail.pfn_count"
+
+
+def test_huge_lengths_cost_only_what_the_stream_backs(tmp_path: Path) -> None:
+    """A later checkpoint announcing a 1 TiB -12 payload: commit, without allocating it."""
+    import struct as _s
+    import tracemalloc
+
+    cps = remus_checkpoints(2)
+    good = build("pv", cps, compress=True)
+    one = len(build("pv", cps[:1], compress=True))
+    # Checkpoint 2: one batch header + entries, then a -12 chunk claiming 1 TiB.
+    body = good[one:]
+    cut = body.index(_s.pack("<i", F.XC_SAVE_ID_COMPRESSED_DATA))
+    hostile = good[:one] + body[:cut] + _s.pack("<iQ", F.XC_SAVE_ID_COMPRESSED_DATA, 1 << 40)
+    hostile += bytes(3 << 20)
+    tracemalloc.start()
+    try:
+        r = restore(io.BytesIO(hostile), generation="xen-4.3.1", out=tmp_path / "d")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert r.ok and r.committed_checkpoint == 0
+    assert r.messages[-2:] == [
+        "xc: error: Error when reading compression buffer (0 = Success): Internal error",
+        "xc: error: error when buffering batch, finishing (0 = Success): Internal error",
+    ]
+    assert peak < 64 << 20
