@@ -135,8 +135,6 @@ class LegacyReader:
         if guest not in (None, "pv", "hvm"):
             raise UsageError(f"guest must be 'pv' or 'hvm', not {guest!r}")
         self.source = source
-        self._width_override = width
-        self._guest_override = guest
         self.width: int | None = width
         self.guest: str | None = guest
         self.p2m_size: int | None = None
@@ -150,14 +148,12 @@ class LegacyReader:
         self._pages: bytearray | None = None
         self._index = 0
         self._start = source.offset
-        self._field = ""
 
     # -- plumbing ----------------------------------------------------------------
 
-    def _begin(self, field: str) -> int:
+    def _begin(self) -> int:
         """Mark the start of an element (for error offsets) and return it."""
         self._start = self.source.offset
-        self._field = field
         return self._start
 
     def _emit(self) -> int:
@@ -221,7 +217,7 @@ class LegacyReader:
         return rec
 
     def _read_xl_header(self) -> XlHeader:
-        start = self._begin("xl_header")
+        start = self._begin()
         self._read(len(F.XL_MAGIC), "xl_header.magic")
         order, mandatory, optional, n = _XL_FIXED.unpack(self._read(16, "xl_header"))
         if order != F.XL_BYTEORDER_LE:
@@ -252,7 +248,7 @@ class LegacyReader:
         )
 
     def _read_xend_header(self) -> XendHeader:
-        start = self._begin("xend_header")
+        start = self._begin()
         self._read(len(F.XEND_SIGNATURE), "xend_header.signature")
         (n,) = struct.unpack(">i", self._read(4, "xend_header.config_length"))
         if n < 0:
@@ -264,7 +260,7 @@ class LegacyReader:
 
     def read_header(self) -> StreamHeader:
         """``p2m_size`` (detecting W and the guest type unless given)."""
-        start = self._begin("header")
+        start = self._begin()
         head = self.source.peek(16)
         if head[:12] == _V2_IHDR_START:
             self._malformed(
@@ -298,7 +294,7 @@ class LegacyReader:
     def read_pv_ext_info(self) -> PvExtInfo | None:
         """PV ext-info, or ``None`` when the first W bytes are not ``~0``."""
         w = self._w
-        start = self._begin("ext_info")
+        start = self._begin()
         if self.source.peek(w) != b"\xff" * w:
             return None
         self._read(w, "ext_info.signature")
@@ -350,7 +346,7 @@ class LegacyReader:
     def read_p2m_frame_list(self) -> P2mFrameList:
         """The PV p2m frame list: W-sized entries, counted with the *guest* width."""
         w = self._w
-        start = self._begin("p2m_frame_list")
+        start = self._begin()
         if self.p2m_size is None:
             raise UsageError("read_header() must come first: p2m_size is not known yet")
         fpp = F.PAGE_SIZE // (self.guest_width or w)
@@ -371,7 +367,7 @@ class LegacyReader:
         """One chunk header and its payload: a ``PageBatch``, a chunk record or
         ``EndOfBody``.  An unknown id or a count outside 1..1024 raises
         ``StreamMalformed(field="chunk_header", value=<the int>)``."""
-        self._begin("chunk_header")
+        self._begin()
         (header,) = _I32.unpack(self._read(4, "chunk_header"))
         if header == 0:
             return EndOfBody(offset=self._start, index=self._emit())
@@ -533,7 +529,7 @@ class LegacyReader:
 
     def _read_pv_tail(self, vcpu_info: VcpuInfo | None) -> PvTail:
         w = self._w
-        start = self._begin("pv_tail")
+        start = self._begin()
         n = self._u32("pv_tail.pfn_count")
         if n > F.MAX_UNMAPPED_PFNS:
             self._malformed(f"PV tail: {n} unmapped pfns (more than 2^28)", "pv_tail.pfn_count", n)
@@ -573,7 +569,7 @@ class LegacyReader:
         )
 
     def _read_hvm_tail(self) -> HvmTail:
-        start = self._begin("hvm_tail")
+        start = self._begin()
         ioreq, bufioreq, store, n = _HVM_TAIL.unpack(
             self._read(_HVM_TAIL.size - 4, "hvm_tail.magic_pfns")
             + self._read(4, "hvm_tail.context_length")
@@ -606,7 +602,7 @@ class LegacyReader:
         21 bytes are left, malformed otherwise (libxc's "Invalid QEMU signature").
         """
         sig = self.qemu_signature_ahead()
-        start = self._begin("qemu")
+        start = self._begin()
         if sig is None:
             if not required:
                 return None
@@ -674,7 +670,7 @@ class LegacyReader:
                 if len(head) == 4 and framing.is_chunk_header(_I32.unpack(head)[0]):
                     number += 1
                     continue
-            start = self._begin("trailer")
+            start = self._begin()
             data = self.source.read_to_eof(field="trailer")
             yield Trailer(offset=start, index=self._emit(), data=data)
             return
