@@ -356,3 +356,17 @@ def test_r_pre_does_not_read_xsave_records(tmp_path: Path) -> None:
     for pfns, pages in expected_memory(prof, spec):
         for pfn, page_ in zip(pfns.tolist(), pages, strict=True):
             assert mem[pfn * PAGE : (pfn + 1) * PAGE] == page_.tobytes()
+
+
+def test_hvm_finish_clears_magic_and_console_pages(tmp_path: Path) -> None:
+    cps = [{p: bytes([p]) * PAGE for p in (1, 5, 13, 14)}]
+    data = build("hvm", cps, last=True, hvm_params={F.XC_SAVE_ID_HVM_CONSOLE_PFN: 5})
+    r = run(data, tmp_path / "d", "xen-4.3.1")
+    assert r.ok
+    mem = memory(tmp_path / "d")
+    assert mem[PAGE : 2 * PAGE] == bytes([1]) * PAGE
+    for pfn in (5, 13, 14):
+        assert mem[pfn * PAGE : (pfn + 1) * PAGE] == bytes(PAGE)
+    st = state(tmp_path / "d")
+    assert st["zeroed_pfns"] == [5, 13, 14, 15]
+    assert st["hvm_params"]["console_pfn"] == 5  # type: ignore[index]

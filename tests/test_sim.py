@@ -25,7 +25,7 @@ def test_pages_land_at_pfn_offsets_and_unsent_pages_are_zero(tmp_path: Path) -> 
     d.write_pages(np.array([1, 2, 3, 7, 2], dtype=np.uint64), pages(1, 2, 3, 7, 9))
     assert d.read_page(2) == bytes([9]) * PAGE  # later duplicate wins
     assert d.read_page(0) == bytes(PAGE)
-    d.release_pages(np.array([3], dtype=np.uint64))
+    d.zero_pages(np.array([3], dtype=np.uint64))
     d.finish({"outcome": "restored"}, {"shared_info": b"x"})
     assert not (tmp_path / "dom").exists()  # not visible before publish
     d.publish()

@@ -237,12 +237,21 @@ def classify(cell: Cell, r: RestoreResult) -> str:
 
 
 def _memory_ok(cell: Cell, out: Path, committed: int) -> bool:
-    """The restored memory equals the sender's guest at the committed checkpoint."""
+    """The restored memory equals the sender's guest at the committed checkpoint.
+
+    Pages never sent stay zero; HVM finish clears the three magic pages and the
+    console page (-8, sent by 4.1+ senders) as libxc does (§7.2).
+    """
     g = Guest(_spec(cell.guest))
     epoch = committed + 1 if cell.mode == "remus" else 0
     mem = np.fromfile(out / "memory", dtype=np.uint8).reshape(-1, F.PAGE_SIZE)
     pop = np.flatnonzero(g.populated)
     want = g.pages(pop.astype(np.uint64), epoch)
+    if cell.guest == "hvm":
+        cleared = list(g.hvm_magic_pfns)
+        if cell.sender != "xen-4.0":
+            cleared.append(g.hvm_params()[F.XC_SAVE_ID_HVM_CONSOLE_PFN])
+        want[np.isin(pop, cleared)] = 0
     holes = np.flatnonzero(~g.populated)
     return bool(np.array_equal(mem[pop], want) and not mem[holes].any())
 

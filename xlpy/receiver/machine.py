@@ -169,6 +169,8 @@ class Restore:
         self.tmem: dict[str, int] = {}
         self.pt_types: dict[int, int] = {}
         self.broken: set[int] = set()
+        #: Pages HVM finish cleared (magic and console pfns).
+        self.zeroed: list[int] = []
         self.pages = 0
         self.checkpoints_complete = 0
         self.image_end: int | None = None
@@ -726,7 +728,7 @@ class Restore:
                     self._fatal(M.P2M_FRAME_BAD.format(i=i, pfn=pfn), "p2m_frame_list", pfn)
             # libxc indexes p2m with these unchecked; the simulation ignores wild ones.
             unmapped = np.array([p for p in tail.unmapped if p < self.p2m_size], dtype=np.uint64)
-            self.domain.release_pages(unmapped)
+            self.domain.zero_pages(unmapped)
             for v in tail.vcpus:
                 files[f"vcpu{v.vcpu_id}.ctx"] = v.context
                 if v.ext is not None:
@@ -743,8 +745,13 @@ class Restore:
                 bufioreq_pfn=tail.bufioreq_pfn,
                 store_pfn=tail.store_pfn,
             )
+            # HVM finish clears the three magic pages and the console page (§7.2, -8).
+            magic = [tail.ioreq_pfn, tail.bufioreq_pfn, tail.store_pfn]
             if self.console_pfn is not None:
                 self.hvm_params["console_pfn"] = self.console_pfn
+                magic.append(self.console_pfn)
+            self.zeroed = sorted({p for p in magic if p < self.p2m_size})
+            self.domain.zero_pages(np.array(self.zeroed, dtype=np.uint64))
         qemu = self.tailbuf.qemu
         if qemu is not None:
             files["qemu"] = qemu.data
@@ -773,6 +780,7 @@ class Restore:
             "unmapped_pfns": len(tail.unmapped) if isinstance(tail, PvTail) else None,
             "pv_ext_info": [b.block_id.decode("latin-1") for b in ext.blocks] if ext else None,
             "broken_pfns": sorted(self.broken),
+            "zeroed_pfns": self.zeroed,
             "verify_mode": self.pb.verify,
             "qemu": None
             if qemu is None

@@ -115,8 +115,8 @@ class Domain(Protocol):
     def read_page(self, pfn: int) -> bytes:
         """The current content of ``pfn`` (zeros if never written)."""
 
-    def release_pages(self, pfns: np.ndarray) -> None:
-        """Give pages back (PV unmapped pfns at finish): they read as zeros again."""
+    def zero_pages(self, pfns: np.ndarray) -> None:
+        """Make pages read as zeros: PV unmapped pfns given back, HVM magic pages cleared."""
 
     def finish(self, state: Mapping[str, Any], files: Mapping[str, bytes]) -> None:
         """Record the final domain state and the tail blobs (libxc's FINISH step)."""

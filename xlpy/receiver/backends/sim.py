@@ -89,7 +89,7 @@ class SimDomain:
         out = os.pread(self._fd(), PAGE_SIZE, pfn * PAGE_SIZE)
         return out.ljust(PAGE_SIZE, b"\0")
 
-    def release_pages(self, pfns: np.ndarray) -> None:
+    def zero_pages(self, pfns: np.ndarray) -> None:
         zero = bytes(PAGE_SIZE)
         for pfn in pfns.tolist():
             os.pwrite(self._fd(), zero, int(pfn) * PAGE_SIZE)
