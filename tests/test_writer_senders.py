@@ -83,7 +83,7 @@ def test_hvm_param_order_4_3_with_all_params() -> None:
     g.hvm_params = lambda: params  # type: ignore[method-assign]
     from xlpy.stream.legacy import senders
 
-    stream = senders._Stream(SenderProfile(sender="xen-4.3"), spec)
+    stream = senders._Stream(SenderProfile(sender="xen-4.3"), spec, reuse_buffers=False)
     stream.g = g
     ids = [chunk_id_of(r) for r in stream._end_list(0)]
     assert ids == [-2, -14, -3, -15, -16, -17, -4, -8, -10, -11, -9, None]

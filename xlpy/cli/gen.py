@@ -74,7 +74,13 @@ def add_parser(subparsers: Any) -> None:
         "--dirty", type=float, default=0.2, help="fraction of pages each checkpoint rewrites"
     )
     p.add_argument("--compress", action="store_true", help="Remus checkpoint compression")
-    p.add_argument("--trailer", choices=TRAILERS, default="eof")
+    p.add_argument(
+        "--trailer",
+        choices=TRAILERS,
+        default="eof",
+        help="eof: the stream ends after the image; foreign: then xl's handshake text "
+        "'domain is yours, you are cleared to unpause\\0', which libxc never reads",
+    )
     p.add_argument("--memory", type=_size, required=True, help="guest memory, e.g. 64M, 1G")
     p.add_argument("--vcpus", type=int, default=2)
     p.add_argument("--seed", type=int, required=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
 import numpy as np
 
@@ -274,8 +275,6 @@ class DeltaCache:
         self._lru[pfn] = token
 
 
-_FULL = bytes([F.COMP_FULL])
-
 #: Fetches page contents in bulk: ``(pfns, tokens) -> uint8 array (n, 4096)``.
 PageSource = Callable[[list[int], list[object]], np.ndarray]
 
@@ -289,7 +288,10 @@ class Compressor:
     ``stage(pfn, token, pagetable=...)`` queues a data page in entry order and
     returns True when the stage is full: the caller must then write the -12
     payloads of ``flush()`` at once, as it must at the end of a checkpoint.
-    ``flush()`` yields payloads one at a time (each up to ~16 MiB).
+    ``flush()`` yields payloads one at a time (each up to ~16 MiB), assembled
+    in one buffer kept for the stream; with ``reuse_buffer`` a payload is a
+    memoryview of that buffer, valid only until the next one is produced
+    (a streaming writer then never holds two payloads).
     ``content(pfns, tokens)`` yields page bytes for staged or cached tokens:
     tokens let a deterministic guest model avoid holding 8192 page copies (a
     token may simply be the page bytes).
@@ -308,12 +310,15 @@ class Compressor:
         cache_size: int = F.DELTA_CACHE_SIZE,
         stage_pages: int = STAGE_PAGES,
         chunk_limit: int = OUTBUF_SIZE - 4 - 8,
+        reuse_buffer: bool = False,
     ) -> None:
         self._content = content
         self.cache = DeltaCache(cache_size)
         self._stage: list[tuple[int, object, bool]] = []
         self._stage_pages = stage_pages
         self._limit = chunk_limit
+        self._reuse = reuse_buffer
+        self._buf: bytearray | None = None
 
     def stage(self, pfn: int, token: object, *, pagetable: bool = False) -> bool:
         """``xc_compression_add_page``; True when the stage is full (flush now)."""
@@ -325,7 +330,9 @@ class Compressor:
 
     def flush(self) -> Iterator[bytes]:
         """``write_compressed``: compress every staged page into -12 payloads."""
-        cur: list[bytes] = []
+        if self._buf is None:
+            self._buf = bytearray(self._limit)
+        out = self._buf
         size = 0
         for b in range(0, len(self._stage), _FETCH_BLOCK):
             block = self._stage[b : b + _FETCH_BLOCK]
@@ -345,11 +352,24 @@ class Compressor:
                 row = old_row.get(i)
                 need = FULL_PAGE_SIZE if row is None else WORST_COMP_PAGE_SIZE
                 if size + need > self._limit:
-                    yield b"".join(cur)
-                    cur, size = [], 0
-                enc = _FULL + new[i].tobytes() if row is None else compress_page(new[i], old[row])
-                cur.append(enc)
-                size += len(enc)
+                    yield self._payload(size)
+                    size = 0
+                if row is None:
+                    out[size] = F.COMP_FULL
+                    out[size + 1 : size + FULL_PAGE_SIZE] = new[i].data
+                    size += FULL_PAGE_SIZE
+                else:
+                    enc = compress_page(new[i], old[row])
+                    out[size : size + len(enc)] = enc
+                    size += len(enc)
         self._stage.clear()
-        if cur:
-            yield b"".join(cur)
+        if size:
+            yield self._payload(size)
+
+    def _payload(self, size: int) -> bytes:
+        assert self._buf is not None
+        view = memoryview(self._buf)[:size]
+        if self._reuse:
+            # Valid until the next payload is produced (see ``reuse_buffer``).
+            return cast(bytes, view)
+        return bytes(view)

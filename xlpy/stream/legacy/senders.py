@@ -34,7 +34,7 @@ should end with the guest at epoch N (:func:`final_epoch`).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -200,14 +200,16 @@ def expected_memory(
 class _Stream:
     """State of one generated stream (compression cache, vcpu state)."""
 
-    def __init__(self, profile: SenderProfile, spec: GuestSpec) -> None:
+    def __init__(self, profile: SenderProfile, spec: GuestSpec, *, reuse_buffers: bool) -> None:
         profile.check(spec)
         self.p = profile
         self.spec = spec
         self.g = Guest(spec)
         self.w = profile.width
         self.entry_dtype = "<u8" if self.w == 8 else "<u4"
-        self.compressor: Compressor | None = Compressor(self._content) if profile.compress else None
+        self.compressor: Compressor | None = (
+            Compressor(self._content, reuse_buffer=reuse_buffers) if profile.compress else None
+        )
 
     def _content(self, pfns: list[int], versions: list[object]) -> np.ndarray:
         return self.g.pages_at(
@@ -294,46 +296,32 @@ class _Stream:
         return TscInfo(tsc_mode=mode, nsec=nsec, khz=khz, incarnation=inc)
 
     def _end_list(self, k: int) -> Iterator[Record]:
-        p, g = self.p, self.g
-        words = 1 if p.version < (4, 2) else None
-        yield VcpuInfo(max_vcpu_id=g.max_vcpu_id, online_map=g.online_map(words))
-        if g.kind == "hvm":
-            params = g.hvm_params()
-            for cid in _HVM_PARAM_ORDER[p.sender]:
-                if params[cid]:
-                    yield HvmParamChunk(chunk_id=cid, value=params[cid])
-        if p.has_toolstack_chunk:
-            yield Toolstack(blob=self._toolstack_blob())
-        if p.has_last_checkpoint:
-            yield LastCheckpoint()
-        if k == 0 and p.compress:
-            yield EnableCompression()
-        yield EndOfBody()
+        g = self.g
+        yield from end_of_checkpoint_list(
+            self.p,
+            max_vcpu_id=g.max_vcpu_id,
+            online_vcpus=range(g.spec.vcpus),
+            hvm_params=g.hvm_params() if g.kind == "hvm" else None,
+            toolstack_blob=self._toolstack_blob(),
+            first=k == 0,
+        )
 
     # -- header pieces --------------------------------------------------------------------
 
     def _pv_ext_info(self) -> PvExtInfo:
         g = self.g
-        blocks = [
-            ExtInfoBlock(block_id=b"vcpu", data=g.vcpu_context(0, 0)),
-            ExtInfoBlock(block_id=b"extv", data=b""),
-        ]
-        if self._xsave:
-            blocks.append(ExtInfoBlock(block_id=b"xcnt", data=struct.pack("<I", g.xcnt)))
-        return PvExtInfo(blocks=tuple(blocks))
+        return pv_ext_info(self.p, g.vcpu_context(0, 0), xcnt=g.xcnt if self.spec.xsave else None)
 
     @property
     def _xsave(self) -> bool:
         return self.p.has_xsave and self.spec.xsave
 
     def _toolstack_blob(self) -> bytes:
-        """libxl's blob (§8.4): version 1; HVM: one physmap entry, padded on 64-bit."""
+        """libxl's blob (§8.4): PV none, HVM one physmap entry (the VGA RAM)."""
         if self.g.kind == "pv":
-            return struct.pack("<II", 1, 0)
-        top = self.g.p2m_size << 12
-        entry = struct.pack("<QQQI", top, 0xF0000000, 8 << 20, len(_PHYSMAP_NAME))
-        pad = bytes(4) if self.w == 8 else b""
-        return struct.pack("<II", 1, 1) + entry + _PHYSMAP_NAME + pad
+            return libxl_toolstack_blob((), self.w)
+        entry = (self.g.p2m_size << 12, 0xF0000000, 8 << 20, _PHYSMAP_NAME)
+        return libxl_toolstack_blob((entry,), self.w)
 
     def _xl_header(self) -> XlHeader:
         json = self.p.version >= (4, 5)
@@ -400,32 +388,118 @@ class _Stream:
     def _qemu(self, epoch: int) -> QemuRecord | None:
         if self.g.kind != "hvm":
             return None
-        data = self.g.qemu_data(epoch)
-        match self.p.toolstack, self.p.remus:
-            case "xl", _:
-                return QemuRecord(signature=F.QEMU_SIG_0002, data=data)
-            case "xend", False:
-                return QemuRecord(signature=F.QEMU_SIG_TO_EOF, data=data)
-            case "xend", True:
-                return QemuRecord(signature=F.QEMU_SIG_REMUS, data=data)
-            case "xenserver-classic", _:
-                return QemuRecord(signature=F.XENSERVER_QEMU_SIG, data=data)
-        return None
+        return qemu_record(self.p, self.g.qemu_data(epoch))
 
 
-def stream_records(profile: SenderProfile, spec: GuestSpec) -> Iterator[Record]:
+# -- profile rules as functions of the state (shared with xlpy.stream.tolegacy) -------------
+
+
+def vcpu_info(profile: SenderProfile, max_vcpu_id: int, online: Iterable[int]) -> VcpuInfo:
+    """-2 VCPU_INFO as ``profile`` writes it: exactly one map word before 4.2 (max 64 vcpus).
+
+    Raises :class:`UsageError` when ``max_vcpu_id`` does not fit that sender's map.
+    """
+    words = 1 if profile.version < (4, 2) else max_vcpu_id // 64 + 1
+    if max_vcpu_id >= 64 * words:
+        raise UsageError(f"{profile.sender} supports at most {F.MAX_VCPUS_4_0} vcpus")
+    bits = sum(1 << v for v in set(online))
+    return VcpuInfo(
+        max_vcpu_id=max_vcpu_id,
+        online_map=tuple((bits >> (64 * i)) & 0xFFFFFFFFFFFFFFFF for i in range(words)),
+    )
+
+
+def hvm_param_chunks(profile: SenderProfile) -> tuple[int, ...]:
+    """The HVM-param chunk ids ``profile`` knows, in its end-of-checkpoint order."""
+    return _HVM_PARAM_ORDER[profile.sender]
+
+
+def end_of_checkpoint_list(
+    profile: SenderProfile,
+    *,
+    max_vcpu_id: int,
+    online_vcpus: Iterable[int],
+    hvm_params: Mapping[int, int] | None,
+    toolstack_blob: bytes,
+    first: bool,
+) -> Iterator[Record]:
+    """The chunks that close a checkpoint body, up to and including the ``0``.
+
+    ``hvm_params`` maps HVM-param chunk ids to values (``None`` for PV); zero
+    values and ids the sender does not know are left out.  ``toolstack_blob``
+    is sent as -18 only by senders that have the chunk.
+    """
+    yield vcpu_info(profile, max_vcpu_id, online_vcpus)
+    if hvm_params is not None:
+        for cid in hvm_param_chunks(profile):
+            if hvm_params.get(cid):
+                yield HvmParamChunk(chunk_id=cid, value=hvm_params[cid])
+    if profile.has_toolstack_chunk:
+        yield Toolstack(blob=toolstack_blob)
+    if profile.has_last_checkpoint:
+        yield LastCheckpoint()
+    if first and profile.compress:
+        yield EnableCompression()
+    yield EndOfBody()
+
+
+def pv_ext_info(
+    profile: SenderProfile, vcpu0_context: bytes, *, extv: bool = True, xcnt: int | None = None
+) -> PvExtInfo:
+    """PV extended info: "vcpu" (vcpu0's context), "extv", and "xcnt" for senders with xsave."""
+    blocks = [ExtInfoBlock(block_id=b"vcpu", data=vcpu0_context)]
+    if extv:
+        blocks.append(ExtInfoBlock(block_id=b"extv", data=b""))
+    if xcnt is not None and profile.has_xsave:
+        blocks.append(ExtInfoBlock(block_id=b"xcnt", data=struct.pack("<I", xcnt)))
+    return PvExtInfo(blocks=tuple(blocks))
+
+
+def libxl_toolstack_blob(physmap: Iterable[tuple[int, int, int, bytes]], width: int) -> bytes:
+    """libxl's -18 blob (§8.4) from ``(phys_offset, start_addr, size, name)`` entries.
+
+    ``name`` includes its NUL.  The C writer advances by ``sizeof(struct)``, so
+    a 64-bit toolstack (``width`` 8) leaves 4 bytes of padding after each name.
+    """
+    entries = list(physmap)
+    pad = bytes(4) if width == 8 else b""
+    return struct.pack("<II", 1, len(entries)) + b"".join(
+        struct.pack("<QQQI", phys, start, size, len(name)) + name + pad
+        for phys, start, size, name in entries
+    )
+
+
+def qemu_record(profile: SenderProfile, data: bytes) -> QemuRecord | None:
+    """The QEMU record ``profile``'s toolstack appends to an HVM checkpoint (bare: none)."""
+    match profile.toolstack, profile.remus:
+        case "xl", _:
+            return QemuRecord(signature=F.QEMU_SIG_0002, data=data)
+        case "xend", False:
+            return QemuRecord(signature=F.QEMU_SIG_TO_EOF, data=data)
+        case "xend", True:
+            return QemuRecord(signature=F.QEMU_SIG_REMUS, data=data)
+        case "xenserver-classic", _:
+            return QemuRecord(signature=F.XENSERVER_QEMU_SIG, data=data)
+    return None
+
+
+def stream_records(
+    profile: SenderProfile, spec: GuestSpec, *, reuse_buffers: bool = False
+) -> Iterator[Record]:
     """The records ``profile`` would send for the guest ``spec``, in wire order.
 
     Raises :class:`UsageError` (before yielding anything) for an impossible
-    combination.  Page batches carry at most 1024 pages each.
+    combination.  Page batches carry at most 1024 pages each.  With
+    ``reuse_buffers`` a ``CompressedData`` payload is a view valid only until
+    the next record is produced (for streaming writers: no second copy).
     """
-    stream = _Stream(profile, spec)
+    stream = _Stream(profile, spec, reuse_buffers=reuse_buffers)
     return stream.records()
 
 
 def generate(profile: SenderProfile, spec: GuestSpec, out: BinaryIO) -> int:
     """Write the stream of ``profile`` for ``spec`` to ``out``; returns bytes written."""
-    records = stream_records(profile, spec)
+    records = stream_records(profile, spec, reuse_buffers=True)
     writer = LegacyWriter(out, width=profile.width)
     writer.write_all(records)
     return writer.offset
