@@ -368,3 +368,21 @@ def test_cli_to_legacy_without_module_or_sender(tmp_path: Path) -> None:
 def test_usage_error_for_undetectable_guest() -> None:
     with pytest.raises(UsageError):
         convert(struct.pack("<Q", 16) + b"\x00" * 4)
+
+
+def test_cli_writes_into_a_fifo_instead_of_replacing_it(tmp_path: Path) -> None:
+    """A device or FIFO given as -o is written to; only regular files go via rename."""
+    import threading
+
+    src = tmp_path / "in"
+    src.write_bytes(legacy(SenderProfile(sender="xen-4.3"), PV))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    t.start()
+    r = _cli("-i", str(src), "-o", str(fifo))
+    t.join(30)
+    assert r.returncode == 0, r.stderr
+    assert fifo.is_fifo()
+    assert got and got[0] == convert(src.read_bytes())[0]

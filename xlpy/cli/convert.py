@@ -32,6 +32,7 @@ import contextlib
 import importlib
 import io
 import os
+import stat
 import sys
 import syslog
 import tempfile
@@ -142,6 +143,15 @@ def _open_input(text: str) -> tuple[ByteSource, BinaryIO | None]:
 def _write_output(text: str, produce: Callable[[BinaryIO], None]) -> None:
     """Run ``produce`` on the output: an fd is streamed, a path written via rename."""
     fd = _fd_of(text)
+    target = os.path.abspath(text)
+    if fd is None and text != "-" and _is_special(target):
+        # A device or FIFO (/dev/null, a named pipe) is written, never replaced.
+        try:
+            with open(target, "wb", buffering=_OUT_BUFFER) as f:
+                produce(f)
+        except OSError as e:
+            raise UsageError(f"cannot write {text}: {e.strerror or e}") from None
+        return
     if text == "-" or fd is not None:
         fd = sys.stdout.buffer.fileno() if text == "-" else fd
         assert fd is not None
@@ -156,7 +166,6 @@ def _write_output(text: str, produce: Callable[[BinaryIO], None]) -> None:
             with contextlib.suppress(BrokenPipeError):
                 out.flush()
         return
-    target = os.path.abspath(text)
     try:
         tfd, tmp = tempfile.mkstemp(
             prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target)
@@ -174,6 +183,14 @@ def _write_output(text: str, produce: Callable[[BinaryIO], None]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _is_special(path: str) -> bool:
+    """An existing path that is not a regular file (renaming over it would replace it)."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _to_legacy(args: argparse.Namespace, source: ByteSource, progress: Any) -> None:
