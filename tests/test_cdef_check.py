@@ -1,17 +1,22 @@
 """The cdef-check (tox -e cdef-check) run from pytest, with negative controls.
 
 Needs gcc and Debian's libxen-dev 4.17 headers (the xen_tools cache); every test here
-is one compile of a few seconds.
+is one compile of a few seconds.  Each check runs in a fresh interpreter: the compiled
+module NEEDS ``libxenguest.so.4.17``, and other tests load stand-ins of that soname.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from xlpy.binding.cdefcheck import CdefDrift, check, check_texts, function_declarations
+from xlpy.binding.cdefcheck import CdefDrift, Report, function_declarations
 from xlpy.binding.generations import BY_NAME, by_name
 
 pytestmark = pytest.mark.xen_tools
@@ -26,6 +31,44 @@ def xen_dev(xen_tools: object) -> tuple[Path, Path]:
     if not (include_dir / "xenguest.h").is_file():
         pytest.fail(f"libxen-dev headers missing from {include_dir}")
     return include_dir, lib_dir
+
+
+REPO = Path(__file__).resolve().parent.parent
+_RUN = """
+import json, sys
+from dataclasses import asdict
+from pathlib import Path
+from xlpy.binding.cdefcheck import CdefDrift, check_texts
+texts, include_dir, lib_dir, tmp = json.loads(sys.stdin.read())
+try:
+    report = check_texts("check", texts, Path(include_dir), Path(lib_dir), Path(tmp))
+except CdefDrift as e:
+    print(json.dumps({"drift": str(e)}))
+else:
+    print(json.dumps(asdict(report)))
+"""
+
+
+def check_texts(texts: list[str], include_dir: Path, lib_dir: Path, tmp: Path) -> Report:
+    """:func:`xlpy.binding.cdefcheck.check_texts` in a subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUN],
+        input=json.dumps([texts, str(include_dir), str(lib_dir), str(tmp)]),
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    if "drift" in doc:
+        raise CdefDrift(doc["drift"])
+    return Report(**doc)
+
+
+def check(generation: str, include_dir: Path, lib_dir: Path, tmp: Path) -> Report:
+    return check_texts(by_name(generation).cdef_text(), include_dir, lib_dir, tmp)
 
 
 def test_4_14_declarations_match_debian_4_17_headers(
@@ -55,7 +98,7 @@ def test_domid_width_drift_is_a_compile_error(xen_dev: tuple[Path, Path], tmp_pa
     # cffi's wrapper alone would convert silently; the strict redeclaration does not.
     texts = _mutated("uint32_t store_domid", "uint16_t store_domid")
     with pytest.raises(CdefDrift, match="do not compile"):
-        check_texts("drift", texts, *xen_dev, tmp_path)
+        check_texts(texts, *xen_dev, tmp_path)
 
 
 def test_callback_layout_drift_is_caught(xen_dev: tuple[Path, Path], tmp_path: Path) -> None:
@@ -66,7 +109,7 @@ def test_callback_layout_drift_is_caught(xen_dev: tuple[Path, Path], tmp_path: P
         "    int (*static_data_done)(unsigned int missing, void *data);\n",
     )
     with pytest.raises(CdefDrift, match="restore_callbacks"):
-        check_texts("layout", texts, *xen_dev, tmp_path)
+        check_texts(texts, *xen_dev, tmp_path)
 
 
 def test_function_declarations_are_extracted_verbatim() -> None:

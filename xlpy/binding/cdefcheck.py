@@ -105,7 +105,7 @@ def check_texts(
         raise CdefDrift(
             f"{generation} declarations do not compile against {include_dir}: {e}"
         ) from e
-    # The module NEEDS libxenguest; load it and its siblings globally first.
+    # The module NEEDS libxenguest: load it and its siblings from lib_dir first.
     load_library({ENV_LIBRARY: str(lib_dir / "libxenguest.so")})
     spec = importlib.util.spec_from_file_location(module, so_path)
     assert spec is not None and spec.loader is not None

@@ -114,7 +114,10 @@ def _preload_needed(path: Path, seen: set[str]) -> None:
     """dlopen the NEEDED libraries that sit next to ``path``, dependencies first.
 
     ``LD_LIBRARY_PATH`` set inside a running Python has no effect (abi.md §5b), so a
-    library named by path finds its siblings only if they are already loaded globally.
+    library named by path finds its siblings only if they are already loaded (the
+    loader matches NEEDED entries against loaded sonames).  Everything is loaded
+    ``RTLD_LOCAL``: a Xen library must never interpose symbols on other code, nor other
+    code on it.
     """
     for needed in read_dynamic(path).needed:
         sibling = path.parent / needed
@@ -122,7 +125,7 @@ def _preload_needed(path: Path, seen: set[str]) -> None:
             continue
         seen.add(needed)
         _preload_needed(sibling, seen)
-        ctypes.CDLL(str(sibling), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(str(sibling), mode=ctypes.RTLD_LOCAL)
 
 
 def load_library(env: Mapping[str, str] | None = None) -> ctypes.CDLL:
@@ -135,12 +138,12 @@ def load_library(env: Mapping[str, str] | None = None) -> ctypes.CDLL:
             raise _not_found(explicit, f"no such file (from {ENV_LIBRARY})")
         _preload_needed(path.resolve(), set())
         try:
-            return ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+            return ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
         except OSError as e:
             raise _not_found(_missing_from(e), str(e)) from None
     for soname in KNOWN_SONAMES:
         try:
-            return ctypes.CDLL(soname, mode=ctypes.RTLD_GLOBAL)
+            return ctypes.CDLL(soname, mode=ctypes.RTLD_LOCAL)
         except OSError as e:
             missing = _missing_from(e)
             if missing != soname:  # found, but one of its dependencies is not

@@ -159,7 +159,7 @@ def call_restore(
     handle = _open(loaded)
     try:
         callbacks = ffi.new("struct restore_callbacks *") if gen.callback_slots else None
-        keep_alive = []  # the C side holds raw pointers until xc_domain_restore returns
+        keep_alive = []  # C holds raw pointers to these until this frame is left
         for name in names:
             ctype = ffi.typeof(getattr(callbacks, name))
             handle_cb = c_callback(ffi, ctype, name, invoke)
@@ -185,7 +185,6 @@ def call_restore(
         err = ffi.errno
         if rc != 0:
             raise _last_error(loaded, handle, err, "xc_domain_restore")
-        del keep_alive
         return RestoreResult(
             store_mfn=int(out["store_mfn"][0]),
             console_mfn=int(out["console_mfn"][0]),
