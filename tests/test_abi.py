@@ -56,6 +56,12 @@ def test_xlpy_abi_detects_4_14_generation_from_debian_4_17(xen_tools: object) ->
     assert Path(doc["library"]).name.startswith("libxenguest.so.4.17")
     assert [Path(p).name for p in doc["cdefs"]] == ["common.h", "4.14-4.21.h"]
     assert all(Path(p).is_file() for p in doc["cdefs"])
+    assert doc["operations"] == {
+        "restore": "allow",
+        "migrate-receive": "allow",
+        "remus-receive": "allow",
+        "colo-receive": "allow",
+    }
 
 
 @pytest.mark.xen_tools

@@ -28,6 +28,7 @@ from xlpy.toolstack import (
     StreamType,
     Verdict,
     check_operation,
+    decide,
     release_span,
     stream_type_for,
 )
@@ -82,15 +83,22 @@ TABLE = {
 
 
 def _verdict(operation: str, release: str) -> str:
-    try:
-        return check_operation(operation, release).verdict.value
-    except RestoreRefused as e:
-        return IMPOSSIBLE if "force" not in str(e) else REFUSE
+    return decide(operation, release).verdict.value
 
 
 @pytest.mark.parametrize("release", list(TABLE))
 def test_decision_table(release: str) -> None:
     assert tuple(_verdict(op, release) for op in (R, M, RE, C)) == TABLE[release]
+
+
+@pytest.mark.parametrize("release", list(TABLE))
+def test_check_operation_raises_exactly_for_refusals(release: str) -> None:
+    for op, expected in zip((R, M, RE, C), TABLE[release], strict=True):
+        if expected in (REFUSE, IMPOSSIBLE):
+            with pytest.raises(RestoreRefused, match=op):
+                check_operation(op, release)
+        else:
+            assert check_operation(op, release).verdict.value == expected
 
 
 def test_every_rule_is_reachable() -> None:

@@ -194,17 +194,14 @@ def release_span(release: str) -> tuple[Version, Version]:
     return (major, minor, patch), (major, minor, patch)
 
 
-def check_operation(operation: Operation | str, generation: str, force: bool = False) -> Decision:
-    """Decide ``operation`` on libxc ``generation`` (a release such as ``"4.4"``,
-    ``"4.3.1"``, ``"xen-4.3.1"``, or an ABI generation name); raises
-    :class:`~xlpy.errors.RestoreRefused` for an unsafe one unless ``force`` (which
-    never overrides :attr:`Verdict.IMPOSSIBLE`).
+def decide(operation: Operation | str, generation: str) -> Decision:
+    """The rules' verdict for ``operation`` on ``generation``, without raising or logging.
 
     Where ``generation`` spans releases that the rules treat differently (``"4.3"``,
     ``"4.3.2-4.4"``), the strictest verdict wins.
     """
     op = _operation(operation)
-    st = stream_type_for(op)
+    st = _STREAM_FOR[op]
     lo, hi = release_span(generation)
     verdict, reason = Verdict.ALLOW, f"libxc {generation} receives {st.name} streams as told"
     for rule in RULES:
@@ -213,14 +210,25 @@ def check_operation(operation: Operation | str, generation: str, force: bool = F
             partial = not (rule.first <= lo and hi <= rule.last)
             verdict = rule.verdict
             reason = rule.reason + (f" (on some releases {generation} may be)" if partial else "")
-    decision = Decision(op, generation, st, verdict, reason)
+    return Decision(op, generation, st, verdict, reason)
+
+
+def check_operation(operation: Operation | str, generation: str, force: bool = False) -> Decision:
+    """Decide ``operation`` on libxc ``generation`` (a release such as ``"4.4"``,
+    ``"4.3.1"``, ``"xen-4.3.1"``, or an ABI generation name) and log it; raises
+    :class:`~xlpy.errors.RestoreRefused` for an unsafe one unless ``force`` (which
+    never overrides :attr:`Verdict.IMPOSSIBLE`).
+    """
+    stream_type_for(operation)  # logs the stream type and why
+    decision = decide(operation, generation)
+    op, verdict, reason = decision.operation, decision.verdict, decision.reason
     if verdict is Verdict.IMPOSSIBLE or (verdict is Verdict.REFUSE and not force):
         hint = "" if verdict is Verdict.IMPOSSIBLE else " (force=True / --force to proceed)"
         log.warning("refusing %s on libxc %s: %s", op.value, generation, reason)
         raise RestoreRefused(f"{op.value} refused on libxc {generation}: {reason}{hint}")
     if verdict is Verdict.REFUSE:
         log.warning("%s on libxc %s forced by the caller despite: %s", op.value, generation, reason)
-        return Decision(op, generation, st, Verdict.ALLOW, reason, forced=True)
+        return dataclasses.replace(decision, verdict=Verdict.ALLOW, forced=True)
     log.info("%s on libxc %s: %s (%s)", op.value, generation, verdict.value, reason)
     return decision
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY, detect
 from xlpy.errors import LibraryNotFound, UsageError, XenUnavailable
+from xlpy.toolstack import Operation, decide
 
 EXIT_MISSING = 2
 
@@ -43,10 +44,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"xlpy abi: {e}", file=sys.stderr)
         return EXIT_MISSING
     doc = abi.to_json()
+    # What the toolstack layer will do with each operation on this release.
+    doc["operations"] = {op.value: decide(op, abi.release).verdict.value for op in Operation}
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
     for key, value in doc.items():
-        shown = ("\n" + " " * 16).join(value) if isinstance(value, list) else value
-        print(f"{key + ':':16}{shown}")
+        if isinstance(value, list):
+            value = ("\n" + " " * 16).join(value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        print(f"{key + ':':16}{value}")
     return 0
