@@ -386,3 +386,16 @@ def test_cli_writes_into_a_fifo_instead_of_replacing_it(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert fifo.is_fifo()
     assert got and got[0] == convert(src.read_bytes())[0]
+
+
+def test_compressed_deltas_against_spilled_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages beyond the RAM cache are spilled to the sparse file and still serve as bases."""
+    import xlpy.stream.convert as conv
+
+    monkeypatch.setattr(conv, "STORE_RAM_PAGES", 8)
+    profile = SenderProfile(
+        sender="xen-4.3", toolstack="xl", mode="remus", checkpoints=4, compress=True
+    )
+    out, report = convert(legacy(profile, HVM), fmt="libxl")
+    assert report.decoded_pages > 8  # type: ignore[attr-defined]
+    assert_memory(out, profile, HVM)

@@ -47,9 +47,11 @@ one checkpoint's spooled records (RAM up to 32 MiB, then a temporary file).
 
 from __future__ import annotations
 
+import os
 import struct
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO
@@ -121,9 +123,9 @@ CHUNK_TO_HVM_PARAM: dict[int, int] = {
 #: ``xen_minor`` of converted images: Xen's converter writes its ``__version__``.
 CONVERTED_XEN_MINOR = 1
 #: Checkpoints spooled in RAM up to this size, then in a temporary file.
-SPOOL_RAM = 32 << 20
-#: Pages decoded at once from a compressed checkpoint.
-_DECODE_BLOCK = 1024
+SPOOL_RAM = 16 << 20
+#: Pages of the compressed checkpoints kept in RAM (the sender's delta cache size).
+STORE_RAM_PAGES = LF.DELTA_CACHE_SIZE
 _PROGRESS_INTERVAL = 0.25
 _COPY_SIZE = 1 << 20
 _PHYSMAP_HEAD = struct.Struct("<QQQI")
@@ -144,6 +146,9 @@ class ConvertReport:
     pages: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: Pages decoded from compressed checkpoints, and the seconds spent decoding them.
+    decoded_pages: int = 0
+    decode_seconds: float = 0.0
     #: The error that ended an incomplete last checkpoint (Remus failover), if any.
     abandoned: StreamError | None = None
     warnings: list[str] = field(default_factory=list)
@@ -213,19 +218,56 @@ def _data_pfns(v2: np.ndarray) -> np.ndarray:
 
 
 class _PageStore:
-    """Last content sent for each pfn of the compressed checkpoints (sparse, file-backed)."""
+    """The last content sent for each pfn of the compressed checkpoints.
+
+    The ``DELTA_CACHE_SIZE`` most recently sent pages stay in RAM (an LRU, as
+    the sender's cache, so every delta a sender can make normally hits it);
+    older ones are spilled to an unlinked sparse file at ``pfn * 4096``, made
+    on first use, so a delta against any earlier page still decodes.
+    """
 
     def __init__(self, p2m_size: int) -> None:
-        self._file = tempfile.TemporaryFile(prefix="xlpy-convert-pages-")  # noqa: SIM115
-        self._file.truncate(max(p2m_size, 1) * LF.PAGE_SIZE)
-        self.pages = np.memmap(
-            self._file, dtype=np.uint8, mode="r+", shape=(max(p2m_size, 1), 4096)
-        )
-        self.size = p2m_size
+        self.size = max(p2m_size, 1)
+        self.capacity = STORE_RAM_PAGES
+        self._lru: OrderedDict[int, bytes] = OrderedDict()
+        self._file: IO[bytes] | None = None
+        self._spilled: np.ndarray | None = None
+
+    def fill(self, pfns: list[int], pages: np.ndarray) -> None:
+        """Copy the stored content of ``pfns`` into the rows of ``pages`` (others: zero)."""
+        lru = self._lru
+        spilled = self._spilled
+        for i, pfn in enumerate(pfns):
+            old = lru.get(pfn)
+            if old is not None:
+                pages[i] = np.frombuffer(old, dtype=np.uint8)
+            elif spilled is not None and spilled[pfn] and self._file is not None:
+                pages[i] = np.frombuffer(
+                    os.pread(self._file.fileno(), LF.PAGE_SIZE, pfn * LF.PAGE_SIZE), np.uint8
+                )
+
+    def store(self, pfns: list[int], pages: np.ndarray) -> None:
+        """Remember ``pages`` as the content last sent for ``pfns``."""
+        lru = self._lru
+        raw = pages.tobytes()
+        for i, pfn in enumerate(pfns):
+            lru[pfn] = raw[i * LF.PAGE_SIZE : (i + 1) * LF.PAGE_SIZE]
+            lru.move_to_end(pfn)
+        while len(lru) > self.capacity:
+            self._spill(*lru.popitem(last=False))
+
+    def _spill(self, pfn: int, page: bytes) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="xlpy-convert-pages-")  # noqa: SIM115
+            self._spilled = np.zeros(self.size, dtype=bool)
+        assert self._spilled is not None
+        os.pwrite(self._file.fileno(), page, pfn * LF.PAGE_SIZE)
+        self._spilled[pfn] = True
 
     def close(self) -> None:
-        del self.pages
-        self._file.close()
+        self._lru.clear()
+        if self._file is not None:
+            self._file.close()
 
 
 class _Converter:
@@ -540,10 +582,11 @@ class _Converter:
 
     def _decode_compressed(self) -> None:
         """Decode the checkpoint's pages against the stored copies, write PAGE_DATA."""
+        t0 = time.perf_counter()
         p2m = self.reader.p2m_size or 0
         if self._store is None:
             self._store = _PageStore(p2m)
-        store = self._store.pages
+        store = self._store
         data = b"".join(c.data for c in self._compressed)
         segments: list[tuple[int, int]] = []
         pos = 0
@@ -561,9 +604,11 @@ class _Converter:
                     field="batch.entries",
                     value=int(pfns.max()),
                 )
-            pages = store[pfns]
-            dec.decode_into(pages, pfns=pfns.tolist())
-            store[pfns] = pages
+            pfn_list = pfns.tolist()
+            pages = np.zeros((len(pfn_list), LF.PAGE_SIZE), dtype=np.uint8)
+            store.fill(pfn_list, pages)
+            dec.decode_into(pages, pfns=pfn_list)
+            store.store(pfn_list, pages)
             self.w.write_record(
                 F.REC_TYPE_PAGE_DATA,
                 F.PAGE_DATA_HDR_FORMAT.pack(len(ent), 0),
@@ -571,7 +616,9 @@ class _Converter:
                 pages.reshape(-1).data,
             )
             self.report.pages += pfns.size
+            self.report.decoded_pages += pfns.size
             self._tick("pages")
+        self.report.decode_seconds += time.perf_counter() - t0
         self._pending = []
         self._compressed = []
 
