@@ -7,7 +7,7 @@ XLPY   := $(VENV)/bin/xlpy
 XEN_CACHE := .cache/xen-4.17
 export XLPY_XEN_CACHE := $(CURDIR)/$(XEN_CACHE)
 
-.PHONY: run test venv xen-cache lint typecheck unit fuzz bench cdef-check clean
+.PHONY: run test venv xen-cache lint typecheck unit fuzz bench cdef-check integration clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ fuzz: venv
 
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The suite under integration/, run inside a real Xen 4.17 dom0 booted in QEMU
+# (root; see integration/README.md for prerequisites, exit codes and timings).
+integration:
+	integration/vm/run-vm.sh
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

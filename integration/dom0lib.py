@@ -1,0 +1,247 @@
+"""Helpers for the integration tests that run in a real Xen dom0.
+
+The same code runs in the harness's VM (``make integration``) and on a real
+dom0 (``pytest integration/ -m dom0``).  Everything a test needs from the host
+is found here, with an environment variable to override each guess:
+
+``XLPY_XEN_PYTHON``      directory holding Xen's ``xen`` Python package
+``XLPY_GUEST_KERNEL``    PV-capable kernel for the tiny guest (default: dom0's)
+``XLPY_GUEST_BUSYBOX``   statically linked busybox for the guest's initramfs
+``XLPY_CONSOLE_LOG_DIR`` where xenconsoled writes guest-NAME.log
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GUEST_INIT = HERE / "guest" / "init"
+XEN_PRIVCMD = Path("/dev/xen/privcmd")
+
+
+class Dom0Error(AssertionError):
+    """A dom0 command failed; the message carries its output."""
+
+
+def run(
+    cmd: list[str], *, timeout: float = 120, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` with a bound; on failure (if ``check``) raise with its full output."""
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+    dt = time.monotonic() - t0
+    print(f"$ {' '.join(cmd)}  -> rc {proc.returncode} in {dt:.2f}s")
+    if check and proc.returncode != 0:
+        raise Dom0Error(
+            f"{' '.join(cmd)} exited {proc.returncode}\n"
+            f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        )
+    return proc
+
+
+def xl(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run Xen's ``xl``."""
+    return run(["xl", *args], timeout=timeout, check=check)
+
+
+def xen_unavailable_reason() -> str | None:
+    """Why this machine is not a usable Xen dom0, or None if it is."""
+    if not XEN_PRIVCMD.exists():
+        return f"not a Xen dom0: no {XEN_PRIVCMD}"
+    if shutil.which("xl") is None:
+        return "no `xl` on PATH (install xen-utils)"
+    try:
+        proc = subprocess.run(["xl", "info"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "`xl info` hung for 60 s"
+    if proc.returncode != 0:
+        return f"`xl info` failed (rc {proc.returncode}): {proc.stderr.strip()[-300:]}"
+    return None
+
+
+def xl_info() -> dict[str, str]:
+    """``xl info`` as a dict (the values stay strings)."""
+    info: dict[str, str] = {}
+    for line in xl("info").stdout.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            info[key.strip()] = value.strip()
+    return info
+
+
+def xen_python_dir() -> Path:
+    """Directory with Xen's ``xen.lowlevel.xc``/``xs`` (Debian: /usr/lib/xen-4.17/lib/python)."""
+    override = os.environ.get("XLPY_XEN_PYTHON")
+    candidates = [override] if override else sorted(glob.glob("/usr/lib/xen-*/lib/python"))
+    candidates += [p for p in sys.path if p]
+    for cand in candidates:
+        if cand and (Path(cand) / "xen" / "lowlevel").is_dir():
+            return Path(cand)
+    raise Dom0Error("Xen's Python package (xen/lowlevel) not found; set XLPY_XEN_PYTHON")
+
+
+def xlpy(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``xlpy`` CLI with this Python."""
+    return run([sys.executable, "-m", "xlpy", *args], timeout=timeout, check=check)
+
+
+def xlpy_command_missing(name: str) -> str | None:
+    """Why ``xlpy NAME`` cannot run in this build, or None if it can."""
+    proc = xlpy(name, "--help", timeout=120)
+    if proc.returncode == 0:
+        return None
+    last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return f"`xlpy {name}` is not available in this build: {last}"
+
+
+def write_newc_cpio(dest: Path, files: dict[str, tuple[int, bytes]]) -> None:
+    """Write a gzipped initramfs (cpio "newc"); ``files`` maps path -> (mode, data).
+
+    Directories have ``stat.S_IFDIR`` modes and empty data.  Written in Python so
+    a dom0 needs neither cpio nor a pre-built guest image.
+    """
+
+    def entry(ino: int, name: str, mode: int, data: bytes) -> bytes:
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
+        head = b"070701" + b"".join(b"%08X" % f for f in fields)
+        name_part = head + name.encode() + b"\0"
+        name_part += b"\0" * (-len(name_part) % 4)
+        return name_part + data + b"\0" * (-len(data) % 4)
+
+    out = bytearray()
+    for ino, (name, (mode, data)) in enumerate(sorted(files.items()), start=1):
+        out += entry(ino, name, mode, data)
+    out += entry(0, "TRAILER!!!", 0, b"")
+    dest.write_bytes(gzip.compress(bytes(out), compresslevel=6))
+
+
+def guest_kernel() -> Path:
+    """A PV-capable kernel for the tiny guest: dom0's own unless overridden."""
+    override = os.environ.get("XLPY_GUEST_KERNEL")
+    path = Path(override) if override else Path(f"/boot/vmlinuz-{platform.release()}")
+    if not path.is_file():
+        raise Dom0Error(f"guest kernel {path} not found; set XLPY_GUEST_KERNEL")
+    return path
+
+
+def static_busybox() -> Path:
+    """A statically linked busybox (Debian: busybox-static) for the guest's userland."""
+    path = Path(os.environ.get("XLPY_GUEST_BUSYBOX", "/bin/busybox"))
+    if not path.is_file():
+        raise Dom0Error(f"{path} not found: install busybox-static or set XLPY_GUEST_BUSYBOX")
+    # A dynamic busybox would need dom0's libc inside the guest: refuse it clearly.
+    if b"ld-linux" in path.read_bytes()[:8192]:
+        raise Dom0Error(f"{path} is dynamically linked: install busybox-static")
+    return path
+
+
+def build_guest_initramfs(dest: Path) -> Path:
+    """The tiny guest's initramfs: static busybox plus ``integration/guest/init``."""
+    write_newc_cpio(
+        dest,
+        {
+            "bin": (0o040755, b""),
+            "dev": (0o040755, b""),
+            "proc": (0o040755, b""),
+            "sys": (0o040755, b""),
+            "bin/busybox": (0o100755, static_busybox().read_bytes()),
+            "init": (0o100755, GUEST_INIT.read_bytes()),
+        },
+    )
+    return dest
+
+
+def console_log_dir() -> Path:
+    return Path(os.environ.get("XLPY_CONSOLE_LOG_DIR", "/var/log/xen/console"))
+
+
+_TICK = re.compile(r"GUEST-TICK (\d+)")
+
+
+@dataclass
+class PVGuest:
+    """A tiny PV guest (no disk, no network) whose init prints ``GUEST-TICK n`` every second.
+
+    Liveness is read from xenconsoled's log of the guest console, so the dom0
+    must run ``xenconsoled --log=guest`` (Debian: XENCONSOLED_TRACE=guest).
+    """
+
+    name: str
+    workdir: Path
+    memory_mb: int = 128
+    config: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ramdisk = build_guest_initramfs(self.workdir / "guest-initrd.gz")
+        self.config = self.workdir / f"{self.name}.cfg"
+        self.config.write_text(
+            f'name = "{self.name}"\ntype = "pv"\nkernel = "{guest_kernel()}"\n'
+            f'ramdisk = "{ramdisk}"\nextra = "console=hvc0 rdinit=/init loglevel=4"\n'
+            f"memory = {self.memory_mb}\nmaxmem = {self.memory_mb}\nvcpus = 1\n"
+            'on_crash = "preserve"\n'
+        )
+
+    @property
+    def console_log(self) -> Path:
+        return console_log_dir() / f"guest-{self.name}.log"
+
+    def console(self) -> str:
+        try:
+            return self.console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def console_log_appears(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.console_log.exists():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def ticks(self) -> list[int]:
+        """Every tick number the guest has printed, in order, across save/restore."""
+        return [int(n) for n in _TICK.findall(self.console())]
+
+    def boots(self) -> int:
+        """How many times the guest's init started (a restore must not reboot it)."""
+        return self.console().count("GUEST-UP")
+
+    def wait_tick_after(self, tick: int, timeout: float = 120) -> int:
+        """Wait until the guest prints a tick numbered above ``tick``; return the newest."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ticks = self.ticks()
+            if ticks and ticks[-1] > tick:
+                return ticks[-1]
+            time.sleep(0.2)
+        raise Dom0Error(
+            f"guest {self.name} printed no tick after {tick} within {timeout:.0f}s; "
+            f"console tail:\n{self.console()[-800:]}\n--- xl list\n{xl('list').stdout}"
+        )
+
+    def exists(self) -> bool:
+        return xl("domid", self.name, check=False).returncode == 0
+
+    def create(self) -> None:
+        # A console log left by an earlier run would fake ticks.
+        if not self.exists():
+            self.console_log.unlink(missing_ok=True)
+        xl("create", str(self.config), timeout=300)
+
+    def destroy(self) -> None:
+        if self.exists():
+            xl("destroy", self.name, check=False)
