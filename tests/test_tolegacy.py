@@ -14,6 +14,7 @@ import json
 import struct
 import tracemalloc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO, cast
 
 import numpy as np
@@ -562,3 +563,44 @@ class _Sink(io.RawIOBase):
 
     def write(self, b: object) -> int:
         return memoryview(b).nbytes  # type: ignore[arg-type]
+
+
+# -- command line --------------------------------------------------------------------
+
+
+def test_cli_to_legacy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from xlpy.cli import main as xlpy_main
+
+    v = make_v2("hvm", framing="xl")
+    src = tmp_path / "image.save"
+    src.write_bytes(v.data)
+    dst = tmp_path / "legacy"
+    args = ["convert", "--to", "legacy", "-i", str(src), "-o", str(dst), "--sender", "xen-4.3"]
+    assert xlpy_main([*args, "--toolstack", "xl", "--trailer", "foreign", "-w", "64"]) == 0
+    want, _ = to_legacy(v.data, sender="xen-4.3", toolstack="xl", trailer="foreign")
+    assert dst.read_bytes() == want
+    assert "xlpy convert: warning: x86 CPUID policy record dropped" in capsys.readouterr().err
+    # not representable: exit 1, the old output is left alone, no temporary file remains
+    bad = make_v2("hvm", framing="libxc", qemu=False)
+    src.write_bytes(bad.data)
+    assert xlpy_main([*args, "--toolstack", "xl"]) == 1
+    assert "emulator context" in capsys.readouterr().err
+    assert dst.read_bytes() == want
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.save", "legacy"]
+
+
+def test_progress_events() -> None:
+    v = make_v2("pv", framing="libxl", checkpoints=2)
+    events: list[dict[str, object]] = []
+    v2_to_legacy(
+        ByteSource(io.BytesIO(v.data)),
+        io.BytesIO(),
+        sender="xen-4.5",
+        toolstack="xl",
+        progress=events.append,
+        warn=lambda _: None,
+    )
+    assert events[-1]["phase"] == "done"
+    assert events[-1]["checkpoint"] == 2
+    assert events[-1]["bytes"] == len(v.data)
+    assert events[-1]["pages"] == 300 + len(v.guest.dirty(1))

@@ -47,6 +47,7 @@ from xlpy.stream.source import ByteSource
 _OUT_BUFFER = 1 << 20
 SENDERS = ("xen-4.0", "xen-4.1", "xen-4.2", "xen-4.3", "xen-4.5")
 TOOLSTACKS = ("bare", "xend", "xl", "xenserver-classic")
+TRAILERS = ("eof", "foreign")
 
 
 def _width(text: str) -> int:
@@ -93,6 +94,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--sender", choices=SENDERS, help="--to legacy: the sender to imitate")
     p.add_argument(
         "--toolstack", choices=TOOLSTACKS, default="bare", help="--to legacy: the framing"
+    )
+    p.add_argument(
+        "--trailer", choices=TRAILERS, default="eof", help="--to legacy: bytes after the image"
     )
     p.add_argument(
         "--progress-fd", type=int, metavar="N", help="write progress as JSON lines to fd N"
@@ -210,7 +214,9 @@ def _to_legacy(args: argparse.Namespace, source: ByteSource, progress: Any) -> N
             sender=args.sender,
             toolstack=args.toolstack,
             width=args.width or 8,
+            trailer=args.trailer,
             progress=progress,
+            warn=lambda m: print(f"xlpy convert: warning: {m}", file=sys.stderr),
         )
 
     _write_output(args.fout, produce)
