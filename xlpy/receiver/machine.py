@@ -178,7 +178,6 @@ class Restore:
         #: Logical bytes consumed when libxc returned (before the toolstack reads more).
         self.libxc_consumed = 0
         self.stop_error: StreamError | None = None
-        self._created = False
         self._last_progress = 0.0
         self._progress: Callable[[dict[str, Any]], None] | None = request.progress
 
@@ -380,7 +379,6 @@ class Restore:
             raise _Out(
                 StreamMalformed(str(e), offset=hdr.offset, field="header.p2m_size")
             ) from None
-        self._created = True
 
     def _ext_info_failure(self, e: StreamError) -> None:
         f = e.field or ""
