@@ -55,6 +55,7 @@ class SimDomain:
             raise DomainFull(f"p2m_size {p2m_size:#x} exceeds {MAX_SIM_P2M_SIZE:#x}")
         self.p2m_size = p2m_size
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        os.chmod(self.tmp, 0o755)  # mkdtemp's 0700 is for the temporary name only
         fd = os.open(self.tmp / "memory", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self._mem_fd = fd
         try:
