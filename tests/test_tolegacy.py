@@ -20,7 +20,7 @@ from typing import BinaryIO, cast
 import numpy as np
 import pytest
 
-from xlpy.errors import NotRepresentable, StreamMalformed, UsageError
+from xlpy.errors import NotRepresentable, StreamMalformed, StreamTruncated, UsageError
 from xlpy.guest import Guest, GuestSpec
 from xlpy.stream.convert import legacy_to_v2
 from xlpy.stream.legacy import format as LF
@@ -604,3 +604,25 @@ def test_progress_events() -> None:
     assert events[-1]["checkpoint"] == 2
     assert events[-1]["bytes"] == len(v.data)
     assert events[-1]["pages"] == 300 + len(v.guest.dirty(1))
+
+
+def test_cut_remus_input_gives_a_cut_remus_stream() -> None:
+    from xlpy.stream.v2.reader import V2Reader
+    from xlpy.stream.v2.records import V2Record
+
+    v = make_v2("pv", framing="libxl", checkpoints=3)
+    marks = [
+        e.offset
+        for e in V2Reader(ByteSource(io.BytesIO(v.data))).elements()
+        if isinstance(e, V2Record) and e.layer == "libxc" and e.type == F.REC_TYPE_CHECKPOINT
+    ]
+    cut = v.data[: marks[2] - 5000]  # inside the third checkpoint's vcpu records
+    legacy, warned = to_legacy(cut, sender="xen-4.3", toolstack="xl")
+    assert any("ends inside checkpoint 3" in w for w in warned)
+    full, _ = to_legacy(v.data, sender="xen-4.3", toolstack="xl")
+    assert full.startswith(legacy) and len(legacy) < len(full)
+    out = io.BytesIO()
+    report = legacy_to_v2(ByteSource(io.BytesIO(legacy)), out, fmt="libxl")
+    assert report.checkpoints == 2 and report.abandoned is not None
+    with pytest.raises(StreamTruncated):
+        to_legacy(v.data[: marks[0] - 5000], sender="xen-4.3", toolstack="xl")

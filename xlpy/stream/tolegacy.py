@@ -33,7 +33,8 @@ Mapping (the inverse of Xen's ``convert-legacy-stream``):
   (name, memory, vcpus, image type);
 * CHECKPOINT → a legacy Remus stream (no -9), one legacy checkpoint per v2
   checkpoint; a segment after the last CHECKPOINT becomes one more only if it
-  carries state.
+  carries state; an input cut inside a later checkpoint (a Remus failover) gives
+  a legacy stream cut at the same point, with a warning.
 
 Dropped with a warning (legacy restore is equivalent): CPUID/MSR policy
 records (no legacy stream carried one: the restoring Xen applies the policy it
@@ -69,7 +70,7 @@ from typing import Any, BinaryIO, cast
 
 import numpy as np
 
-from xlpy.errors import NotRepresentable, StreamMalformed, UsageError
+from xlpy.errors import NotRepresentable, StreamMalformed, StreamTruncated, UsageError
 from xlpy.guest import MIN_PAGES, GuestSpec
 from xlpy.stream.legacy import format as LF
 from xlpy.stream.legacy.records import (
@@ -313,6 +314,17 @@ class _Converter:
     def run(self) -> None:
         try:
             self._run()
+        except StreamTruncated as e:
+            if not (self.remus and self.checkpoints):
+                raise
+            # A Remus sender that dies mid-checkpoint leaves exactly this: the
+            # committed checkpoints, then a cut; the receiver fails over to the last.
+            self._warn(
+                "cut",
+                f"input ends inside checkpoint {self.checkpoints + 1} ({e}): the legacy stream "
+                "ends there too, as a failed-over Remus sender's does",
+            )
+            self._report("done", force=True)
         finally:
             if self.spool is not None:
                 self.spool.close()
@@ -417,7 +429,9 @@ class _Converter:
                     F.REC_TYPE_X86_PV_VCPU_EXTENDED: seg.extended,
                     F.REC_TYPE_X86_PV_VCPU_XSAVE: seg.xsave,
                 }[t]
-                store[body.vcpu_id] = body.context
+                if body.context or t == F.REC_TYPE_X86_PV_VCPU_BASIC:
+                    # 4.6-4.8 senders wrote empty records for state a vcpu lacks
+                    store[body.vcpu_id] = body.context
             case V2TscInfo():
                 if self.checkpoints == 0:
                     tsc = TscInfo(
