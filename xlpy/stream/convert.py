@@ -229,28 +229,41 @@ class _PageStore:
 
     def __init__(self) -> None:
         self.capacity = STORE_RAM_PAGES
-        self._lru: OrderedDict[int, bytes] = OrderedDict()
+        #: pfn → slot in ``slab``, least recently sent first.
+        self._lru: OrderedDict[int, int] = OrderedDict()
+        self._slab = np.empty((self.capacity, LF.PAGE_SIZE), dtype=np.uint8)
+        self._free = list(range(self.capacity - 1, -1, -1))
 
     def fill(self, pfns: list[int], pages: np.ndarray) -> None:
-        """Copy the cached content of ``pfns`` into the rows of ``pages`` (others: zero)."""
+        """Copy the cached content of ``pfns`` into the rows of ``pages`` (others untouched)."""
         lru = self._lru
-        for i, pfn in enumerate(pfns):
-            old = lru.get(pfn)
-            if old is not None:
-                pages[i] = np.frombuffer(old, dtype=np.uint8)
+        rows = [i for i, pfn in enumerate(pfns) if pfn in lru]
+        if rows:
+            pages[rows] = self._slab[[lru[pfns[i]] for i in rows]]
 
     def store(self, pfns: list[int], pagetable: list[bool], pages: np.ndarray) -> None:
-        """The sender's cache update for the pages just sent."""
-        lru = self._lru
-        raw = pages.tobytes()
+        """The sender's cache update for the pages just sent, in send order."""
+        lru, free = self._lru, self._free
+        rows: list[int] = []
+        slots: list[int] = []
         for i, pfn in enumerate(pfns):
+            slot = lru.get(pfn)
             if pagetable[i]:
-                lru.pop(pfn, None)
+                if slot is not None:
+                    del lru[pfn]
+                    free.append(slot)
                 continue
-            lru[pfn] = raw[i * LF.PAGE_SIZE : (i + 1) * LF.PAGE_SIZE]
-            lru.move_to_end(pfn)
-        while len(lru) > self.capacity:
-            lru.popitem(last=False)
+            if slot is None:
+                slot = free.pop() if free else lru.popitem(last=False)[1]
+                lru[pfn] = slot
+            else:
+                lru.move_to_end(pfn)
+            rows.append(i)
+            slots.append(slot)
+        if len(rows) == len(pfns):
+            self._slab[slots] = pages
+        elif rows:
+            self._slab[slots] = pages[rows]
 
     def close(self) -> None:
         self._lru.clear()
