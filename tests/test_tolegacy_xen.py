@@ -36,7 +36,7 @@ GUESTS = (("pv", 8), ("pv", 4), ("hvm", 8))
 
 
 def _cases() -> list[tuple[str, str, int, str, int]]:
-    out = []
+    out: list[tuple[str, str, int, str, int]] = []
     for sender, (kind, gw), toolstack in itertools.product(
         SENDERS, GUESTS, ("bare", "xend", "xl", "xenserver-classic")
     ):
