@@ -40,8 +40,10 @@ gives no PAGE_DATA record (Xen's tool writes one with count 0, which libxc's
 receiver and verify-stream-v2 reject); PV streams with several checkpoints are
 converted whole (Xen's tool silently keeps only the first).
 
-Memory: a plain stream is converted one batch at a time; a Remus stream needs
-one checkpoint's spooled records (RAM up to 32 MiB, then a temporary file).
+Memory: a plain stream is converted one batch at a time (one 4 MiB page
+buffer, reused).  A Remus stream adds one checkpoint's spooled records (RAM up
+to 16 MiB, then an unlinked temporary file), and a compressed one the 32 MiB
+delta cache and one checkpoint's compressed payloads.
 """
 
 from __future__ import annotations
