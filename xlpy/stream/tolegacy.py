@@ -316,6 +316,7 @@ class _Converter:
             self._run()
         except StreamTruncated as e:
             if not (self.remus and self.checkpoints):
+                self._report("failed", force=True)
                 raise
             # A Remus sender that dies mid-checkpoint leaves exactly this: the
             # committed checkpoints, then a cut; the receiver fails over to the last.
@@ -325,6 +326,9 @@ class _Converter:
                 "ends there too, as a failed-over Remus sender's does",
             )
             self._report("done", force=True)
+        except BaseException:
+            self._report("failed", force=True)
+            raise
         finally:
             if self.spool is not None:
                 self.spool.close()
@@ -606,7 +610,14 @@ class _Converter:
     def _finish_segment(self, *, final: bool) -> None:
         seg = self.seg
         if final and not seg.state and self.checkpoints > 0:
-            return  # nothing after the last CHECKPOINT: no further checkpoint
+            # nothing after the last CHECKPOINT: no further checkpoint
+            if seg.qemu is not None:
+                self._warn(
+                    "qemu-after",
+                    "QEMU record after the last checkpoint dropped: libxc-format v2 "
+                    "carries no per-checkpoint emulator state",
+                )
+            return
         mode = "remus" if self.remus else "plain"
         if self.p.mode != mode:
             self.p = SenderProfile(
