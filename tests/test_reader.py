@@ -287,6 +287,13 @@ def test_tmem_and_tmem_extra() -> None:
     assert p0.terminated and len(p0.pages) == 1 and p0.pages[0].oid == (1, 2, 3)
     assert p0.uuid == (10, 11) and p0.n_pages == 2
     assert not p1.terminated and len(p1.pages[0].data) == 16384 and p1.pages[0].index == 8
+    # Only an all-ones oid ends the list: oid[0] = ~0 alone is an ordinary page.
+    one = B.i32(-5) + struct.pack("<7I", 1, 1, 0xFFFFFFFF, 0, 0, 0, 0xFFFFFFFF)
+    one += struct.pack("<III2Q", 0, 0, 1, 0, 0) + struct.pack("<3QI", 2**64 - 1, 0, 0, 9)
+    one += B.page(5) + B.u32(0xFFFFFFFF)
+    rec = chunk(one)
+    assert isinstance(rec, Tmem) and not rec.pools[0].terminated
+    assert rec.pools[0].pages[0].oid == (2**64 - 1, 0, 0)
     extra = B.i32(-6) + struct.pack("<I3QI", 1, 2, 3, 4, 5) + B.u32(0xFFFFFFFF)
     rec = chunk(extra)
     assert isinstance(rec, TmemExtra) and rec.entries[0].oid == (2, 3, 4)

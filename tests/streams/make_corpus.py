@@ -113,6 +113,9 @@ def cases() -> list[Case]:
             value=2,
         )
     )
+    out.append(Case("truncated-xl-magic", xl[:20], "truncated", 0, "xl_header.magic"))
+    out.append(Case("truncated-after-p2m-size", B.uw(B.HVM_P2M, W) + b"\xf9\xff", "truncated",
+                    0, "header.guest"))  # fmt: skip
     xe = B.xend_header()
     out.append(Case("truncated-xend-config", xe[:24], "truncated", 0, "xend_header.config"))
     out.append(

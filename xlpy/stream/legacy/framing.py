@@ -31,15 +31,16 @@ _PV_HINTS = (
 
 
 def detect_framing(head: bytes) -> str:
-    """The framing that ``head`` (the first bytes of the input) starts with.
+    """The framing that ``head`` (the first bytes of the input, as many as
+    the longest magic unless the input is shorter) starts with.
 
     XenServer-classic has no header: it is only recognisable by its trailer,
     so it reads as ``bare`` here.
     """
-    if head.startswith(F.XL_MAGIC):
-        return FRAMING_XL
-    if head.startswith(F.XEND_SIGNATURE):
-        return FRAMING_XEND
+    for magic, kind in ((F.XL_MAGIC, FRAMING_XL), (F.XEND_SIGNATURE, FRAMING_XEND)):
+        # A stream that ends inside the magic is a truncated header, not bare.
+        if head.startswith(magic) or (head and magic.startswith(head)):
+            return kind
     return FRAMING_BARE
 
 

@@ -73,7 +73,8 @@ _TMEM_EXTRA = struct.Struct("<I3QI")
 _HVM_TAIL = struct.Struct("<3QI")
 _XSAVE_HEAD = struct.Struct("<QQ")
 _U32_ALL_ONES = 0xFFFFFFFF
-_U64_ALL_ONES = (1 << 64) - 1
+#: ``struct tmem_oid`` of all-ones: ends a pool's page list early (§5.2).
+_TMEM_OID_END = ((1 << 64) - 1,) * 3
 _MAX_PAGE_BYTES = F.MAX_BATCH_SIZE * F.PAGE_SIZE
 #: Migration v2 image header: all-ones marker, then "XenF" (big-endian id).
 _V2_IHDR_START = b"\xff" * 8 + b"XenF"
@@ -283,6 +284,14 @@ class LegacyReader:
         guest = framing.guest_from_config(config) if config else None
         if guest is None:
             guest = framing.guest_from_image(after, self._w)
+        if guest is None and len(after) < 4:
+            raise StreamTruncated(
+                f"end of stream {len(after)} bytes after p2m_size, before anything that "
+                "tells the guest type",
+                offset=self._start,
+                record=self._index,
+                field="header.guest",
+            )
         if guest is None:
             raise UsageError(
                 f"cannot tell whether the image at offset {self._start} is a PV or an HVM "
@@ -480,7 +489,7 @@ class LegacyReader:
             terminated = False
             for _ in range(n_pages):
                 oid = _OID.unpack(self._read(_OID.size, "tmem.page_oid"))
-                if oid[0] == _U64_ALL_ONES:  # xc_tmem_restore only tests oid[0]
+                if oid == _TMEM_OID_END:
                     terminated = True
                     break
                 index = self._u32("tmem.page_index")
