@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 
-import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -234,11 +233,6 @@ def test_arbitrary_chunks_round_trip(stream: tuple[list[Record], int]) -> None:
     check_identity(records, width, width=width, guest="hvm")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reader ends a tmem pool's page list on oid[0] == ~0 alone; xc_tmem_restore "
-    "(struct tmem_oid) and spec §5.2 need all three oid words ~0",
-)
 def test_tmem_terminator_needs_all_three_oid_words() -> None:
     page = TmemPage(oid=(2**64 - 1, 0, 0), index=1, data=b"t" * 4096)
     pool = TmemPool(pool_id=0, flags=0, n_pages=1, uuid=(0, 0), pages=(page,))
