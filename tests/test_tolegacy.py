@@ -19,6 +19,8 @@ from typing import BinaryIO, cast
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xlpy.errors import NotRepresentable, StreamMalformed, StreamTruncated, UsageError
 from xlpy.guest import Guest, GuestSpec
@@ -626,3 +628,60 @@ def test_cut_remus_input_gives_a_cut_remus_stream() -> None:
     assert report.checkpoints == 2 and report.abandoned is not None
     with pytest.raises(StreamTruncated):
         to_legacy(v.data[: marks[0] - 5000], sender="xen-4.3", toolstack="xl")
+
+
+# -- property: arbitrary batches keep their pages -------------------------------------
+
+_DATA_TYPES = [0x0, 0x1, 0x2, 0x3, 0x4, 0x9, 0xA, 0xB, 0xC]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(
+            st.tuples(st.integers(0, 2047), st.sampled_from([*_DATA_TYPES, 0xE, 0xF])),
+            min_size=1,
+            max_size=2500,
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    sender=st.sampled_from(SENDERS),
+    width=st.sampled_from([4, 8]),
+)
+def test_arbitrary_batches_keep_their_pages(
+    batches: list[list[tuple[int, int]]], sender: str, width: int
+) -> None:
+    spec = GuestSpec(kind="hvm", pages=2048, seed=5)
+    g = Guest(spec)
+    buf = io.BytesIO()
+    w = V2Writer(buf)
+    w.image_header()
+    w.domain_header(F.DHDR_TYPE_X86_HVM)
+    want: dict[int, bytes] = {}
+    for b in batches:
+        pfns = np.array([p for p, _ in b], dtype=np.uint64)
+        types = np.array([t << 28 for _, t in b], dtype=np.uint64)
+        data = np.isin(types >> np.uint64(28), _DATA_TYPES)
+        pages = g.pages(pfns[data], 0)
+        w.page_data_pfns(pfns, pages.reshape(-1).data, types)
+        for pfn, page in zip(pfns[data].tolist(), pages, strict=True):
+            want[pfn] = page.tobytes()
+    w.hvm_context(g.hvm_context(0))
+    w.hvm_params([(STORE, 2047)])
+    w.end()
+    has_xalloc = any(t == 0xE for b in batches for _, t in b)
+    if has_xalloc and sender in ("xen-4.0", "xen-4.1"):
+        with pytest.raises(NotRepresentable, match="page type 0xe"):
+            to_legacy(buf.getvalue(), sender=sender, toolstack="bare", width=width)
+        return
+    legacy, _ = to_legacy(buf.getvalue(), sender=sender, toolstack="bare", width=width)
+    recs = read_legacy(legacy, width)
+    assert memory(recs) == want
+    top = max(p for b in batches for p, _ in b)
+    header = LegacyReader(ByteSource(io.BytesIO(legacy)), width=width, guest="hvm").read_header()
+    assert header.p2m_size == top + 1
+    v2 = io.BytesIO()
+    legacy_to_v2(ByteSource(io.BytesIO(legacy)), v2, fmt="libxc", width=width)
+    again, _ = to_legacy(v2.getvalue(), sender=sender, toolstack="bare", width=width)
+    assert memory(read_legacy(again, width)) == want
