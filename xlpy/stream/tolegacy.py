@@ -29,8 +29,11 @@ Mapping (the inverse of Xen's ``convert-legacy-stream``):
 * libxl EMULATOR_CONTEXT (or a ``DeviceModelRecord0002`` after a bare libxc
   image, as Xen's converter writes one) → the QEMU record of the toolstack;
   EMULATOR_XENSTORE_DATA physmap → the -18 blob (xl, 4.2+); the xl header →
-  the legacy xl header without STREAMv2; xend → a minimal S-expression config
-  (name, memory, vcpus, image type);
+  the legacy xl header without STREAMv2, its config kept verbatim (JSON flag
+  included: a modern xl restores it, a 4.1-4.3 xl could not read JSON; no xl
+  header in the input: one without config, so ``xl restore`` needs a config
+  file); xend → a minimal S-expression config (name, memory, vcpus from the xl
+  config when there is one, else from the stream; image type ``linux``/``hvm``);
 * CHECKPOINT → a legacy Remus stream (no -9), one legacy checkpoint per v2
   checkpoint; a segment after the last CHECKPOINT becomes one more only if it
   carries state; an input cut inside a later checkpoint (a Remus failover) gives
