@@ -6,7 +6,7 @@ QEMU record as part of its tail, and what the toolstack itself reads after libxc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xlpy.errors import UsageError
 
@@ -64,13 +64,23 @@ TOOLSTACKS: dict[str, Toolstack] = {
 DEFAULT_TOOLSTACK = "xc_restore"
 
 
+#: Suffix naming a toolstack's libxc call alone: what the toolstack reads after libxc
+#: returns (XenServer-classic's QEMU record) is left to the caller.  ``xlpy.restore``'s
+#: framing uses it: libxc gets a pipe holding only the image, and the bytes after it go
+#: back to the caller instead of being read from that pipe.
+CALLER_READS_AFTER = "+caller-reads-after"
+
+
 def toolstack(name: str) -> Toolstack:
-    """The toolstack called ``name``, or :class:`UsageError`."""
+    """The toolstack called ``name`` (optionally with :data:`CALLER_READS_AFTER`), or
+    :class:`UsageError`."""
+    base = name.removesuffix(CALLER_READS_AFTER)
     try:
-        return TOOLSTACKS[name]
+        ts = TOOLSTACKS[base]
     except KeyError:
         known = ", ".join(TOOLSTACKS)
         raise UsageError(f"unknown toolstack {name!r} (known: {known})") from None
+    return ts if base == name else replace(ts, name=name, reads_foreign_qemu=False)
 
 
 def checkpointed_for(ts: Toolstack, requested: int | None) -> int:
