@@ -685,3 +685,19 @@ def test_arbitrary_batches_keep_their_pages(
     legacy_to_v2(ByteSource(io.BytesIO(legacy)), v2, fmt="libxc", width=width)
     again, _ = to_legacy(v2.getvalue(), sender=sender, toolstack="bare", width=width)
     assert memory(read_legacy(again, width)) == want
+
+
+def test_checkpoint_without_vcpu_state_is_not_representable() -> None:
+    """v2 may leave a checkpoint's vcpu records out; every legacy tail needs them."""
+    buf = io.BytesIO()
+    w = V2Writer(buf)
+    w.image_header()
+    w.domain_header(F.DHDR_TYPE_X86_PV)
+    w.x86_pv_info(8, 4)
+    w.x86_pv_p2m_frames(0, 15, [1])
+    w.page_data_pfns([0], bytes(4096))
+    w.checkpoint()
+    w.end()
+    with pytest.raises(NotRepresentable, match="X86_PV_VCPU_BASIC") as e:
+        to_legacy(buf.getvalue(), sender="xen-4.3", toolstack="bare")
+    assert e.value.field == "vcpus"

@@ -659,7 +659,11 @@ class _Converter:
         if self.kind == "pv":
             online = sorted(seg.basic)
             if not online:
-                raise self._malformed("a PV checkpoint without X86_PV_VCPU_BASIC", "vcpus")
+                raise self._refuse(
+                    "a PV checkpoint without X86_PV_VCPU_BASIC (every legacy tail has the "
+                    "vcpu contexts)",
+                    "vcpus",
+                )
         else:
             online = sorted(_hvm_cpus(seg.hvm_context or b"")) or [0]
         return online, online[-1]
@@ -843,13 +847,13 @@ class _Converter:
                 xsave = XsaveRecord(xfeature_mask=_xsave_mask(area) or _XSTATE_FP_SSE, data=area)
             vcpus.append(VcpuState(vcpu_id=vid, context=ctx, ext=ext, xsave=xsave))
         if seg.shared_info is None or len(seg.shared_info) != LF.SHARED_INFO_SIZE:
-            raise self._malformed("a PV checkpoint without a 4096-byte SHARED_INFO", "shared_info")
+            raise self._refuse("a PV checkpoint without a 4096-byte SHARED_INFO", "shared_info")
         # v2 has no "unmapped pfns" (Xen's converter discards them as bogus).
         return PvTail(unmapped=(), vcpus=tuple(vcpus), shared_info=seg.shared_info)
 
     def _hvm_tail(self, seg: _Segment) -> HvmTail:
         if seg.hvm_context is None:
-            raise self._malformed("an HVM checkpoint without HVM_CONTEXT", "hvm_context")
+            raise self._refuse("an HVM checkpoint without HVM_CONTEXT", "hvm_context")
         ioreq, bufioreq, store = (seg.hvm_params.get(i, 0) for i in _TAIL_PARAMS)
         return HvmTail(
             ioreq_pfn=ioreq, bufioreq_pfn=bufioreq, store_pfn=store, context=seg.hvm_context
