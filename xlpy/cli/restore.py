@@ -4,23 +4,46 @@ Restores into a simulated domain directory (``--out``; the memory image is
 ``DIR/memory``).  Exit 0 when the domain was restored, 1 when the restore failed
 (libxc destroyed the domain, or the toolstack rejected it), 2 on usage errors.
 libxc's messages go to stderr as its stdio logger prints them (or into ``--json``).
+
+Without ``--operation`` the receiver is driven raw, as the chosen release behaves (the
+regressions reproduce).  With ``--operation`` the restore goes through
+:func:`xlpy.restore` as a toolstack using xlpy would run it: the stream type comes from
+the operation, unsafe operations are refused (``--force`` for the refusable ones), a
+plain restore on 4.0-4.3.1 is framed; ``--backend libxc`` uses the installed
+libxenguest on domain ``--domid``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from xlpy.cli.progress import make_progress
-from xlpy.errors import UsageError
+from xlpy.errors import LibraryNotFound, UsageError
 from xlpy.receiver import restore
 from xlpy.receiver.backends import ProgressFn
 from xlpy.receiver.generations import GENERATIONS
 from xlpy.receiver.toolstacks import DEFAULT_TOOLSTACK, TOOLSTACKS
 from xlpy.stream.legacy.framing import parse_width
 from xlpy.stream.source import open_source
+
+if TYPE_CHECKING:
+    from xlpy.toolstack import Operation
+
+BACKENDS = ["sim", "libxc"]
+#: ``--operation`` words: the :class:`xlpy.toolstack.Operation` values (the receive side).
+#: Strings, so the raw receiver path does not load the libxc binding.
+OPERATIONS = {
+    "restore": "restore",
+    "migrate": "migrate-receive",
+    "remus": "remus-receive",
+    "colo": "colo-receive",
+}
 
 
 def _width(text: str) -> int:
@@ -49,9 +72,30 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("source", metavar="SOURCE", help="stream file, '-' for stdin, or fd:N")
     p.add_argument(
         "--receiver",
-        required=True,
         metavar="GEN",
-        help="receiving libxc release: " + ", ".join(GENERATIONS),
+        help="sim: receiving libxc release: " + ", ".join(GENERATIONS) + " (required "
+        "without --operation; with it, default the installed release if simulated, else "
+        "xen-4.5)",
+    )
+    p.add_argument(
+        "--operation",
+        choices=list(OPERATIONS),
+        help="what the toolstack is doing; decides the stream type (remus: checkpointed 1)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="sim",
+        help="sim (simulated domain, --out) or libxc (installed libxenguest, --domid)",
+    )
+    p.add_argument("--domid", type=int, metavar="N", help="libxc: the domain to restore into")
+    p.add_argument(
+        "--force", action="store_true", help="accept a refusable operation (Remus on 4.4)"
+    )
+    p.add_argument(
+        "--rest-out",
+        metavar="FILE",
+        help="framed restores: write what follows the libxc image (QEMU record) to FILE",
     )
     p.add_argument(
         "--checkpointed",
@@ -67,7 +111,7 @@ def add_parser(subparsers: Any) -> None:
         help=f"receiving toolstack (default {DEFAULT_TOOLSTACK}; HVM streams from libxl "
         "carry chunk -18 and need libxl-4.3.2 or xl-4.4)",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="domain directory to create")
+    p.add_argument("--out", metavar="DIR", help="sim: domain directory to create")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument(
         "--progress-fd",
@@ -97,6 +141,22 @@ def _progress(args: argparse.Namespace, source_fd: int | None) -> ProgressFn | N
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.operation is None and args.backend == "sim":
+        return _run_receiver(args)
+    return _run_operation(args)
+
+
+def _run_receiver(args: argparse.Namespace) -> int:
+    """The raw receiver: the chosen release as it behaves, regressions included."""
+    for flag, given in (
+        ("--domid", args.domid),
+        ("--force", args.force),
+        ("--rest-out", args.rest_out),
+    ):
+        if given not in (None, False):
+            raise UsageError(f"{flag} needs --operation")
+    if args.receiver is None or args.out is None:
+        raise UsageError("--receiver and --out are required (or give --operation)")
     try:
         source, owned = open_source(args.source)
     except (OSError, ValueError) as e:
@@ -117,9 +177,7 @@ def run(args: argparse.Namespace) -> int:
         if owned is not None:
             owned.close()
     if args.json:
-        json.dump(result.to_json(), sys.stdout)
-        sys.stdout.write("\n")
-        return 0 if result.ok else 1
+        return _print_json(result.to_json(), result.ok)
     if not args.quiet:
         for line in result.messages:
             print(line, file=sys.stderr)
@@ -132,3 +190,108 @@ def run(args: argparse.Namespace) -> int:
         why = result.toolstack_error or (str(result.error) if result.error else "restore failed")
         print(f"xlpy restore: failed ({why}); domain destroyed", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+def _print_json(doc: dict[str, Any], ok: bool) -> int:
+    json.dump(doc, sys.stdout)
+    sys.stdout.write("\n")
+    return 0 if ok else 1
+
+
+def _operation(args: argparse.Namespace) -> Operation:
+    """``--operation``, checked against ``--checkpointed`` (libxc without it: derived)."""
+    from xlpy.toolstack import Operation, stream_type_for
+
+    if args.operation is None:
+        return Operation.REMUS_RECEIVE if args.checkpointed == 1 else Operation.RESTORE
+    op = Operation(OPERATIONS[args.operation])
+    st = stream_type_for(op)
+    if args.checkpointed is not None and args.checkpointed != int(st):
+        raise UsageError(
+            f"--checkpointed {args.checkpointed} contradicts --operation {args.operation} "
+            f"(stream type {st.name} = {int(st)}); drop --checkpointed"
+        )
+    return op
+
+
+def _source_fd(spec: str) -> int | str:
+    if spec == "-":
+        return sys.stdin.buffer.fileno()
+    if spec.startswith("fd:"):
+        try:
+            return int(spec[3:])
+        except ValueError:
+            raise UsageError(f"not a descriptor: {spec!r} (fd:N)") from None
+    return spec
+
+
+def _run_operation(args: argparse.Namespace) -> int:
+    """As a toolstack using :func:`xlpy.restore` would restore."""
+    from xlpy.api import restore as api_restore
+
+    # The refusal is printed as the error, the forcing below: not again by logging's
+    # last-resort handler.
+    logging.getLogger("xlpy.toolstack").addHandler(logging.NullHandler())
+    op = _operation(args)
+    source = _source_fd(args.source)
+    sim = args.backend == "sim"
+    try:
+        result = api_restore(
+            source,
+            operation=op,
+            out=args.out,
+            domid=args.domid,
+            backend=args.backend,
+            generation=args.receiver,
+            force=args.force,
+            toolstack=args.toolstack,
+            progress=_progress(args, source if isinstance(source, int) else None) if sim else None,
+            guest=args.guest,
+            width=args.width,
+            heartbeat=args.heartbeat,
+        )
+    except LibraryNotFound as e:
+        raise UsageError(str(e)) from None
+    if args.rest_out is not None and result.framed:
+        rest = result.rest
+        if isinstance(source, int):  # a path was read to its end by xlpy.restore
+            rest += _read_to_eof(source)
+        _write_atomically(Path(args.rest_out), rest)
+    if args.json:
+        return _print_json(result.to_json(), result.ok)
+    if not args.quiet:
+        if result.decision.forced:
+            print(
+                f"xlpy restore: warning: forced despite: {result.decision.reason}", file=sys.stderr
+            )
+        for line in result.messages:
+            print(line, file=sys.stderr)
+    if not result.ok:
+        gone = "; domain destroyed" if result.sim is not None else ""
+        print(f"xlpy restore: failed ({result.error or 'restore failed'}){gone}", file=sys.stderr)
+        return 1
+    where = f"domain {result.domid}" if result.out is None else str(result.out)
+    print(
+        f"restored {where} ({op.value}, stream type {result.stream_type.name}"
+        + (f", checkpoint {result.committed_checkpoint} committed" if sim else "")
+        + ")"
+    )
+    if result.framed:
+        print(
+            f"framed: libxc got the first checkpoint's {result.image_bytes}-byte image; "
+            f"{len(result.rest)} bytes after it handed back"
+        )
+    return 0
+
+
+def _read_to_eof(fd: int) -> bytes:
+    out = bytearray()
+    while chunk := os.read(fd, 1 << 16):
+        out += chunk
+    return bytes(out)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
