@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import dom0lib
 import pytest
 
 pytestmark = pytest.mark.dom0
+
+#: Below DOMID_FIRST_RESERVED (0x7FF0), far above any domain these tests create.
+NO_SUCH_DOMID = 0x7E00
 
 
 def test_xlpy_abi_detects_the_installed_libxenguest() -> None:
@@ -25,10 +29,24 @@ def test_xlpy_abi_detects_the_installed_libxenguest() -> None:
 
 
 def test_binding_opens_a_real_xc_interface() -> None:
-    """No XenUnavailable in dom0: ``xc_interface_open`` succeeds on /dev/xen/privcmd."""
+    """No XenUnavailable in dom0: libxc itself answers a restore into a missing domain.
+
+    ``xc_interface_open`` must succeed on /dev/xen/privcmd for ``xc_domain_restore``
+    to run at all; it then fails on the domain ("Domain N does not exist" /
+    "Failed to get domain info"), which must surface as a ``XenError``.
+    """
     try:
-        from xlpy.binding import open_interface  # type: ignore[attr-defined]
+        from xlpy.binding import RestoreRequest, restore_libxc
+        from xlpy.errors import XenError
     except ImportError as e:
-        pytest.skip(f"xlpy.binding has no public open_interface() yet (issue 4): {e}")
-    with open_interface() as xch:
-        assert xch is not None
+        pytest.skip(f"xlpy.binding has no restore_libxc yet (issue 4): {e}")
+    read_end, write_end = os.pipe()
+    os.close(write_end)  # an empty stream: libxc must not get past the domain check
+    try:
+        with pytest.raises(XenError) as failure:
+            restore_libxc(RestoreRequest(io_fd=read_end, dom=NO_SUCH_DOMID), timeout=120)
+    finally:
+        os.close(read_end)
+    message = str(failure.value)
+    print(repr(failure.value))
+    assert f"Domain {NO_SUCH_DOMID} does not exist" in message or "domain info" in message

@@ -114,7 +114,7 @@ cp "$BASE/boot/vmlinuz-$KVER" "$IMAGE.tmp/vmlinuz"
 cp "$BASE/boot/initrd.img-$KVER" "$IMAGE.tmp/initrd.img"
 size_mb=$(( $(du -sm "$BASE" | cut -f1) * 12 / 10 + 128 ))
 # mkfs.ext4 -d fills the file system from the tree: no loop mount needed.
-nice -n 10 mkfs.ext4 -q -F -L xlpy-dom0 -d "$BASE" "$IMAGE.tmp/rootfs.img" "${size_mb}M" \
+nice -n 10 mkfs.ext4 -q -F -L xlpy-dom0 -d "$BASE" "$IMAGE.tmp/rootfs.img" "${size_mb}M" >&2 \
   || fail "mkfs.ext4 -d failed"
 # run-vm.sh installs the working tree with this tree's own pip (in a chroot).
 echo "$BASE" > "$IMAGE.tmp/base-dir"

@@ -5,9 +5,10 @@
 #
 # Builds the image if its recipe changed (build-image.sh), packs the working
 # tree onto a payload disk, boots, and brings back RUN/results/: junit.xml,
-# pytest.txt, pip-install.txt, xl-dmesg.txt, dom0-dmesg.txt, xl/xenstored logs,
-# console/ (guest consoles); RUN/serial.log is Xen's and dom0's console and
-# RUN/timings.txt the boot/suite timeline.
+# pytest.txt, status, xl-dmesg.txt, dom0-dmesg.txt, xl/xenstored/qemu-dm logs of
+# /var/log/xen, console/ (guest consoles).  RUN/serial.log is Xen's and dom0's
+# console, RUN/qemu.err QEMU's, RUN/pip-install.txt the install of the working
+# tree, RUN/timings.txt the boot/suite timeline.
 # Environment:
 #   XLPY_VM_RUN            run directory (default .cache/integration/last-run)
 #   XLPY_VM_SUITE_TIMEOUT  seconds the suite may take inside dom0 (default 1200)
