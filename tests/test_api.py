@@ -1,0 +1,308 @@
+"""``xlpy.restore``: the operation decides, the rules hold, both backends answer alike.
+
+The decision table runs through the public entry point on the simulated backend, so
+each rule shows the outcome it prevents (EAT, R-DIE44) and the outcome it allows
+(R-OK, framed OK); the libxc backend runs against a stand-in libxenguest (framing
+through a real pipe) and against Debian's real 4.17 library (no hypervisor here).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pydoc
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from test_binding_generations import _fake_source
+from test_receiver_streams import (
+    XENSERVER_QEMU,
+    build,
+    expected_memory,
+    page,
+    remus_checkpoints,
+)
+
+import xlpy
+from xlpy.api import DEFAULT_SIM_GENERATION, Restored, default_sim_generation
+from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY
+from xlpy.binding.generations import by_name
+from xlpy.errors import RestoreRefused, UsageError, XenError, XenUnavailable
+from xlpy.receiver.backends import RestoreResult
+from xlpy.toolstack import Operation, StreamType, Verdict
+
+REPO = Path(__file__).resolve().parent.parent
+R, M, RE, C = "restore", "migrate-receive", "remus-receive", "colo-receive"
+
+
+def _feed(data: bytes) -> int:
+    """A pipe's read end with ``data`` written from a thread (pipes, not files)."""
+    r, w = os.pipe()
+
+    def send() -> None:
+        try:
+            os.write(w, data)
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(w)
+
+    threading.Thread(target=send, daemon=True).start()
+    return r
+
+
+def _sim(data: bytes, out: Path, gen: str, op: str, **kw: object) -> Restored:
+    fd = _feed(data)
+    try:
+        return xlpy.restore(fd, operation=op, out=out, generation=gen, heartbeat=0.2, **kw)  # type: ignore[arg-type]
+    finally:
+        os.close(fd)
+
+
+PLAIN_CPS = [{1: page(0, 1), 4: page(0, 4)}]
+
+# receiver generation: (restore, migrate-receive, remus-receive, colo-receive) through
+# xlpy.restore on the sim: "framed"/"ok" restored, "refused" RestoreRefused.
+SIM_TABLE = {
+    "xen-4.0": ("framed", "framed", "refused", "refused"),
+    "xen-4.1": ("framed", "framed", "refused", "refused"),
+    "xen-4.2": ("framed", "framed", "refused", "refused"),
+    "xen-4.3.1": ("framed", "framed", "refused", "refused"),
+    "xen-4.3.2": ("ok", "ok", "ok", "refused"),
+    "xen-4.4": ("ok", "ok", "refused", "refused"),
+    "xen-4.5": ("ok", "ok", "ok", "refused"),
+}
+
+#: Generations with the ``checkpointed_stream`` argument.
+TOLD = {"xen-4.3.2", "xen-4.4", "xen-4.5"}
+
+
+@pytest.mark.parametrize("gen", list(SIM_TABLE))
+def test_decision_table_through_the_entry_point(
+    gen: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="xlpy.toolstack")
+    plain = build("pv", PLAIN_CPS)
+    remus = build("pv", remus_checkpoints(2))
+    for op, want in zip((R, M, RE, C), SIM_TABLE[gen], strict=True):
+        data = remus if op == RE else plain
+        out = tmp_path / op
+        if want == "refused":
+            with pytest.raises(RestoreRefused, match=op):
+                _sim(data, out, gen, op)
+            assert not out.exists()
+            continue
+        r = _sim(data, out, gen, op)
+        assert r.ok, (gen, op, r.messages)
+        assert r.operation is Operation(op) and r.backend == "sim"
+        assert r.framed == (want == "framed")
+        st = StreamType.REMUS if op == RE else StreamType.PLAIN
+        assert r.stream_type is st
+        # Told where the generation takes the argument, never otherwise.
+        assert r.sim is not None
+        assert r.sim.checkpointed == (int(st) if gen in TOLD else None)
+        last = 1 if op == RE else 0
+        cps = remus_checkpoints(2) if op == RE else PLAIN_CPS
+        assert r.committed_checkpoint == last
+        assert (out / "memory").read_bytes() == expected_memory(cps, last)
+    assert f"stream type REMUS: operation is {RE}" in caplog.text
+
+
+@pytest.mark.parametrize("guest", ["pv", "hvm"])
+def test_framing_turns_the_4_3_1_eat_cell_into_success(guest: str, tmp_path: Path) -> None:
+    # An old-sender stream (no -9) with XenServer-classic's QEMU record after the image.
+    data = build(guest, PLAIN_CPS, qemu=None, trailer=XENSERVER_QEMU)
+    ts = "xenserver-classic"
+    raw = xlpy_receiver_restore(data, tmp_path / "raw", ts)
+    assert raw.bytes_past_image == 4  # EAT: "Qemu" read as a batch size...
+    assert raw.ok == (guest == "pv")  # ...so an HVM toolstack finds no record and fails
+    assert "Max batch size exceeded (1970103633)" in raw.messages[0]
+
+    r = _sim(data, tmp_path / "framed", "xen-4.3.1", R, toolstack=ts)
+    assert r.ok and r.framed and r.decision.verdict is Verdict.FRAME
+    assert r.bytes_past_image == 0 and r.committed_checkpoint == 0
+    assert r.rest == XENSERVER_QEMU  # handed back whole, for the toolstack to read
+    assert r.image_bytes is not None and r.image_bytes + len(r.rest) == len(data)
+    assert (tmp_path / "framed" / "memory").read_bytes() == expected_memory(PLAIN_CPS, 0)
+    assert r.sim is not None and r.sim.toolstack == ts
+
+
+def xlpy_receiver_restore(data: bytes, out: Path, ts: str) -> RestoreResult:
+    from xlpy.receiver import restore
+
+    fd = _feed(data)
+    try:
+        return restore(fd, generation="xen-4.3.1", out=out, toolstack=ts, heartbeat=0.2)
+    finally:
+        os.close(fd)
+
+
+def test_framed_hvm_with_upstream_qemu_record_and_trailer(tmp_path: Path) -> None:
+    # Upstream libxc reads the HVM QEMU record in its tail: it is forwarded, the
+    # trailer is not.
+    data = build("hvm", PLAIN_CPS, trailer=b"toolstack trailer")
+    r = _sim(data, tmp_path / "d", "xen-4.3.1", M)
+    assert r.ok and r.framed and r.rest == b"toolstack trailer"
+    assert (tmp_path / "d" / "qemu").exists()
+
+
+def test_rest_from_a_path_is_read_to_the_end(tmp_path: Path) -> None:
+    src = tmp_path / "s.img"
+    src.write_bytes(build("hvm", PLAIN_CPS, qemu=None, trailer=XENSERVER_QEMU * 300))
+    r = xlpy.restore(
+        src,
+        operation=R,
+        out=tmp_path / "d",
+        generation="xen-4.3.1",
+        toolstack="xenserver-classic",
+        heartbeat=0.2,
+    )
+    assert r.ok and r.rest == XENSERVER_QEMU * 300
+    with open(src, "rb", buffering=0) as f:  # a file object: the caller reads on
+        r = xlpy.restore(
+            f,
+            operation=R,
+            out=tmp_path / "e",
+            generation="xen-4.3.1",
+            toolstack="xenserver-classic",
+            heartbeat=0.2,
+        )
+        assert r.rest + f.read() == XENSERVER_QEMU * 300
+
+
+def test_remus_on_4_4_refused_and_forced_destroys_the_backup(tmp_path: Path) -> None:
+    data = build("pv", remus_checkpoints(3))
+    with pytest.raises(RestoreRefused, match="destroys the backup"):
+        _sim(data, tmp_path / "a", "xen-4.4", RE)
+    forced = _sim(data, tmp_path / "b", "xen-4.4", RE, force=True)
+    assert forced.decision.forced and forced.stream_type is StreamType.REMUS
+    assert not forced.ok and forced.sim is not None and forced.sim.domain_destroyed  # R-DIE44
+    assert not (tmp_path / "b").exists()
+    ok = _sim(data, tmp_path / "c", "xen-4.5", RE)
+    assert ok.ok and ok.committed_checkpoint == 2  # R-OK
+    assert (tmp_path / "c" / "memory").read_bytes() == expected_memory(remus_checkpoints(3), 2)
+
+
+def test_remus_without_argument_refused_forced_is_not_framed(tmp_path: Path) -> None:
+    data = build("pv", remus_checkpoints(3))
+    with pytest.raises(RestoreRefused, match="cannot tell it this is Remus"):
+        _sim(data, tmp_path / "a", "xen-4.3.1", RE)
+    forced = _sim(data, tmp_path / "b", "xen-4.3.1", RE, force=True)
+    # Not framed (that would cut the Remus stream after checkpoint 0); R-bug waits on.
+    assert forced.ok and not forced.framed and forced.committed_checkpoint == 2
+
+
+def test_colo_refused_even_forced(tmp_path: Path) -> None:
+    with pytest.raises(RestoreRefused, match=r"COLO needs libxc 4\.7"):
+        _sim(b"", tmp_path / "a", "xen-4.5", C, force=True)
+
+
+def test_default_sim_generation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(ENV_LIBRARY, str(tmp_path / "libxenguest.so.4.17"))
+    assert default_sim_generation() == DEFAULT_SIM_GENERATION  # nothing there
+    r = _sim(build("pv", PLAIN_CPS), tmp_path / "d", None, R)  # type: ignore[arg-type]
+    assert r.ok and r.sim is not None and r.sim.generation == DEFAULT_SIM_GENERATION
+
+
+def test_usage_errors(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="unknown operation"):
+        xlpy.restore(0, operation="checkpoint", out=tmp_path / "a")
+    with pytest.raises(UsageError, match="unknown backend"):
+        xlpy.restore(0, operation=R, out=tmp_path / "a", backend="qemu")
+    with pytest.raises(UsageError, match="out=DIR"):
+        xlpy.restore(0, operation=R, domid=3)
+    with pytest.raises(UsageError, match="domid=N"):
+        xlpy.restore(0, operation=R, backend="libxc", out=tmp_path / "a")
+    with pytest.raises(UsageError, match="cannot open"):
+        xlpy.restore(tmp_path / "missing", operation=R, out=tmp_path / "a")
+    with pytest.raises(UsageError, match="unknown receiver generation"):
+        _sim(b"", tmp_path / "a", "xen-9.9", R)
+
+
+def test_help_documents_the_entry_point() -> None:
+    text = pydoc.plain(pydoc.render_doc(xlpy.restore))
+    for word in ("remus-receive", "RestoreRefused", "force", "framed", "Restored", "domid"):
+        assert word in text, word
+    assert "rest" in (Restored.__doc__ or "")
+
+
+def test_import_xlpy_stays_cheap() -> None:
+    code = "import sys, xlpy; print(sorted({'numpy', 'cffi', 'xlpy.api'} & set(sys.modules)))"
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        check=True,
+    )
+    assert p.stdout.strip() == "[]"
+
+
+# --- the libxc backend ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4.2 libxenguest stand-in that reads io_fd to EOF (what 4.0-4.3.1 libxc does)."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("NO C COMPILER: cannot build a stand-in library")
+    d = tmp_path_factory.mktemp("api-4.2")
+    (d / "fake.c").write_text(_fake_source(by_name("4.2-4.3.1")))
+    lib = d / "libxenguest.so.4.2"
+    cmd = [cc, "-shared", "-fPIC", "-Wl,-soname,libxenguest.so.4.2", "-o", str(lib)]
+    subprocess.run([*cmd, str(d / "fake.c")], check=True)
+    return lib
+
+
+def _report(path: Path) -> dict[str, int]:
+    return {k: int(v) for k, v in re.findall(r"^(\w+)=(-?\d+)$", path.read_text(), re.M)}
+
+
+@pytest.mark.parametrize("guest", ["pv", "hvm"])
+def test_libxc_backend_frames_and_hands_back(
+    guest: str, stand_in: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_LIBRARY, str(stand_in))
+    monkeypatch.delenv(ENV_GENERATION, raising=False)
+    monkeypatch.setenv("FAKE_REPORT", str(tmp_path / "report"))
+    image = build(guest, PLAIN_CPS, qemu=None)
+    fd = _feed(image + XENSERVER_QEMU)
+    try:
+        r = xlpy.restore(
+            fd, operation=M, backend="libxc", domid=7, guest=guest, toolstack="xenserver-classic"
+        )
+        rest = r.rest + os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    assert r.ok and r.backend == "libxc" and r.framed and r.domid == 7
+    report = _report(tmp_path / "report")
+    assert report["bytes"] == len(image) and report["hvm"] == (guest == "hvm")
+    assert rest == XENSERVER_QEMU
+    assert r.store_mfn == 0x10000 + len(image) and r.console_mfn == 0x20000 + len(image)
+    assert r.libxc is not None and r.libxc.generation == "4.2-4.3.1"
+    with pytest.raises(RestoreRefused):
+        xlpy.restore(0, operation=RE, backend="libxc", domid=7)
+
+
+@pytest.mark.xen_tools
+def test_libxc_backend_without_hypervisor(
+    xen_tools: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lib_dirs = xen_tools.lib_dirs  # type: ignore[attr-defined]
+    libs = [p / "libxenguest.so.4.17" for p in lib_dirs if (p / "libxenguest.so.4.17").exists()]
+    monkeypatch.setenv(ENV_LIBRARY, str(libs[0]))
+    monkeypatch.delenv(ENV_GENERATION, raising=False)
+    data = build("pv", PLAIN_CPS)
+    fd = _feed(data)
+    try:
+        with pytest.raises(XenUnavailable, match="/dev/xen/privcmd") as e:
+            xlpy.restore(fd, operation=R, backend="libxc", domid=3)
+    finally:
+        os.close(fd)
+    assert not isinstance(e.value, XenError)  # not a failed restore: no libxc at all

@@ -1,0 +1,150 @@
+"""``xlpy restore --operation/--backend``: what a toolstack using xlpy would do, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_receiver_streams import XENSERVER_QEMU, build, expected_memory, page, remus_checkpoints
+from test_restore_cli import REPO, xlpy
+
+from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY
+
+PLAIN_CPS = [{2: page(0, 2)}]
+
+
+def _stream(tmp_path: Path, data: bytes) -> str:
+    src = tmp_path / "s.img"
+    src.write_bytes(data)
+    return str(src)
+
+
+def test_remus_on_4_5_commits_the_last_complete_checkpoint(tmp_path: Path) -> None:
+    cps = remus_checkpoints(3)
+    data = build("hvm", cps) + build("hvm", cps)[:100]  # a cut 4th checkpoint: dropped
+    out = tmp_path / "d"
+    p = xlpy(
+        "restore", _stream(tmp_path, data), "--operation", "remus", "--receiver", "xen-4.5",
+        "--out", str(out), "--heartbeat", "0.2", "--json",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["ok"] and doc["committed_checkpoint"] == 2  # R-OK
+    assert (doc["operation"], doc["stream_type"], doc["verdict"]) == (
+        "remus-receive",
+        "REMUS",
+        "allow",
+    )
+    assert json.loads((out / "domain.json").read_text())["checkpointed_stream"] == 1
+    assert (out / "memory").read_bytes() == expected_memory(cps, 2)
+
+
+def test_remus_on_4_4_refused_then_forced_dies(tmp_path: Path) -> None:
+    src = _stream(tmp_path, build("pv", remus_checkpoints(3)))
+    args = ("restore", src, "--operation", "remus", "--receiver", "xen-4.4", "--heartbeat", "0.2")
+    p = xlpy(*args, "--out", str(tmp_path / "a"))
+    assert p.returncode == 1 and b"destroys the backup" in p.stderr and b"--force" in p.stderr
+    assert p.stderr.count(b"refused") == 1 and b"Traceback" not in p.stderr
+    p = xlpy(*args, "--out", str(tmp_path / "b"), "--force")
+    assert p.returncode == 1  # R-DIE44: the backup is gone
+    assert b"warning: forced" in p.stderr and b"domain destroyed" in p.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_framed_restore_hands_the_qemu_record_back(tmp_path: Path) -> None:
+    data = build("hvm", PLAIN_CPS, qemu=None, trailer=XENSERVER_QEMU)
+    common = ("--receiver", "xen-4.3.1", "--toolstack", "xenserver-classic")
+    raw = xlpy("restore", "-", *common, "--out", str(tmp_path / "raw"), stdin=data)
+    assert raw.returncode == 1 and b"1970103633" in raw.stderr  # EAT without --operation
+    rest = tmp_path / "rest"
+    p = xlpy(
+        "restore", "-", *common, "--operation", "restore", "--out", str(tmp_path / "d"),
+        "--rest-out", str(rest), stdin=data,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert b"framed" in p.stdout
+    assert rest.read_bytes() == XENSERVER_QEMU
+    assert (tmp_path / "d" / "memory").read_bytes() == expected_memory(PLAIN_CPS, 0)
+
+
+@pytest.mark.parametrize(
+    ("operation", "checkpointed"),
+    [("remus", "0"), ("restore", "1"), ("migrate", "1"), ("colo", "0")],
+)
+def test_contradicting_checkpointed_is_a_usage_error(
+    tmp_path: Path, operation: str, checkpointed: str
+) -> None:
+    p = xlpy(
+        "restore", _stream(tmp_path, b""), "--operation", operation, "--checkpointed",
+        checkpointed, "--receiver", "xen-4.5", "--out", str(tmp_path / "d"),
+    )  # fmt: skip
+    assert p.returncode == 2 and b"contradicts --operation" in p.stderr
+
+
+def test_agreeing_checkpointed_is_accepted(tmp_path: Path) -> None:
+    p = xlpy(
+        "restore", _stream(tmp_path, build("pv", PLAIN_CPS)), "--operation", "migrate",
+        "--checkpointed", "0", "--receiver", "xen-4.5", "--out", str(tmp_path / "d"),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+
+
+def test_colo_refused_exit_1(tmp_path: Path) -> None:
+    p = xlpy(
+        "restore", _stream(tmp_path, b""), "--operation", "colo", "--receiver", "xen-4.5",
+        "--out", str(tmp_path / "d"), "--force",
+    )  # fmt: skip
+    assert p.returncode == 1 and b"COLO needs libxc 4.7" in p.stderr
+
+
+def test_flag_combinations(tmp_path: Path) -> None:
+    src = _stream(tmp_path, build("pv", PLAIN_CPS))
+    for args, what in (
+        (("--receiver", "xen-4.5", "--out", str(tmp_path / "d"), "--force"), b"needs --operation"),
+        (("--out", str(tmp_path / "d")), b"--receiver and --out are required"),
+        (("--operation", "restore", "--receiver", "xen-4.5"), b"out=DIR"),
+        (("--operation", "bogus"), b"invalid choice"),
+        (("--backend", "libxc", "--out", str(tmp_path / "d")), b"domid=N"),
+    ):
+        p = xlpy("restore", src, *args)
+        assert p.returncode == 2 and what in p.stderr, (args, p.stderr)
+
+
+def test_libxc_without_library_names_the_package(tmp_path: Path) -> None:
+    env = {ENV_LIBRARY: str(tmp_path / "libxenguest.so.4.17")}
+    p = _xlpy_env(env, "restore", _stream(tmp_path, b""), "--backend", "libxc", "--domid", "3")
+    assert p.returncode == 2
+    assert b"libxenmisc4.17" in p.stderr and b"Traceback" not in p.stderr
+
+
+@pytest.mark.xen_tools
+@pytest.mark.parametrize("operation", [(), ("--operation", "migrate")])
+def test_libxc_backend_without_hypervisor_exits_1(
+    xen_tools: object, tmp_path: Path, operation: tuple[str, ...]
+) -> None:
+    libdirs = os.pathsep.join(str(p) for p in xen_tools.lib_dirs)  # type: ignore[attr-defined]
+    p = _xlpy_env(
+        {"LD_LIBRARY_PATH": libdirs},
+        "restore", _stream(tmp_path, build("pv", PLAIN_CPS)), "--backend", "libxc",
+        "--domid", "3", *operation,
+    )  # fmt: skip
+    assert p.returncode == 1, p.stderr
+    err = p.stderr.decode()
+    assert "xc_interface_open failed" in err and "/dev/xen/privcmd" in err
+    assert "Traceback" not in err
+
+
+def _xlpy_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+    full = {k: v for k, v in os.environ.items() if k not in (ENV_LIBRARY, ENV_GENERATION)}
+    full.update(env, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "xlpy", *args],
+        capture_output=True,
+        env=full,
+        timeout=60,
+        check=False,
+    )
