@@ -357,7 +357,18 @@ def test_cli_progress_fd(tmp_path: Path) -> None:
     assert events[-1]["bytes"] == src.stat().st_size
 
 
-def test_cli_to_legacy_without_module_or_sender(tmp_path: Path) -> None:
+def test_cli_names_match_the_sender_model() -> None:
+    from xlpy.cli import convert as cli
+    from xlpy.stream.legacy import senders
+
+    assert (cli.SENDERS, cli.TOOLSTACKS, cli.TRAILERS) == (
+        senders.SENDERS,
+        senders.TOOLSTACKS,
+        senders.TRAILERS,
+    )
+
+
+def test_cli_to_legacy_needs_a_sender(tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.write_bytes(b"")
     r = _cli("--to", "legacy", "-i", str(src), "-o", str(tmp_path / "out"))

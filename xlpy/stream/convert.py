@@ -555,7 +555,6 @@ class _Converter:
                 f"{self.want_width * 8}-bit as given: using {rec.width * 8}"
             )
             self.report.warnings.append(msg)
-            self.info(msg)
         w = self.w
         if self.libxl:
             w.libxl_header(options=F.LIBXL_OPT_LEGACY)
