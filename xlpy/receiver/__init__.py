@@ -1,7 +1,9 @@
-"""The reference receiver: libxc's legacy restore for every receiver generation.
+"""The reference receiver: libxc's restore for every receiver generation.
 
-:func:`restore` is the entry point: a legacy stream in, a restored (simulated) domain
-out, with libxc's messages and the spec's outcome facts (§10-§13 of legacy-stream.md).
+:func:`restore` is the entry point: a stream in, a restored (simulated) domain out, with
+libxc's messages and the spec's outcome facts (§10-§13 of legacy-stream.md).  Legacy
+generations run :mod:`xlpy.receiver.machine`; the migration-v2 generation (``xen-4.17``)
+runs :mod:`xlpy.receiver.v2`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from xlpy.receiver.backends import (
     get_backend,
 )
 from xlpy.receiver.generations import GENERATIONS, Generation, generation
+from xlpy.receiver.generations import generation as _generation
 from xlpy.receiver.toolstacks import DEFAULT_TOOLSTACK, TOOLSTACKS, Toolstack, toolstack
 from xlpy.stream.source import ByteSource
 
@@ -49,12 +52,15 @@ def restore(
     width: int | None = None,
     backend: str = "sim",
 ) -> RestoreResult:
-    """Restore a legacy stream as receiver ``generation`` would, into directory ``out``.
+    """Restore a stream as receiver ``generation`` would, into directory ``out``.
 
     ``source`` is a :class:`ByteSource`, a descriptor or a binary file (pipes and
     sockets work; nothing is seeked).  ``checkpointed`` is libxc's
     ``checkpointed_stream`` (``None``: the toolstack's default; only R-fix generations
-    take it).  ``heartbeat`` is libxc's 1 s select timeout after the first checkpoint.
+    take it; for the v2 generation it is the stream type: 0 PLAIN, 1 REMUS, 2 COLO).
+    ``heartbeat`` is libxc's 1 s select timeout after the first checkpoint (legacy only).
+    A v2 generation reads bare libxc, libxl and ``xl save`` v2 streams and refuses a
+    legacy one (convert it first).
     Stream problems are reported in the result (``ok``, ``rc``, ``messages``,
     ``error``), never raised; a bad argument raises :class:`~xlpy.errors.UsageError`.
     """
@@ -69,4 +75,9 @@ def restore(
         guest=guest,
         width=width,
     )
+    if backend == "sim" and _generation(generation).stream_format == "v2":
+        from xlpy.receiver.backends.sim import SimDomain
+        from xlpy.receiver.v2 import V2Restore
+
+        return V2Restore(src, request, SimDomain(request.out)).run()
     return get_backend(backend).restore(src, request)

@@ -44,6 +44,8 @@ class Generation:
     knows_xcnt: bool = True
     #: TOOLSTACK (-18) payload read errors are ignored (<= 4.3.x, fixed by f46fa80ec4).
     toolstack_errors_ignored: bool = True
+    #: "legacy" (xc_domain_restore.c) or "v2" (xg_sr_restore.c, :mod:`xlpy.receiver.v2`).
+    stream_format: str = "legacy"
 
 
 def _gen(
@@ -83,6 +85,19 @@ GENERATIONS: dict[str, Generation] = {
         _gen("xen-4.3.3", "R-fix", F.KNOWN_IDS_4_2, rdexact="rdexact"),
         _gen("xen-4.4", "R-fix44", F.KNOWN_IDS_4_2, rdexact="rdexact"),
         _gen("xen-4.5", "R-fix", F.KNOWN_IDS_4_5, rdexact="rdexact"),
+        # Migration v2 (4.6+), with 4.17's messages; the legacy-only fields do not apply.
+        Generation(
+            name="xen-4.17",
+            label="V2",
+            known_ids=frozenset(),
+            dataless_nibbles=frozenset(),
+            max_vcpu_id=F.XC_SR_MAX_VCPUS - 1,
+            takes_checkpointed=True,
+            post_completion_fatal=False,
+            rdexact_name="read_exact",
+            legacy_logging=False,
+            stream_format="v2",
+        ),
     )
 }
 #: Accepted spellings for releases that behave like a listed one.
