@@ -306,3 +306,20 @@ def test_libxc_backend_without_hypervisor(
     finally:
         os.close(fd)
     assert not isinstance(e.value, XenError)  # not a failed restore: no libxc at all
+
+
+def test_framed_restore_that_libxc_fails_early_neither_raises_nor_hangs(tmp_path: Path) -> None:
+    # Far more than a pipe holds: the forwarder is cut off when libxc gives up.
+    data = build("hvm", [{p: page(0, p) for p in range(1000)}], p2m_size=1 << 29)
+    r = _sim(data, tmp_path / "d", "xen-4.3.1", R)
+    assert not r.ok and r.framed and r.rest == b""
+    assert r.messages == ("xc: error: memory alloc failed: Internal error",)
+    assert not (tmp_path / "d").exists()
+
+
+def test_framed_restore_of_a_stream_with_last_checkpoint(tmp_path: Path) -> None:
+    # An S-post sender's -9: libxc stops after the tail by itself; framing changes nothing
+    # but still hands back what follows.
+    data = build("pv", PLAIN_CPS, last=True, trailer=b"after")
+    r = _sim(data, tmp_path / "d", "xen-4.1", R)
+    assert r.ok and r.framed and r.rest == b"after" and r.messages == ()

@@ -232,7 +232,8 @@ def restore(
 
     Returns:
         A :class:`Restored`; a failed restore (a stream error, a libxc error) has
-        ``ok`` false and ``error`` set rather than raising.
+        ``ok`` false and ``error`` set rather than raising.  After a failed framed
+        restore, how much of a descriptor ``source`` was read is undefined.
 
     Raises:
         RestoreRefused: the rules refuse ``operation`` on this release.
@@ -359,11 +360,16 @@ def _restore_sim(
         )
     finally:
         os.close(fwd.read_fd)
+    sim = dataclasses.replace(sim, toolstack=ts_name)
+    if not sim.ok:
+        # The forwarder is cut off (the pipe is closed) or still waiting on the source:
+        # its outcome adds nothing to libxc's failure, so it is not waited for.
+        return _from_sim(sim, decision, None, None)
     try:
         forwarded = fwd.result()
     except StreamError as e:
         return _from_sim(sim, decision, None, e)
-    return _from_sim(dataclasses.replace(sim, toolstack=ts_name), decision, forwarded, None)
+    return _from_sim(sim, decision, forwarded, None)
 
 
 def _from_sim(
