@@ -215,7 +215,8 @@ def restore(
             libxenguest; run in a helper process unless ``out_of_process=False``).
         generation: sim only: the receiver to simulate (``"xen-4.3.1"``, ``"xen-4.4"``,
             ...; see :data:`xlpy.receiver.GENERATIONS`); default
-            :func:`default_sim_generation`.  libxc always uses the detected library.
+            :func:`default_sim_generation`.  A migration-v2 generation (``"xen-4.17"``)
+            reads v2 streams only.  libxc always uses the detected library.
         force: accept a refusable rule (Remus on 4.4, Remus without the argument).
         callbacks: libxc only: ``restore_callbacks`` slots by name (``checkpoint`` is
             required for Remus); see :func:`xlpy.binding.restore_libxc`.
@@ -225,10 +226,19 @@ def restore(
             caller does that reading, from :attr:`Restored.rest`.
         progress: sim only: called with ``bytes``/``pages``/``checkpoint``/``phase``.
         guest, width: ``"pv"``/``"hvm"`` and the toolstack width in bytes, where the
-            stream cannot tell (detected otherwise); libxc 4.0-4.13 is told ``hvm``.
+            stream cannot tell (the sim detects them).  libxc 4.0-4.13 takes an ``hvm``
+            argument: pass ``guest="hvm"`` for an HVM domain there.
         heartbeat: sim only: libxc's 1 s wait for the next checkpoint.
         store_evtchn, console_evtchn, store_domid, console_domid: libxc's arguments.
         timeout: libxc only: seconds before a hung helper is killed.
+
+    Example (a XenServer-style toolstack receiving on a 4.3.1 host)::
+
+        done = xlpy.restore(sock.fileno(), operation="migrate-receive", backend="libxc",
+                            domid=7, guest="hvm", toolstack="xenserver-classic")
+        if not done.ok:
+            raise done.error
+        qemu = done.rest  # then read the rest of the QEMU record from sock
 
     Returns:
         A :class:`Restored`; a failed restore (a stream error, a libxc error) has
