@@ -7,7 +7,7 @@ For a 1 GiB HVM and a 1 GiB PV stream (``ctx.size``), side by side in one run:
 * peak RSS of the inspect process tree (target ≤ 64 MiB, whatever the guest size).
 
 Ratios are throughputs (baseline time / inspect time), best of ``ctx.repeat``
-runs each, with the file in the page cache (generated just before, read once
+alternating runs each, with the file in the page cache (generated just before, read once
 to warm it).  Streams come from ``xlpy gen`` (xen-4.3, xl framing, plain save)
 and are cached under ``.cache/bench/``.
 """
@@ -37,18 +37,28 @@ print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)
 """
 
 
-def measure(ctx: Any, cmd: str) -> tuple[float, float]:
-    """Best wall time over ``ctx.repeat`` runs and the peak RSS in MiB."""
-    best, rss = float("inf"), 0.0
+def _once(ctx: Any, cmd: str) -> tuple[float, float]:
+    """One run of ``cmd``: wall seconds and peak RSS in MiB."""
+    out = subprocess.run(
+        [ctx.python, "-c", _MEASURE, cmd], capture_output=True, text=True, check=True
+    ).stdout.split()
+    if int(out[2]) != 0:
+        raise RuntimeError(f"{cmd!r} exited {out[2]}")
+    return float(out[0]), int(out[1]) / 1024
+
+
+def measure_pair(ctx: Any, base: str, cmd: str) -> tuple[float, float, float]:
+    """Best wall times of ``base`` and ``cmd`` and the peak RSS of ``cmd``.
+
+    The two alternate run by run, so that load from elsewhere on the machine
+    weighs on both alike.
+    """
+    best_base, best, rss = float("inf"), float("inf"), 0.0
     for _ in range(max(1, ctx.repeat)):
-        out = subprocess.run(
-            [ctx.python, "-c", _MEASURE, cmd], capture_output=True, text=True, check=True
-        ).stdout.split()
-        dt, kib, rc = float(out[0]), int(out[1]), int(out[2])
-        if rc != 0:
-            raise RuntimeError(f"{cmd!r} exited {rc}")
-        best, rss = min(best, dt), max(rss, kib / 1024)
-    return best, rss
+        best_base = min(best_base, _once(ctx, base)[0])
+        t, r = _once(ctx, cmd)
+        best, rss = min(best, t), max(rss, r)
+    return best_base, best, rss
 
 
 def _have_gen(ctx: Any) -> bool:
@@ -107,8 +117,7 @@ def run(ctx: Any) -> list[dict[str, Any]]:
             ),
         }
         for case, (base_cmd, cmd, target) in cases.items():
-            base_s, _ = measure(ctx, base_cmd)
-            s, rss = measure(ctx, cmd)
+            base_s, s, rss = measure_pair(ctx, base_cmd, cmd)
             ratio = base_s / s
             rows.append(
                 {
