@@ -323,3 +323,22 @@ def test_framed_restore_of_a_stream_with_last_checkpoint(tmp_path: Path) -> None
     data = build("pv", PLAIN_CPS, last=True, trailer=b"after")
     r = _sim(data, tmp_path / "d", "xen-4.1", R)
     assert r.ok and r.framed and r.rest == b"after" and r.messages == ()
+
+
+def test_v2_generation_takes_every_operation(tmp_path: Path) -> None:
+    from test_receiver_v2 import v2_stream
+
+    from xlpy import repro
+
+    remus = v2_stream("remus", "pv", "libxc")
+    plain = _sim(v2_stream("plain", "pv", "libxc"), tmp_path / "p", "xen-4.17", M)
+    assert plain.ok and not plain.framed and plain.sim is not None
+    assert plain.sim.checkpointed == StreamType.PLAIN
+    # The operation, not the stream, decides: a Remus stream received as a plain
+    # migration fails as libxc 4.17 does.
+    wrong = _sim(remus, tmp_path / "w", "xen-4.17", M)
+    assert not wrong.ok and "Found checkpoint in non-checkpointed stream" in wrong.messages[0]
+    for op, st in ((RE, StreamType.REMUS), (C, StreamType.COLO)):
+        r = _sim(remus, tmp_path / op, "xen-4.17", op)
+        assert r.ok and r.sim is not None and r.sim.checkpointed == st, op
+        assert r.committed_checkpoint == repro.REMUS_CHECKPOINTS - 1
