@@ -14,15 +14,16 @@ per-page objects, no copy of the page bytes.
 
 from __future__ import annotations
 
+import operator
+import struct
 from collections.abc import Iterable, Sequence
-from typing import BinaryIO
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, BinaryIO, SupportsIndex
 
 from xlpy.stream.legacy.format import XL_BYTEORDER_LE, XL_MAGIC, XL_MANDATORY_FLAG_STREAMv2
 from xlpy.stream.v2 import format as F
-from xlpy.stream.v2.records import data_pages_in, page_entries
+
+if TYPE_CHECKING:  # numpy costs ~0.1 s to import: only page_data() needs it (convert start-up)
+    import numpy.typing as npt
 
 Buffer = bytes | bytearray | memoryview
 
@@ -96,6 +97,10 @@ class V2Writer:
 
         ``pages`` holds 4096 bytes for each data-bearing entry, in entry order.
         """
+        import numpy as np
+
+        from xlpy.stream.v2.records import data_pages_in
+
         ent = np.ascontiguousarray(entries, dtype="<u8")
         need = data_pages_in(ent.astype(np.uint64)) * F.PAGE_SIZE
         got = memoryview(pages).nbytes
@@ -112,6 +117,8 @@ class V2Writer:
         self, pfns: npt.ArrayLike, pages: Buffer, types: npt.ArrayLike | None = None
     ) -> None:
         """A PAGE_DATA batch from pfns and XEN_DOMCTL_PFINFO_* types (default NOTAB)."""
+        from xlpy.stream.v2.records import page_entries
+
         self.page_data(page_entries(pfns, types), pages)
 
     def x86_pv_info(self, guest_width: int, pt_levels: int) -> None:
@@ -119,11 +126,13 @@ class V2Writer:
             F.REC_TYPE_X86_PV_INFO, F.X86_PV_INFO_FORMAT.pack(guest_width, pt_levels, 0, 0)
         )
 
-    def x86_pv_p2m_frames(self, start_pfn: int, end_pfn: int, pfns: npt.ArrayLike) -> None:
+    def x86_pv_p2m_frames(
+        self, start_pfn: int, end_pfn: int, pfns: Iterable[SupportsIndex]
+    ) -> None:
         self.write_record(
             F.REC_TYPE_X86_PV_P2M_FRAMES,
             F.X86_PV_P2M_FRAMES_FORMAT.pack(start_pfn, end_pfn),
-            np.ascontiguousarray(pfns, dtype="<u8").tobytes(),
+            _u64s(pfns),
         )
 
     def _vcpu(self, rec_type: int, vcpu_id: int, context: Buffer) -> None:
@@ -154,10 +163,8 @@ class V2Writer:
 
     def hvm_params(self, params: Sequence[tuple[int, int]]) -> None:
         """HVM_PARAMS from (index, value) pairs, in the given order."""
-        flat = np.array(params, dtype="<u8").reshape(-1)
-        self.write_record(
-            F.REC_TYPE_HVM_PARAMS, F.HVM_PARAMS_FORMAT.pack(len(params), 0), flat.tobytes()
-        )
+        flat = _u64s([v for pair in params for v in pair])
+        self.write_record(F.REC_TYPE_HVM_PARAMS, F.HVM_PARAMS_FORMAT.pack(len(params), 0), flat)
 
     def static_data_end(self) -> None:
         self.write_record(F.REC_TYPE_STATIC_DATA_END)
@@ -203,3 +210,9 @@ class V2Writer:
 
     def checkpoint_end(self) -> None:
         self.write_record(F.REC_TYPE_CHECKPOINT_END)
+
+
+def _u64s(values: Iterable[SupportsIndex]) -> bytes:
+    """Little-endian u64s (plain struct: no numpy import for a few words)."""
+    seq = [operator.index(v) for v in values]
+    return struct.pack(f"<{len(seq)}Q", *seq)
