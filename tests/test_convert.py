@@ -238,9 +238,14 @@ def test_width_is_the_streams_own() -> None:
 
 def test_v2_entries_drop_bare_xtab_and_move_the_type() -> None:
     raw = np.array([5, 0xF0000000, 0x10000007, 0xF0000009], dtype="<u8").tobytes()
-    assert v2_entries(raw, 8).tolist() == [5, (1 << 60) | 7, (0xF << 60) | 9]
+    assert np.frombuffer(v2_entries(raw, 8), "<u8").tolist() == [5, (1 << 60) | 7, (0xF << 60) | 9]
     raw4 = np.array([0xF0000000] * 3, dtype="<u4").tobytes()
-    assert v2_entries(raw4, 4).size == 0
+    assert v2_entries(raw4, 4) == b""
+    # the upper half of a W=8 entry is ignored; an unaligned XTAB pattern drops nothing
+    raw = np.array([(1 << 40) | 0x20000003, 0xF0000000_00000000], dtype="<u8").tobytes()
+    assert np.frombuffer(v2_entries(raw, 8), "<u8").tolist() == [(2 << 60) | 3, 0]
+    raw4 = np.array([0x12345678, 3], dtype="<u4").tobytes()
+    assert np.frombuffer(v2_entries(raw4, 4), "<u8").tolist() == [(1 << 60) | 0x2345678, 3]
 
 
 def test_physmap_xenstore_matches_xens_keys() -> None:

@@ -54,9 +54,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, BinaryIO
-
-import numpy as np
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from xlpy.errors import NotRepresentable, StreamError, StreamMalformed
 from xlpy.stream.legacy import format as LF
@@ -86,6 +84,9 @@ from xlpy.stream.legacy.records import (
 from xlpy.stream.source import ByteSource
 from xlpy.stream.v2 import format as F
 from xlpy.stream.v2.writer import V2Writer
+
+if TYPE_CHECKING:  # numpy costs ~0.1 s of start-up: only compressed checkpoints need it
+    import numpy as np
 
 FORMATS = ("libxc", "libxl")
 
@@ -128,6 +129,9 @@ SPOOL_RAM = 16 << 20
 STORE_RAM_PAGES = LF.DELTA_CACHE_SIZE
 _PROGRESS_INTERVAL = 0.25
 _COPY_SIZE = 1 << 20
+_BARE_XTAB = LF.BARE_XTAB_ENTRY.to_bytes(4, "little")
+_LOW_NIBBLE = bytes(b & 0x0F for b in range(256))
+_HIGH_NIBBLE = bytes(b & 0xF0 for b in range(256))
 _PHYSMAP_HEAD = struct.Struct("<QQQI")
 _U32 = struct.Struct("<I")
 
@@ -196,25 +200,40 @@ def physmap_xenstore(blob: bytes, width: int, *, offset: int | None = None) -> b
     return bytes(out)
 
 
-def v2_entries(entries: bytes, width: int) -> np.ndarray:
+def v2_entries(entries: bytes, width: int) -> bytes:
     """Legacy W-sized batch entries as v2 PAGE_DATA entries, bare XTAB entries dropped.
 
     As Xen's converter: the type nibble (bits 28-31) moves to bits 60-63, the pfn
     is bits 0-27; the upper half of a W=8 entry is ignored, as by the receiver.
+    Byte-wise (strided slices and translations), one batch at a time.
     """
-    raw = np.frombuffer(entries, dtype="<u4" if width == 4 else "<u8")
-    low = (raw & np.uint64(0xFFFFFFFF)).astype(np.uint64)
-    low = low[low != LF.BARE_XTAB_ENTRY]
-    out: np.ndarray = ((low & np.uint64(0xF0000000)) << np.uint64(32)) | (
-        low & np.uint64(LF.PFN_MASK)
-    )
-    return out.astype("<u8")
+    n = len(entries) // width
+    if _BARE_XTAB in entries:  # possibly unaligned: filter entry by entry
+        low = b"".join(
+            e for i in range(n) if (e := entries[i * width : i * width + 4]) != _BARE_XTAB
+        )
+        width = 4
+    else:
+        low = entries
+    out = bytearray(8 * (len(low) // width))
+    for k in range(3):
+        out[k::8] = low[k::width]
+    top = low[3::width]
+    out[3::8] = top.translate(_LOW_NIBBLE)
+    out[7::8] = top.translate(_HIGH_NIBBLE)
+    return bytes(out)
 
 
-def _data_pfns(v2: np.ndarray) -> np.ndarray:
-    """pfns of the data-bearing v2 entries (type nibble below 0xD)."""
-    types = v2 >> np.uint64(60)
-    return (v2[types < 0xD] & np.uint64(LF.PFN_MASK)).astype(np.int64)
+def _data_pfns(v2: bytes) -> tuple[np.ndarray, list[bool]]:
+    """pfns of the data-bearing v2 entries (type below 0xD), and which are page tables."""
+    import numpy as np
+
+    ent = np.frombuffer(v2, dtype="<u8")
+    types = ent >> np.uint64(60)
+    data = types < 0xD
+    kinds = types[data] & np.uint64(7)
+    pagetable = ((kinds >= 1) & (kinds <= 4)).tolist()
+    return (ent[data] & np.uint64(LF.PFN_MASK)).astype(np.int64), pagetable
 
 
 class _PageStore:
@@ -233,6 +252,8 @@ class _PageStore:
         self.capacity = STORE_RAM_PAGES
         #: pfn → slot in ``slab``, least recently sent first.
         self._lru: OrderedDict[int, int] = OrderedDict()
+        import numpy as np
+
         self._slab = np.empty((self.capacity, LF.PAGE_SIZE), dtype=np.uint8)
         self._free = list(range(self.capacity - 1, -1, -1))
 
@@ -308,7 +329,7 @@ class _Converter:
         self._xenstore = b""
         self._qemu_rec: QemuRecord | None = None
         self._compressed: list[CompressedData] = []
-        self._pending: list[np.ndarray] = []
+        self._pending: list[bytes] = []
         self._store: _PageStore | None = None
         #: The QEMU record of the last committed checkpoint (libxc format appends it).
         self._committed_qemu: QemuRecord | None = None
@@ -457,11 +478,11 @@ class _Converter:
                     self._pending.append(v2_entries(rec.entries, rec.width))
                     return
                 ent = v2_entries(rec.entries, rec.width)
-                if len(ent):
+                if ent:
                     w.write_record(
                         F.REC_TYPE_PAGE_DATA,
-                        F.PAGE_DATA_HDR_FORMAT.pack(len(ent), 0),
-                        ent.tobytes(),
+                        F.PAGE_DATA_HDR_FORMAT.pack(len(ent) // 8, 0),
+                        ent,
                         rec.data,
                     )
                     self.report.pages += len(rec.data) // LF.PAGE_SIZE
@@ -582,6 +603,8 @@ class _Converter:
 
     def _decode_compressed(self) -> None:
         """Decode the checkpoint's pages against the stored copies, write PAGE_DATA."""
+        import numpy as np
+
         t0 = time.perf_counter()
         p2m = self.reader.p2m_size or 0
         if self._store is None:
@@ -598,9 +621,7 @@ class _Converter:
         decode_s = time.perf_counter() - t0
         for ent in self._pending:
             t0 = time.perf_counter()
-            pfns = _data_pfns(ent)
-            types = ent[(ent >> np.uint64(60)) < 0xD] >> np.uint64(60)
-            pagetable = (((types & np.uint64(7)) >= 1) & ((types & np.uint64(7)) <= 4)).tolist()
+            pfns, pagetable = _data_pfns(ent)
             if pfns.size and int(pfns.max()) >= max(p2m, 1):
                 raise StreamMalformed(
                     f"pfn {int(pfns.max()):#x} beyond p2m_size {p2m:#x}",
@@ -616,8 +637,8 @@ class _Converter:
             decode_s += time.perf_counter() - t0
             self.w.write_record(
                 F.REC_TYPE_PAGE_DATA,
-                F.PAGE_DATA_HDR_FORMAT.pack(len(ent), 0),
-                ent.tobytes(),
+                F.PAGE_DATA_HDR_FORMAT.pack(len(ent) // 8, 0),
+                ent,
                 pages.reshape(-1).data,
             )
             self.report.pages += pfns.size
