@@ -116,12 +116,14 @@ def test_legacy_stream_needs_converting(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
-def test_empty_stream(tmp_path: Path) -> None:
-    r = run(b"", tmp_path / "d")
-    assert r.messages == [
-        "xc: error: Failed to read Image Header from stream (0 = Success): Internal error"
-    ]
-    assert leftovers(tmp_path) == []
+def test_short_streams_fail_reading_the_headers(tmp_path: Path) -> None:
+    data = v2_stream("plain", "pv", "libxc")
+    image = "xc: error: Failed to read Image Header from stream (0 = Success): Internal error"
+    domain = "xc: error: Failed to read Domain Header from stream (0 = Success): Internal error"
+    for cut, want in ((0, image), (5, image), (10, image), (30, domain)):
+        r = run(data[:cut], tmp_path / "d")
+        assert r.messages == [want], cut  # read_headers() returns before "Restore failed"
+        assert not r.ok and leftovers(tmp_path) == []
 
 
 # --- Remus failover ---------------------------------------------------------------------

@@ -23,6 +23,10 @@ bare libxc framing, plus the toolstack's QEMU record and trailer):
 * eof: the sender closes after the last byte; quiet: it keeps the socket open until
   the receiver is done (so quiet cells cost one heartbeat each).
 
+v2 rows (sender ``xen-4.6``, receiver ``xen-4.17`` with stream type PLAIN or REMUS) carry
+the S-post stream converted to a libxl v2 stream (:func:`v2_cell_stream`), whole (eof)
+or cut where a dying sender would leave it (cut).
+
 For CI the guest is tiny and the heartbeat short (:data:`DEFAULT_HEARTBEAT`); libxc's
 real value (1 s) is the default of ``xlpy restore``.
 """
@@ -52,6 +56,9 @@ from xlpy.stream.legacy.records import HvmTail, QemuRecord, Record, Trailer
 from xlpy.stream.legacy.senders import FOREIGN_TRAILER, SenderProfile, stream_records
 from xlpy.stream.legacy.writer import LegacyWriter
 from xlpy.stream.source import ByteSource
+from xlpy.stream.v2 import format as V2F
+from xlpy.stream.v2.reader import V2Reader
+from xlpy.stream.v2.records import V2Record
 
 #: Heartbeat for quiet cells: short so the matrix runs in seconds.
 DEFAULT_HEARTBEAT = 0.1
@@ -61,6 +68,10 @@ REMUS_CHECKPOINTS = 3
 GUEST_PAGES = 48
 #: The profile that stands for "every sender that emits -9".
 S_POST_PROFILE = "xen-4.3"
+
+#: The migration-v2 rows: every 4.6+ sender, into the v2 receiver generation.
+V2_SENDER = "xen-4.6"
+V2_RECEIVER = "xen-4.17"
 
 CODES = ("OK0", "OK1", "EAT", "DIE", "DIE44", "R-OK", "R-EARLY", "R-DIE44")
 
@@ -193,6 +204,38 @@ def cell_stream(sender: str, mode: str, guest: str, trailer: str) -> bytes:
     return out.getvalue()
 
 
+@lru_cache(maxsize=16)
+def v2_cell_stream(mode: str, guest: str, trailer: str) -> bytes:
+    """A v2 row's bytes: the S-post stream as a libxl v2 stream, whole or cut.
+
+    ``cut`` ends the stream half way through (plain) or half way through the last
+    checkpoint (Remus: after the CHECKPOINT_END of the one before), as a sender that dies.
+    """
+    from xlpy.stream.convert import legacy_to_v2
+
+    legacy = cell_stream("xen-4.1", mode, guest, "eof")
+    out = BytesIO()
+    legacy_to_v2(ByteSource(BytesIO(legacy)), out, fmt="libxl")
+    data = out.getvalue()
+    if trailer != "cut":
+        return data
+    if mode != "remus":
+        return data[: len(data) // 2]
+    marks = [
+        el.offset + V2F.RHDR_SIZE + el.length + V2F.padding_for(el.length)
+        for el in V2Reader(ByteSource(BytesIO(data))).elements()
+        if isinstance(el, V2Record)
+        and el.layer == "libxl"
+        and el.type == V2F.REC_TYPE_CHECKPOINT_END
+    ]
+    return data[: (marks[-2] + marks[-1]) // 2]
+
+
+def _complete_checkpoints(cell: Cell) -> int:
+    """Checkpoints the cell's sender completes before its stream ends."""
+    return REMUS_CHECKPOINTS - (cell.trailer == "cut")
+
+
 def receiving_toolstack(cell: Cell) -> str:
     """XenServer-classic for its own HVM record; libxc's xc_restore otherwise."""
     if cell.guest == "hvm" and cell.mode == "plain" and cell.trailer == "foreign":
@@ -221,7 +264,7 @@ def classify(cell: Cell, r: RestoreResult) -> str:
             return "DIE"
         return "R-DIE44" if cell.mode == "remus" else "DIE44"
     if cell.mode == "remus":
-        if r.committed_checkpoint == REMUS_CHECKPOINTS - 1:
+        if r.committed_checkpoint == _complete_checkpoints(cell) - 1:
             return "R-OK"
         if r.committed_checkpoint == 0:
             return "R-EARLY"
@@ -258,7 +301,10 @@ def _memory_ok(cell: Cell, out: Path, committed: int) -> bool:
 
 def run_cell(cell: Cell, workdir: Path, heartbeat: float = DEFAULT_HEARTBEAT) -> CellResult:
     """Stream the cell's row through a socketpair into its receiver and classify."""
-    data = cell_stream(cell.sender, cell.mode, cell.guest, cell.trailer)
+    if cell.sender == V2_SENDER:
+        data = v2_cell_stream(cell.mode, cell.guest, cell.trailer)
+    else:
+        data = cell_stream(cell.sender, cell.mode, cell.guest, cell.trailer)
     tx, rx = socket.socketpair()
     done = threading.Event()
     t = threading.Thread(target=_send, args=(tx, data, cell.trailer == "quiet", done))

@@ -292,13 +292,12 @@ class V2Restore:
 
     def _next(self) -> Element | XlHeader:
         """The next element; a read failure is reported as libxc or libxl reports it."""
-        off = self.source.offset
         # The header of the next record, for libxc's messages about it (never past the end).
         self._head = b"" if self._final else self.source.peek(F.RHDR_SIZE)
         try:
             el = next(self._it)
         except StreamError as e:
-            raise self._read_failure(e, off) from None
+            raise self._read_failure(e) from None
         if isinstance(el, V2Record):
             if el.layer == LIBXC and el.type == F.REC_TYPE_END:
                 self._final = self.reader.format == LIBXC
@@ -306,9 +305,10 @@ class V2Restore:
                 self._final = True
         return el
 
-    def _read_failure(self, e: StreamError, off: int) -> Exception:
+    def _read_failure(self, e: StreamError) -> Exception:
         f = e.field or ""
-        if self._layer == LIBXL or f.startswith(("xl_header", "libxl_header")):
+        libxc_header = f.startswith(("image_header", "domain_header"))
+        if not libxc_header and (self._layer == LIBXL or f.startswith("xl_header")):
             return self._libxl_read_failure(e)
         if isinstance(e, StreamMalformed) and f == "record.length":
             rtype = int.from_bytes(self._head[:4], "little")
@@ -622,8 +622,9 @@ class V2Restore:
 
     def _set_page_types(self, pfns: np.ndarray, types: np.ndarray) -> None:
         typed = types != 0
-        for p in pfns[~typed].tolist():
-            self.pfn_types.pop(int(p), None)
+        if self.pfn_types:  # only page tables (and other non-NOTAB pages) are tracked
+            for p in pfns[~typed].tolist():
+                self.pfn_types.pop(int(p), None)
         for p, t in zip(pfns[typed].tolist(), types[typed].tolist(), strict=True):
             self.pfn_types[int(p)] = int(t) << 28
 
