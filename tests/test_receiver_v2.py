@@ -339,3 +339,44 @@ def test_cli_restores_xl_save_file_from_a_pipe(tmp_path: Path) -> None:
     assert doc["ok"] and doc["committed_checkpoint"] == 0 and doc["messages"] == []
     assert memory_equals("hvm", out, 0)
     assert json.loads((out / "domain.json").read_text())["framing"] == "xl"
+
+
+def test_stream_must_match_the_domain(tmp_path: Path) -> None:
+    data = v2_stream("plain", "pv", "libxc")
+    r = restore(ByteSource(io.BytesIO(data)), generation=GEN, out=tmp_path / "d", guest="hvm")
+    assert r.messages == [
+        "xc: error: Unable to restore x86 PV domain into an x86 HVM domain: Internal error",
+        "xc: error: Restore failed (0 = Success): Internal error",
+    ]
+    assert leftovers(tmp_path) == []
+
+
+def test_pv_info_checks(tmp_path: Path) -> None:
+    def build(w: V2Writer) -> None:
+        w.image_header()
+        w.domain_header(F.DHDR_TYPE_X86_PV)
+        w.x86_pv_info(4, 4)
+
+    r = _restore_bytes(tmp_path, build)
+    assert r.messages[0] == (
+        "xc: error: Invalid X86_PV_INFO combination: width 4, pt_levels 4: Internal error"
+    )
+
+    def twice(w: V2Writer) -> None:
+        _pv_prefix(w)
+        w.x86_pv_info(8, 4)
+
+    r = _restore_bytes(tmp_path, twice)
+    assert r.messages[0] == "xc: error: Already received X86_PV_INFO record: Internal error"
+
+
+def test_libxl_records_cut_after_the_libxc_image(tmp_path: Path) -> None:
+    """libxc succeeded; libxl then fails reading its own records: no domain (PLAIN)."""
+    data = v2_stream("plain", "hvm", "libxl")
+    r = run(data[:-12], tmp_path / "plain", 0)
+    assert not r.ok and r.rc == 0 and r.toolstack_error is not None
+    assert r.messages[-1].startswith("libxl: cannot read the libxl records after the libxc image")
+    assert leftovers(tmp_path) == []
+    # A REMUS receiver (xl migrate-receive -r) takes any end of the stream as failover.
+    r = run(data[:-12], tmp_path / "remus", 1)
+    assert r.ok and r.committed_checkpoint == 0
