@@ -58,7 +58,6 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from xlpy.errors import NotRepresentable, StreamError, StreamMalformed
 from xlpy.stream.legacy import format as LF
-from xlpy.stream.legacy.compression import CheckpointDecoder
 from xlpy.stream.legacy.reader import LegacyReader
 from xlpy.stream.legacy.records import (
     CheckpointBegin,
@@ -129,7 +128,6 @@ SPOOL_RAM = 16 << 20
 STORE_RAM_PAGES = LF.DELTA_CACHE_SIZE
 _PROGRESS_INTERVAL = 0.25
 _COPY_SIZE = 1 << 20
-_BARE_XTAB = LF.BARE_XTAB_ENTRY.to_bytes(4, "little")
 _LOW_NIBBLE = bytes(b & 0x0F for b in range(256))
 _HIGH_NIBBLE = bytes(b & 0xF0 for b in range(256))
 _PHYSMAP_HEAD = struct.Struct("<QQQI")
@@ -207,14 +205,7 @@ def v2_entries(entries: bytes, width: int) -> bytes:
     is bits 0-27; the upper half of a W=8 entry is ignored, as by the receiver.
     Byte-wise (strided slices and translations), one batch at a time.
     """
-    n = len(entries) // width
-    if _BARE_XTAB in entries:  # possibly unaligned: filter entry by entry
-        low = b"".join(
-            e for i in range(n) if (e := entries[i * width : i * width + 4]) != _BARE_XTAB
-        )
-        width = 4
-    else:
-        low = entries
+    low = _drop_bare_xtab(entries, width)
     out = bytearray(8 * (len(low) // width))
     for k in range(3):
         out[k::8] = low[k::width]
@@ -222,6 +213,26 @@ def v2_entries(entries: bytes, width: int) -> bytes:
     out[3::8] = top.translate(_LOW_NIBBLE)
     out[7::8] = top.translate(_HIGH_NIBBLE)
     return bytes(out)
+
+
+def _drop_bare_xtab(entries: bytes, width: int) -> bytes:
+    """``entries`` without the bare ``0xF0000000`` ones (low 32 bits; found by their top byte)."""
+    top = entries[3::width]
+    drop = []
+    i = top.find(0xF0)
+    while i >= 0:
+        if entries[i * width : i * width + 3] == b"\0\0\0":
+            drop.append(i)
+        i = top.find(0xF0, i + 1)
+    if not drop:
+        return entries
+    parts = []
+    prev = 0
+    for i in drop:
+        parts.append(entries[prev * width : i * width])
+        prev = i + 1
+    parts.append(entries[prev * width :])
+    return b"".join(parts)
 
 
 def _data_pfns(v2: bytes) -> tuple[np.ndarray, list[bool]]:
@@ -604,6 +615,8 @@ class _Converter:
     def _decode_compressed(self) -> None:
         """Decode the checkpoint's pages against the stored copies, write PAGE_DATA."""
         import numpy as np
+
+        from xlpy.stream.legacy.compression import CheckpointDecoder
 
         t0 = time.perf_counter()
         p2m = self.reader.p2m_size or 0
