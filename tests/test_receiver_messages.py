@@ -66,6 +66,7 @@ def test_generation_table() -> None:
         "xen-4.3.3": "R-fix",
         "xen-4.4": "R-fix44",
         "xen-4.5": "R-fix",
+        "xen-4.17": "V2",  # migration v2 (xlpy.receiver.v2)
     }
     g40, g41, g45 = generation("xen-4.0"), generation("xen-4.1"), generation("xen-4.5")
     assert F.XC_SAVE_ID_LAST_CHECKPOINT not in g40.known_ids

@@ -213,7 +213,6 @@ class V2Restore:
         # outcome
         self.image_end: int | None = None
         self.stop_error: StreamError | None = None
-        self.created = False
         self._last_progress = 0.0
 
     # -- public ---------------------------------------------------------------------------
@@ -412,7 +411,8 @@ class V2Restore:
         # libxl builds the domain from its config; without one, the stream's type decides.
         self.guest = self.request.guest or stream_guest or "pv"
         name = "x86_pv" if self.guest == "pv" else "x86 HVM"
-        type_name = "x86 PV" if h.type == 1 else "x86 HVM" if h.type == 2 else "Reserved"
+        # dhdr_type_to_str(): 4.17 names only the two x86 types
+        type_name = F.DHDR_TYPE_NAMES[h.type] if stream_guest else "Reserved"
 
         def bad(msg: str, fld: str) -> _Err:
             self.log.error(msg)
@@ -427,7 +427,6 @@ class V2Restore:
             self.domain.create(guest=self.guest, p2m_size=0, width=8, guest_width=8)
         except DomainFull as e:  # pragma: no cover - an empty domain always fits
             raise _Err(StreamMalformed(str(e), offset=h.offset, field="domain_header")) from None
-        self.created = True
 
     def _loop(self) -> None:
         """``restore()``'s do-while over ``read_record``."""
