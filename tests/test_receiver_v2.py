@@ -380,3 +380,35 @@ def test_libxl_records_cut_after_the_libxc_image(tmp_path: Path) -> None:
     # A REMUS receiver (xl migrate-receive -r) takes any end of the stream as failover.
     r = run(data[:-12], tmp_path / "remus", 1)
     assert r.ok and r.committed_checkpoint == 0
+
+
+def test_verify_mode_compares_instead_of_writing(tmp_path: Path) -> None:
+    def build(w: V2Writer) -> None:
+        _pv_prefix(w)
+        w.page_data_pfns([1, 2], b"\1" * 4096 + b"\2" * 4096)
+        w.verify()
+        w.page_data_pfns([1, 2], b"\1" * 4096 + b"\3" * 4096)
+        w.x86_pv_vcpu_basic(0, bytes(LF.VCPU_CONTEXT_SIZE_64))
+        w.end()
+
+    r = _restore_bytes(tmp_path, build)
+    assert r.ok and r.messages == ["xc: error: verify pfn 0x2 failed (type 0): Internal error"]
+    assert (tmp_path / "d" / "memory").read_bytes()[2 * 4096] == 2
+
+
+def test_hvm_pfn_beyond_the_domain(tmp_path: Path) -> None:
+    from xlpy.receiver.backends.sim import MAX_SIM_P2M_SIZE
+
+    def build(w: V2Writer) -> None:
+        w.image_header()
+        w.domain_header(F.DHDR_TYPE_X86_HVM)
+        w.static_data_end()
+        w.page_data_pfns([0, MAX_SIM_P2M_SIZE], bytes(2 * 4096))
+
+    r = _restore_bytes(tmp_path, build)
+    assert r.messages == [
+        "xc: error: Failed to populate physmap (12 = Cannot allocate memory): Internal error",
+        "xc: error: Failed to populate pfns for batch of 2 pages: Internal error",
+        "xc: error: Restore failed (12 = Cannot allocate memory): Internal error",
+    ]
+    assert leftovers(tmp_path) == []
