@@ -9,7 +9,10 @@ pipe, so the transcript doubles as a tutorial:
    (``Max batch size exceeded (1970103633)``) and the toolstack's record is ruined;
 3. a fixed receiver told ``checkpointed_stream=0`` stops at the image: restored;
 4. a compressed Remus stream into a fixed receiver told ``1``: every checkpoint is
-   applied and the last complete one is committed when the primary goes away.
+   applied and the last complete one is committed when the primary goes away;
+5. the toolstack layer: the caller only says its *operation* (``--operation migrate``);
+   on the 4.3.1 receiver xlpy frames the stream itself, so libxc never sees the
+   QEMU record and it comes back intact (``--rest-out``).
 
 Output goes under ``out/demo/`` (replaced on every run).  Exit 0 when every step
 ends the way the spec (legacy-stream.md §12) says it must.
@@ -93,6 +96,17 @@ def main() -> int:
     )  # fmt: skip
     committed_last = r["ok"] and r["committed_checkpoint"] == 2
     checks.append(("4.5 cs=1 commits the last checkpoint (R-OK)", committed_last))
+
+    print("\n== 5. The same old stream, the toolstack saying only what it is doing ==")
+    rest = OUT / "rest-after-image.bin"
+    r = _restore(
+        old, "dom-framed", "--operation", "migrate", "--receiver", "xen-4.3.1",
+        "--toolstack", "xenserver-classic", "--rest-out", str(rest),
+    )  # fmt: skip
+    intact = rest.exists() and rest.read_bytes().startswith(b"QemuDeviceModelRecord\n")
+    checks.append(
+        ("migrate on 4.3.1 is framed: nothing eaten, QEMU record intact", r["ok"] and intact)
+    )
 
     print("\n== Summary ==")
     for what, ok in checks:
