@@ -37,7 +37,13 @@ def build_parser(
     one being run so that start-up stays short (``inspect`` is benchmarked
     against ``cat``).
     """
-    parser = _Parser(prog="xlpy", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(
+        prog="xlpy",
+        description="Xen save/restore and migration streams for Python toolstacks: "
+        "generate, inspect, convert and verify streams, restore them into a simulated "
+        "domain or through libxenguest, and replay the LAST_CHECKPOINT outcome matrix.",
+        epilog="Exit codes: 0 ok, 1 stream error or failed restore, 2 usage or program error.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     mods: dict[str, ModuleType] = {}
