@@ -49,6 +49,13 @@ from xlpy.receiver import messages as M
 from xlpy.receiver.backends import Domain, DomainFull, RestoreRequest, RestoreResult
 from xlpy.receiver.backends.sim import MAX_SIM_P2M_SIZE
 from xlpy.receiver.generations import Generation, generation
+from xlpy.stream.hvm_params import (
+    HVM_PARAM_BUFIOREQ_PFN,
+    HVM_PARAM_CONSOLE_PFN,
+    HVM_PARAM_IOREQ_PFN,
+    HVM_PARAM_PAE_ENABLED,
+    HVM_PARAM_STORE_PFN,
+)
 from xlpy.stream.legacy import format as LF
 from xlpy.stream.legacy.records import XlHeader
 from xlpy.stream.source import ByteSource
@@ -71,11 +78,6 @@ _LIBXC_MAGIC = F.IHDR_MARKER.to_bytes(8, "big")
 _LIBXL_MAGIC = F.LIBXL_HDR_IDENT.to_bytes(8, "big")
 #: ``INVALID_MFN`` as a 64-bit toolstack prints it.
 _INVALID = (1 << 64) - 1
-_HVM_PARAM_STORE_PFN = 1
-_HVM_PARAM_PAE_ENABLED = 4
-_HVM_PARAM_IOREQ_PFN = 5
-_HVM_PARAM_BUFIOREQ_PFN = 6
-_HVM_PARAM_CONSOLE_PFN = 17
 _VCPU_BLOBS = {
     F.REC_TYPE_X86_PV_VCPU_BASIC: ("X86_PV_VCPU_BASIC", "ctx"),
     F.REC_TYPE_X86_PV_VCPU_EXTENDED: ("X86_PV_VCPU_EXTENDED", "ext"),
@@ -766,13 +768,13 @@ class V2Restore:
         clear: list[int] = []
         for i in range(count):
             index, value = F.HVM_PARAMS_ENTRY_FORMAT.unpack_from(rec.body, 8 + 16 * i)
-            if index == _HVM_PARAM_PAE_ENABLED:
+            if index == HVM_PARAM_PAE_ENABLED:
                 continue
             if index in (
-                _HVM_PARAM_CONSOLE_PFN,
-                _HVM_PARAM_STORE_PFN,
-                _HVM_PARAM_IOREQ_PFN,
-                _HVM_PARAM_BUFIOREQ_PFN,
+                HVM_PARAM_CONSOLE_PFN,
+                HVM_PARAM_STORE_PFN,
+                HVM_PARAM_IOREQ_PFN,
+                HVM_PARAM_BUFIOREQ_PFN,
             ):
                 clear.append(value)
             self.hvm_params[index] = value
@@ -864,8 +866,8 @@ class V2Restore:
             "online_vcpus": sorted(v for v, b in self.vcpus.items() if "ctx" in b.blobs),
             "hvm_params": {str(k): v for k, v in sorted(self.hvm_params.items())},
             "tsc_info": self.tsc,
-            "console_pfn": self.hvm_params.get(_HVM_PARAM_CONSOLE_PFN),
-            "store_pfn": self.hvm_params.get(_HVM_PARAM_STORE_PFN),
+            "console_pfn": self.hvm_params.get(HVM_PARAM_CONSOLE_PFN),
+            "store_pfn": self.hvm_params.get(HVM_PARAM_STORE_PFN),
             "zeroed_pfns": sorted(self.cleared),
             "cpuid_policy_bytes": None if self.cpuid_policy is None else len(self.cpuid_policy),
             "msr_policy_bytes": None if self.msr_policy is None else len(self.msr_policy),

@@ -57,6 +57,12 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from xlpy.errors import NotRepresentable, StreamError, StreamMalformed
+from xlpy.stream.hvm_params import (
+    CHUNK_TO_HVM_PARAM,
+    HVM_PARAM_BUFIOREQ_PFN,
+    HVM_PARAM_IOREQ_PFN,
+    HVM_PARAM_STORE_PFN,
+)
 from xlpy.stream.legacy import format as LF
 from xlpy.stream.legacy.reader import LegacyReader
 from xlpy.stream.legacy.records import (
@@ -88,37 +94,6 @@ if TYPE_CHECKING:  # numpy costs ~0.1 s of start-up: only compressed checkpoints
     import numpy as np
 
 FORMATS = ("libxc", "libxl")
-
-# --- HVM params (xen/include/public/hvm/params.h) ------------------------------------
-HVM_PARAM_STORE_PFN = 1
-HVM_PARAM_IOREQ_PFN = 5
-HVM_PARAM_BUFIOREQ_PFN = 6
-HVM_PARAM_VIRIDIAN = 9
-HVM_PARAM_IDENT_PT = 12
-HVM_PARAM_VM86_TSS = 15
-HVM_PARAM_CONSOLE_PFN = 17
-HVM_PARAM_ACPI_IOPORTS_LOCATION = 19
-HVM_PARAM_PAGING_RING_PFN = 27
-HVM_PARAM_MONITOR_RING_PFN = 28
-HVM_PARAM_SHARING_RING_PFN = 29
-HVM_PARAM_IOREQ_SERVER_PFN = 32
-HVM_PARAM_NR_IOREQ_SERVER_PAGES = 33
-HVM_PARAM_VM_GENERATION_ID_ADDR = 34
-
-#: The HVM param each legacy HVM-param chunk carries (as Xen's converter maps them).
-CHUNK_TO_HVM_PARAM: dict[int, int] = {
-    LF.XC_SAVE_ID_HVM_IDENT_PT: HVM_PARAM_IDENT_PT,
-    LF.XC_SAVE_ID_HVM_VM86_TSS: HVM_PARAM_VM86_TSS,
-    LF.XC_SAVE_ID_HVM_CONSOLE_PFN: HVM_PARAM_CONSOLE_PFN,
-    LF.XC_SAVE_ID_HVM_ACPI_IOPORTS_LOCATION: HVM_PARAM_ACPI_IOPORTS_LOCATION,
-    LF.XC_SAVE_ID_HVM_VIRIDIAN: HVM_PARAM_VIRIDIAN,
-    LF.XC_SAVE_ID_HVM_GENERATION_ID_ADDR: HVM_PARAM_VM_GENERATION_ID_ADDR,
-    LF.XC_SAVE_ID_HVM_PAGING_RING_PFN: HVM_PARAM_PAGING_RING_PFN,
-    LF.XC_SAVE_ID_HVM_ACCESS_RING_PFN: HVM_PARAM_MONITOR_RING_PFN,
-    LF.XC_SAVE_ID_HVM_SHARING_RING_PFN: HVM_PARAM_SHARING_RING_PFN,
-    LF.XC_SAVE_ID_HVM_IOREQ_SERVER_PFN: HVM_PARAM_IOREQ_SERVER_PFN,
-    LF.XC_SAVE_ID_HVM_NR_IOREQ_SERVER_PAGES: HVM_PARAM_NR_IOREQ_SERVER_PAGES,
-}
 
 #: ``xen_minor`` of converted images: Xen's converter writes its ``__version__``.
 CONVERTED_XEN_MINOR = 1

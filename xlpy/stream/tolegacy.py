@@ -75,6 +75,11 @@ import numpy as np
 
 from xlpy.errors import NotRepresentable, StreamMalformed, StreamTruncated, UsageError
 from xlpy.guest import MIN_PAGES, GuestSpec
+from xlpy.stream.hvm_params import (
+    CHUNK_TO_HVM_PARAM,
+    HVM_PARAM_VM86_TSS_SIZED,
+    HVM_TAIL_PARAMS,
+)
 from xlpy.stream.legacy import format as LF
 from xlpy.stream.legacy.records import (
     EnableVerifyMode,
@@ -127,40 +132,11 @@ class LossyConversion(UserWarning):
     """Something of the v2 stream has no legacy form and was dropped (restore is equivalent)."""
 
 
-# HVM_PARAM_* numbers (xen/include/public/hvm/params.h).
-HVM_PARAM_STORE_PFN = 1
-HVM_PARAM_IOREQ_PFN = 5
-HVM_PARAM_BUFIOREQ_PFN = 6
-HVM_PARAM_VIRIDIAN = 9
-HVM_PARAM_IDENT_PT = 12
-HVM_PARAM_VM86_TSS = 15
-HVM_PARAM_CONSOLE_PFN = 17
-HVM_PARAM_ACPI_IOPORTS_LOCATION = 19
-HVM_PARAM_PAGING_RING_PFN = 27
-HVM_PARAM_MONITOR_RING_PFN = 28
-HVM_PARAM_SHARING_RING_PFN = 29
-HVM_PARAM_IOREQ_SERVER_PFN = 32
-HVM_PARAM_NR_IOREQ_SERVER_PAGES = 33
-HVM_PARAM_VM_GENERATION_ID_ADDR = 34
-HVM_PARAM_VM86_TSS_SIZED = 37
-
-#: v2 HVM param → the legacy chunk that carried it (Xen's converter, inverted).
-_PARAM_CHUNK = {
-    HVM_PARAM_IDENT_PT: LF.XC_SAVE_ID_HVM_IDENT_PT,
-    HVM_PARAM_VM86_TSS: LF.XC_SAVE_ID_HVM_VM86_TSS,
-    HVM_PARAM_VM86_TSS_SIZED: LF.XC_SAVE_ID_HVM_VM86_TSS,
-    HVM_PARAM_CONSOLE_PFN: LF.XC_SAVE_ID_HVM_CONSOLE_PFN,
-    HVM_PARAM_ACPI_IOPORTS_LOCATION: LF.XC_SAVE_ID_HVM_ACPI_IOPORTS_LOCATION,
-    HVM_PARAM_VIRIDIAN: LF.XC_SAVE_ID_HVM_VIRIDIAN,
-    HVM_PARAM_VM_GENERATION_ID_ADDR: LF.XC_SAVE_ID_HVM_GENERATION_ID_ADDR,
-    HVM_PARAM_PAGING_RING_PFN: LF.XC_SAVE_ID_HVM_PAGING_RING_PFN,
-    HVM_PARAM_MONITOR_RING_PFN: LF.XC_SAVE_ID_HVM_ACCESS_RING_PFN,
-    HVM_PARAM_SHARING_RING_PFN: LF.XC_SAVE_ID_HVM_SHARING_RING_PFN,
-    HVM_PARAM_IOREQ_SERVER_PFN: LF.XC_SAVE_ID_HVM_IOREQ_SERVER_PFN,
-    HVM_PARAM_NR_IOREQ_SERVER_PAGES: LF.XC_SAVE_ID_HVM_NR_IOREQ_SERVER_PAGES,
+#: v2 HVM param → the legacy chunk that carried it (Xen's converter, inverted); a
+#: sized VM86 TSS (4.8+) went out as the plain one.
+_PARAM_CHUNK = {param: chunk for chunk, param in CHUNK_TO_HVM_PARAM.items()} | {
+    HVM_PARAM_VM86_TSS_SIZED: LF.XC_SAVE_ID_HVM_VM86_TSS
 }
-#: The HVM tail's magic pfns, in wire order.
-_TAIL_PARAMS = (HVM_PARAM_IOREQ_PFN, HVM_PARAM_BUFIOREQ_PFN, HVM_PARAM_STORE_PFN)
 #: Old hvmloaders had a 128-byte TSS; Xen gives a VM86_TSS set without size that size.
 _LEGACY_VM86_TSS_SIZE = 128
 
@@ -772,7 +748,7 @@ class _Converter:
         known = set(hvm_param_chunks(self.p))
         chunks: dict[int, int] = {}
         for index, value in seg.hvm_params.items():
-            if index in _TAIL_PARAMS or not value:
+            if index in HVM_TAIL_PARAMS or not value:
                 continue
             cid = _PARAM_CHUNK.get(index)
             if cid is None:
@@ -854,7 +830,7 @@ class _Converter:
     def _hvm_tail(self, seg: _Segment) -> HvmTail:
         if seg.hvm_context is None:
             raise self._refuse("an HVM checkpoint without HVM_CONTEXT", "hvm_context")
-        ioreq, bufioreq, store = (seg.hvm_params.get(i, 0) for i in _TAIL_PARAMS)
+        ioreq, bufioreq, store = (seg.hvm_params.get(i, 0) for i in HVM_TAIL_PARAMS)
         return HvmTail(
             ioreq_pfn=ioreq, bufioreq_pfn=bufioreq, store_pfn=store, context=seg.hvm_context
         )
