@@ -12,7 +12,7 @@ from typing import Any
 
 from xlpy.errors import StreamError
 from xlpy.stream.legacy import format as F
-from xlpy.stream.legacy.reader import LegacyReader, data_bearing_count
+from xlpy.stream.legacy.reader import SKIP_PAGES, LegacyReader, data_bearing_count
 from xlpy.stream.legacy.records import (
     CheckpointBegin,
     HvmTail,
@@ -112,21 +112,19 @@ def inspect_stream(
     """Read the whole stream from ``source`` and summarise it.
 
     Stream errors end up in ``Summary.error``; a :class:`~xlpy.errors.UsageError`
-    (guest type undecidable and not given) propagates.
+    (guest type undecidable and not given) propagates.  Page data is only counted,
+    never read into memory (skipped in the kernel where the source allows).
     """
-    reader = LegacyReader(source, width=width, guest=guest, reuse_buffers=True)
+    reader = LegacyReader(source, width=width, guest=guest)
     summary = Summary()
     cp: CheckpointSummary | None = None
     try:
-        for rec in reader.records():
+        for rec in reader.records(page_sink=SKIP_PAGES):
             if isinstance(rec, PageBatch):
                 assert cp is not None
                 cp.batches += 1
                 cp.entries += rec.count
-                if rec.data is None:
-                    cp.pages += data_bearing_count(rec.entries, rec.width)
-                else:
-                    cp.pages += len(rec.data) // F.PAGE_SIZE
+                cp.pages += data_bearing_count(rec.entries, rec.width)
             elif (cid := chunk_id_of(rec)) is not None:
                 assert cp is not None
                 name = F.CHUNK_NAMES[cid]

@@ -7,7 +7,10 @@ when) and §10.6 (EOF / error outcomes); the per-release differences come from a
 reader's element readers; this module only decides *when* to read what, what takes
 effect, and what libxc logs.
 
-* Checkpoint 1 is applied batch by batch as it arrives; its tail is buffered.
+* Checkpoint 1 is applied batch by batch as it arrives; its tail is buffered.  The
+  pages of a valid batch go straight from the stream into the domain's page file when
+  it has one (this object is the reader's :class:`~xlpy.stream.legacy.reader.PageSink`);
+  the effect is the same as reading the batch and then writing it.
 * After the first tail ("completed") every read waits at most ``heartbeat`` seconds.
   Unless ``last_checkpoint`` is set, later checkpoints are buffered whole (body + tail)
   and applied only when complete; any read failure commits the last complete one
@@ -39,7 +42,7 @@ from xlpy.receiver.generations import generation
 from xlpy.receiver.toolstacks import checkpointed_for, toolstack
 from xlpy.stream.legacy import format as F
 from xlpy.stream.legacy.compression import CheckpointDecoder
-from xlpy.stream.legacy.reader import LegacyReader
+from xlpy.stream.legacy.reader import LegacyReader, PagePlacement
 from xlpy.stream.legacy.records import (
     CompressedData,
     EnableCompression,
@@ -89,10 +92,33 @@ class _ReadFailed(Exception):
 
 @dataclass
 class _Staged:
-    """One page batch as staged in ``pagebuf`` (raw entries, page data or ``None``)."""
+    """One page batch as staged in ``pagebuf`` (raw entries, page data or ``None``).
+
+    ``placed``: the pages already went from the stream into the domain (:meth:`Restore.place`).
+    """
 
     entries: np.ndarray
     data: bytes | memoryview | None
+    placed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Entries:
+    """A batch's entries decoded as libxc does when it applies them."""
+
+    types: np.ndarray
+    pfns: np.ndarray
+    #: Entries that carry a page.
+    data_mask: np.ndarray
+    #: pfn >= p2m_size (except XTAB) and bogus page types: libxc fails on the first one.
+    out_of_range: np.ndarray
+    bad: np.ndarray
+
+
+def _entry_array(entries: bytes, width: int) -> np.ndarray:
+    """Raw W-sized entries as uint64, upper half ignored (libxc masks with a 32-bit constant)."""
+    dt = "<u8" if width == 8 else "<u4"
+    return np.frombuffer(entries, dtype=dt).astype(np.uint64) & np.uint64(0xFFFFFFFF)
 
 
 @dataclass
@@ -421,6 +447,7 @@ class Restore:
                     dataless_nibbles=self.gen.dataless_nibbles,
                     compressed=self.pb.compressing,
                     max_vcpu_id=self.gen.max_vcpu_id,
+                    page_sink=None if self.completed else self,
                 )
             except StreamError as e:
                 self._chunk_failure(e, head)
@@ -516,13 +543,28 @@ class Restore:
                 pools = getattr(rec, "pools", ())
                 self.tmem["pools"] = self.tmem.get("pools", 0) + len(pools)
 
+    def place(self, entries: bytes, width: int, nbytes: int) -> PagePlacement | None:
+        """``PageSink``: where checkpoint 1's pages go, straight from the stream.
+
+        Only for a batch that will apply cleanly (outside verify mode, which compares
+        instead of writing): anything else is read first, then fails as libxc does, in
+        its order (a truncated batch before a bad entry).
+        """
+        if self.completed or self.pb.verify or self.pb.compressing:
+            return None
+        ent = self._classify(_entry_array(entries, width))
+        if len(ent.bad):
+            return None
+        target = self.domain.page_file(ent.pfns[ent.data_mask])
+        return None if target is None else PagePlacement(*target)
+
     def _stage(self, rec: PageBatch) -> None:
-        dt = "<u8" if rec.width == 8 else "<u4"
-        entries = np.frombuffer(rec.entries, dtype=dt).astype(np.uint64) & np.uint64(0xFFFFFFFF)
+        entries = _entry_array(rec.entries, rec.width)
         data = rec.data
+        placed = data is None and not self.pb.compressing
         if data is not None and self.completed:
             data = bytes(data)  # buffered until the tail arrives; the reader reuses its buffer
-        self.pb.batches.append(_Staged(entries, data))
+        self.pb.batches.append(_Staged(entries, data, placed))
         self.pb.nr_pages += len(entries)
 
     # -- applying (§4.3, §6.3) -------------------------------------------------------------
@@ -535,8 +577,7 @@ class Restore:
             self._apply_batch(staged, decoder)
         self.pb.reset()
 
-    def _apply_batch(self, staged: _Staged, decoder: CheckpointDecoder | None) -> None:
-        ent = staged.entries
+    def _classify(self, ent: np.ndarray) -> _Entries:
         types = (ent >> np.uint64(28)).astype(np.uint8)
         pfns = ent & np.uint64(F.PFN_MASK)
         nibbles = np.array(sorted(self.gen.dataless_nibbles), dtype=np.uint8)
@@ -544,9 +585,14 @@ class Restore:
         out_of_range = (types != 0xF) & (pfns >= np.uint64(self.p2m_size))
         bogus = data_mask & ((types & 7) > 4)
         bad = np.flatnonzero(out_of_range | bogus)
-        if len(bad):
-            i = int(bad[0])
-            if out_of_range[i]:
+        return _Entries(types, pfns, data_mask, out_of_range, bad)
+
+    def _apply_batch(self, staged: _Staged, decoder: CheckpointDecoder | None) -> None:
+        ent = self._classify(staged.entries)
+        types, pfns, data_mask = ent.types, ent.pfns, ent.data_mask
+        if len(ent.bad):
+            i = int(ent.bad[0])
+            if ent.out_of_range[i]:
                 self._fatal(M.PFN_OUT_OF_RANGE, "batch.entries", int(pfns[i]))
             self._fatal(
                 M.BOGUS_PAGE_TYPE.format(
@@ -565,12 +611,14 @@ class Restore:
             return
         self._track_types(dpfns, types[data_mask])
         if decoder is not None:
-            data = self._decode(decoder, dpfns)
+            data: memoryview | None = self._decode(decoder, dpfns)
+        elif staged.placed:
+            data = None  # already in the domain
+        elif staged.data is None:
+            raise AssertionError("format A batch without page data")
         else:
-            if staged.data is None:
-                raise AssertionError("format A batch without page data")
             data = memoryview(staged.data)
-        if not self.pb.verify:  # verify mode compares instead of writing (-1)
+        if data is not None and not self.pb.verify:  # verify mode compares instead (-1)
             self.domain.write_pages(dpfns, data)
         self.pages += len(dpfns)
 

@@ -11,14 +11,24 @@ open and silent does not hang a reader that has all it needs).
 ``timeout`` models libxc's heartbeat: when set, every raw read first waits at
 most that many seconds for the descriptor to become readable and raises
 :class:`~xlpy.errors.StreamTimeout` otherwise.
+
+Bulk data that the caller never looks at (page data inspect only counts, pages a
+receiver writes into a memory file) can stay in the kernel: :meth:`ByteSource.skip`
+and :meth:`ByteSource.transfer` drain the look-ahead buffer, then move the rest with
+``splice`` (pipes) or ``sendfile`` / ``copy_file_range`` (regular files, always from the
+current position, so the input is consumed exactly as ``read`` would).  Other sources
+(sockets, file objects) are read and written in chunks; the results are the same.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import select
 import socket
+import stat
+from collections.abc import Sequence
 from typing import BinaryIO, Protocol
 
 from xlpy.errors import StreamTimeout, StreamTruncated
@@ -28,10 +38,27 @@ FILL_SIZE = 1 << 16
 #: Large exact reads grow their buffer by at most this much per step, so a
 #: hostile length field costs memory only as far as the stream backs it.
 GROW_STEP = 1 << 22
+#: Largest single kernel move (splice, sendfile, copy_file_range) or fallback chunk.
+MOVE_STEP = 1 << 20
+#: errno values meaning "this descriptor pair has no kernel path": use read + write.
+_NO_KERNEL_PATH = frozenset(
+    {errno.EINVAL, errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.ESPIPE}
+)
 
 
 class _Readable(Protocol):
     def readinto(self, b: memoryview, /) -> int | None: ...
+
+
+def _fd_kind(fd: int) -> str | None:
+    """``"pipe"`` or ``"file"`` (regular) when the kernel can move this input's bytes."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode):
+        return "pipe"
+    return "file" if stat.S_ISREG(mode) else None
 
 
 def _enlarge_pipe(fd: int) -> None:
@@ -39,14 +66,24 @@ def _enlarge_pipe(fd: int) -> None:
     try:
         import fcntl
 
-        F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-        if os.path.exists(f"/proc/self/fd/{fd}"):
-            import stat
-
-            if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
     except OSError:
-        pass  # not permitted (pipe-max-size) or not a pipe: keep the default
+        pass  # not permitted (pipe-max-size): keep the default
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        k = os.pwrite(fd, data, offset)
+        data = data[k:]
+        offset += k
+
+
+class _EndOfStream(Exception):
+    """The input ended after ``moved`` bytes of a move (internal to :class:`ByteSource`)."""
+
+    def __init__(self, moved: int) -> None:
+        super().__init__(moved)
+        self.moved = moved
 
 
 class ByteSource:
@@ -67,6 +104,8 @@ class ByteSource:
     ) -> None:
         self._fd: int | None = None
         self._raw: _Readable
+        #: The raw reads go straight to ``_fd`` (no buffering object in between).
+        direct = True
         if isinstance(src, int):
             self._fd = src
             self._raw = io.FileIO(src, "rb", closefd=False)
@@ -88,12 +127,17 @@ class ByteSource:
                 # through it, and use the fd only for select().
                 self._fd = fd
                 self._raw = src  # type: ignore[assignment]
+                direct = False
             elif hasattr(src, "readinto"):
                 self._raw = src
             else:
                 self._raw = _ReadAdapter(src)
-        if self._fd is not None:
+        #: How the kernel can move this input's bytes (``None``: read and write them).
+        kind = _fd_kind(self._fd) if self._fd is not None else None
+        if kind == "pipe" and self._fd is not None:
             _enlarge_pipe(self._fd)
+        #: How the kernel can move this input's bytes (``None``: read and write them).
+        self._kind = kind if direct else None
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
@@ -212,12 +256,113 @@ class ByteSource:
         self.offset = start + total
 
     def skip(self, n: int, *, field: str = "data") -> None:
-        """Consume ``n`` bytes without keeping them."""
-        scratch = bytearray(min(n, GROW_STEP))
-        while n:
-            k = min(n, len(scratch))
-            self.readinto_exact(memoryview(scratch)[:k], field=field)
-            n -= k
+        """Consume ``n`` bytes without keeping them (in the kernel where it can).
+
+        Truncation raises :class:`StreamTruncated` at the offset the skip starts,
+        like :meth:`readinto_exact`.
+        """
+        self._move(n, None, ((0, n),), field)
+
+    def transfer(
+        self, out_fd: int, pieces: Sequence[tuple[int, int]], *, field: str = "data"
+    ) -> None:
+        """Write the next bytes into ``out_fd``: ``(offset, length)`` piece by piece.
+
+        The pieces cover consecutive input bytes; each lands at its own offset of
+        ``out_fd`` (a regular file).  Look-ahead bytes are written with ``pwrite``, the
+        rest moved by the kernel from a pipe or regular file, read and written in
+        chunks otherwise.  Truncation raises :class:`StreamTruncated` at the offset the
+        transfer starts, like :meth:`readinto_exact` (bytes before it were written).
+        """
+        self._move(sum(length for _, length in pieces), out_fd, pieces, field)
+
+    def _move(
+        self, total: int, out_fd: int | None, pieces: Sequence[tuple[int, int]], field: str
+    ) -> None:
+        """``skip`` (``out_fd`` None) or ``transfer`` of ``total`` bytes."""
+        if total < 0 or any(length < 0 for _, length in pieces):
+            raise ValueError("negative length")
+        start = self.offset
+        done = 0
+        null = os.open(os.devnull, os.O_WRONLY) if out_fd is None and self._kind else None
+        try:
+            for out_off, length in pieces:
+                done += self._move_piece(out_fd, null, out_off, length, field)
+        except _EndOfStream as e:
+            done += e.moved
+            self.offset = start + done
+            raise StreamTruncated(
+                f"end of stream: {field} needs {total} bytes, {done} left",
+                offset=start,
+                field=field,
+            ) from None
+        finally:
+            if null is not None:
+                os.close(null)
+        self.offset = start + total
+
+    def _move_piece(
+        self, out_fd: int | None, null: int | None, out_off: int, length: int, field: str
+    ) -> int:
+        """Move ``length`` bytes to ``out_fd`` at ``out_off`` (nowhere if ``None``)."""
+        take = min(self._available(), length)
+        if take:
+            if out_fd is not None:
+                with memoryview(self._buf) as mv:
+                    _pwrite_all(out_fd, mv[self._pos : self._pos + take], out_off)
+            self._pos += take
+        done = take
+        scratch: bytearray | None = None
+        while done < length:
+            n = None
+            if not self._eof:
+                n = self._kernel_move(out_fd, null, out_off + done, length - done, field)
+            if n is None and not self._eof:
+                if scratch is None:
+                    scratch = bytearray(min(length - done, MOVE_STEP))
+                with memoryview(scratch) as mv:
+                    n = self._raw_readinto(mv[: length - done], field)
+                    if n and out_fd is not None:
+                        _pwrite_all(out_fd, mv[:n], out_off + done)
+            if not n:
+                self._eof = True
+                raise _EndOfStream(done)
+            done += n
+        return done
+
+    def _kernel_move(
+        self, out_fd: int | None, null: int | None, out_off: int, n: int, field: str
+    ) -> int | None:
+        """One kernel-side move of at most ``n`` bytes (0 at EOF); ``None``: no such path.
+
+        The input is always consumed from its current position: nothing is seeked.
+        """
+        kind, fd = self._kind, self._fd
+        if kind is None or fd is None:
+            return None
+        n = min(n, MOVE_STEP)
+        while True:
+            if self.timeout is not None:
+                self._wait_readable(self.timeout, field)
+            try:
+                if out_fd is None:
+                    if null is None:
+                        return None
+                    if kind == "pipe":
+                        return os.splice(fd, null, n)
+                    return os.sendfile(null, fd, None, n)
+                if kind == "pipe":
+                    return os.splice(fd, out_fd, n, offset_dst=out_off)
+                return os.copy_file_range(fd, out_fd, n, offset_dst=out_off)
+            except InterruptedError:
+                continue
+            except BlockingIOError:  # non-blocking descriptor with nothing to read yet
+                self._wait_readable(self.timeout, field)
+            except OSError as e:
+                if e.errno not in _NO_KERNEL_PATH:
+                    raise
+                self._kind = None  # e.g. copy_file_range across file systems
+                return None
 
     def read_to_eof(self, *, limit: int | None = None, field: str = "data") -> bytes:
         """Everything up to EOF (no heartbeat applies beyond ``timeout``)."""

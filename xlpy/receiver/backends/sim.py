@@ -46,7 +46,6 @@ class SimDomain:
         self.tmp: Path | None = None
         self._mem_fd: int | None = None
         self.p2m_size = 0
-        self.pages_written = 0
 
     # -- Domain --------------------------------------------------------------------------
 
@@ -69,22 +68,34 @@ class SimDomain:
         return self._mem_fd
 
     def write_pages(self, pfns: np.ndarray, data: memoryview) -> None:
-        n = len(pfns)
-        if not n:
+        if not len(pfns):
             return
-        fd = self._fd()
-        # One pwrite per run of consecutive pfns: a plain stream is mostly long runs.
-        breaks = np.flatnonzero(np.diff(pfns.astype(np.int64)) != 1) + 1
-        starts = np.concatenate(([0], breaks))
-        ends = np.concatenate((breaks, [n]))
-        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-            off = int(pfns[s]) * PAGE_SIZE
-            view = data[s * PAGE_SIZE : e * PAGE_SIZE]
+        fd, pieces = self.page_file(pfns)
+        pos = 0
+        for off, length in pieces:
+            view = data[pos : pos + length]
+            pos += length
             while len(view):
                 k = os.pwrite(fd, view, off)
                 view = view[k:]
                 off += k
-        self.pages_written += n
+
+    def page_file(self, pfns: np.ndarray) -> tuple[int, list[tuple[int, int]]]:
+        """``memory`` and its ``(offset, length)`` pieces for the pages of ``pfns``, in order.
+
+        One piece per run of consecutive pfns: a plain stream is mostly long runs.
+        """
+        n = len(pfns)
+        if not n:
+            return self._fd(), []
+        breaks = np.flatnonzero(np.diff(pfns.astype(np.int64)) != 1) + 1
+        starts = np.concatenate(([0], breaks)).tolist()
+        ends = np.concatenate((breaks, [n])).tolist()
+        firsts = pfns[starts].tolist()
+        return self._fd(), [
+            (int(p) * PAGE_SIZE, (e - s) * PAGE_SIZE)
+            for p, s, e in zip(firsts, starts, ends, strict=True)
+        ]
 
     def read_page(self, pfn: int) -> bytes:
         out = os.pread(self._fd(), PAGE_SIZE, pfn * PAGE_SIZE)

@@ -17,13 +17,20 @@ where the element starts, the index the record would have had and a dotted
 Every count and size is checked against its limit before anything is sized by
 it, and variable-length payloads are read through :meth:`ByteSource.read_exact`,
 which only grows its buffer as far as the stream actually delivers bytes.
+
+Page data need not pass through Python: a :class:`PageSink` given to ``read_chunk``
+or ``records`` decides, batch by batch once the entries are parsed, whether the pages
+are skipped (:data:`SKIP_PAGES`, for inspect) or moved by the source straight into a
+file (a receiver's memory image).  Parsing, checks and errors are the same either way;
+such a batch has ``data=None``.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from typing import NoReturn
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import NoReturn, Protocol
 
 from xlpy.errors import StreamMalformed, StreamTruncated, UsageError
 from xlpy.stream.legacy import format as F
@@ -104,6 +111,37 @@ def data_bearing_count(
     return entries[3::width].translate(table).count(1)
 
 
+@dataclass(frozen=True, slots=True)
+class PagePlacement:
+    """Where a batch's page data go instead of a buffer.
+
+    ``fd`` None: nowhere (skipped).  Otherwise ``pieces`` are ``(file offset, length)``
+    of ``fd``, in stream order, covering exactly the batch's page bytes.
+    """
+
+    fd: int | None
+    pieces: Sequence[tuple[int, int]] = ()
+
+
+class PageSink(Protocol):
+    """Takes format-A page data straight from the source (see the module docstring)."""
+
+    def place(self, entries: bytes, width: int, nbytes: int) -> PagePlacement | None:
+        """Where the ``nbytes`` (> 0) of page data after these raw entries go;
+        ``None`` reads them into memory as without a sink."""
+        ...
+
+
+class _SkipPages:
+    def place(self, entries: bytes, width: int, nbytes: int) -> PagePlacement:
+        return _SKIP
+
+
+_SKIP = PagePlacement(None)
+#: A sink for readers that never look at page bytes (inspect): they are skipped.
+SKIP_PAGES: PageSink = _SkipPages()
+
+
 def _uwords(raw: bytes, width: int) -> tuple[int, ...]:
     """Little-endian W-sized words."""
     return struct.unpack(f"<{len(raw) // width}{'I' if width == 4 else 'Q'}", raw)
@@ -117,6 +155,9 @@ class LegacyReader:
     after ``read_pv_ext_info`` also ``ext_info`` and ``guest_width``.
     With ``reuse_buffers`` page data of a batch is a view valid only until the
     next element is read.
+
+    A ``page_sink`` (:class:`PageSink`) may take page data of format-A batches
+    instead; ``PageBatch.data`` is then ``None``.
 
     ``framing`` is ``"bare"``, ``"xl"``, ``"xend"`` or, once its trailer has
     been read, ``"xenserver-classic"``.  ``compression_enabled`` and
@@ -372,16 +413,18 @@ class LegacyReader:
         dataless_nibbles: frozenset[int] = F.DATALESS_NIBBLES,
         compressed: bool = False,
         max_vcpu_id: int = F.XC_SR_MAX_VCPUS - 1,
+        page_sink: PageSink | None = None,
     ) -> Record:
         """One chunk header and its payload: a ``PageBatch``, a chunk record or
         ``EndOfBody``.  An unknown id or a count outside 1..1024 raises
-        ``StreamMalformed(field="chunk_header", value=<the int>)``."""
+        ``StreamMalformed(field="chunk_header", value=<the int>)``.  ``page_sink``
+        may take the page data of a format-A batch."""
         self._begin()
         (header,) = _I32.unpack(self._read(4, "chunk_header"))
         if header == 0:
             return EndOfBody(offset=self._start, index=self._emit())
         if 0 < header <= F.MAX_BATCH_SIZE:
-            return self._read_batch(header, dataless_nibbles, compressed)
+            return self._read_batch(header, dataless_nibbles, compressed, page_sink)
         if header > 0 or header not in known_ids:
             self._malformed(
                 f"chunk header {header} is neither a page count 1..{F.MAX_BATCH_SIZE} "
@@ -391,14 +434,18 @@ class LegacyReader:
             )
         return self._read_save_id(header, max_vcpu_id)
 
-    def _read_batch(self, count: int, dataless: frozenset[int], compressed: bool) -> PageBatch:
+    def _read_batch(
+        self, count: int, dataless: frozenset[int], compressed: bool, sink: PageSink | None
+    ) -> PageBatch:
         w = self._w
         entries = self._read(count * w, "batch.entries")
-        if compressed:
-            data: bytes | memoryview | None = None
-        else:
+        data: bytes | memoryview | None = None
+        if not compressed:
             n = data_bearing_count(entries, w, dataless) * F.PAGE_SIZE
-            if self._reuse:
+            placement = sink.place(entries, w, n) if sink is not None and n else None
+            if placement is not None:
+                self._place(placement, n)
+            elif self._reuse:
                 if self._pages is None:
                     self._pages = bytearray(_MAX_PAGE_BYTES)
                 mv = memoryview(self._pages)[:n]
@@ -411,6 +458,18 @@ class LegacyReader:
         return PageBatch(
             offset=self._start, index=self._emit(), width=w, entries=entries, data=data
         )
+
+    def _place(self, placement: PagePlacement, n: int) -> None:
+        """Move a batch's ``n`` page bytes where ``placement`` says, without reading them."""
+        try:
+            if placement.fd is None:
+                self.source.skip(n, field="batch.pages")
+            elif sum(length for _, length in placement.pieces) != n:
+                raise ValueError(f"page placement does not cover the batch's {n} page bytes")
+            else:
+                self.source.transfer(placement.fd, placement.pieces, field="batch.pages")
+        except StreamTruncated as e:
+            raise self._truncated(e, "batch.pages") from None
 
     def _read_save_id(self, chunk_id: int, max_vcpu_id: int) -> Record:
         start = self._start
@@ -633,8 +692,8 @@ class LegacyReader:
 
     # -- the whole grammar ---------------------------------------------------------
 
-    def records(self) -> Iterator[Record]:
-        """The whole stream as records, in wire order.
+    def records(self, *, page_sink: PageSink | None = None) -> Iterator[Record]:
+        """The whole stream as records, in wire order (``page_sink`` as for ``read_chunk``).
 
         After each tail the next bytes decide (look-ahead only): EOF ends the
         stream; a QEMU signature is a QEMU record; after -9 anything else is a
@@ -659,7 +718,7 @@ class LegacyReader:
                 offset=self.source.offset, index=self._emit(), number=number, compressed=compressed
             )
             while True:
-                rec = self.read_chunk(compressed=compressed)
+                rec = self.read_chunk(compressed=compressed, page_sink=page_sink)
                 yield rec
                 if isinstance(rec, VcpuInfo):
                     vcpu_info = rec
