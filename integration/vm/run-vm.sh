@@ -51,7 +51,9 @@ mkdir -p "$STAGE/src" "$STAGE/root" "$RUN/src"
   | tar -C "$RUN/src" -xf - || { log "cannot copy the working tree"; exit 13; }
 mount --bind "$RUN/src" "$STAGE/src" && mount --bind "$RUN/payload/root" "$STAGE/root" \
   || { log "cannot bind-mount the install staging directories"; exit 13; }
-if ! chroot "$BASE" python3 -m pip install --no-index --no-build-isolation \
+# A clean environment: the host's PIP_* settings must not steer dom0's pip.
+if ! chroot "$BASE" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+    python3 -m pip install --no-index --no-build-isolation \
     --no-cache-dir --break-system-packages --root-user-action=ignore \
     --root "/mnt/$(basename "$STAGE")/root" "/mnt/$(basename "$STAGE")/src" \
     > "$RUN/pip-install.txt" 2>&1; then
