@@ -171,6 +171,8 @@ class Restore:
         if request.heartbeat <= 0:
             raise UsageError("heartbeat must be positive")
         self.log = M.XcLog(self.gen)
+        #: Type nibble -> the entry carries a page (this generation's dataless types).
+        self._carries_page = np.array([t not in self.gen.dataless_nibbles for t in range(16)])
         self.reader = LegacyReader(
             source, width=request.width, guest=request.guest, reuse_buffers=True
         )
@@ -580,8 +582,7 @@ class Restore:
     def _classify(self, ent: np.ndarray) -> _Entries:
         types = (ent >> np.uint64(28)).astype(np.uint8)
         pfns = ent & np.uint64(F.PFN_MASK)
-        nibbles = np.array(sorted(self.gen.dataless_nibbles), dtype=np.uint8)
-        data_mask = ~np.isin(types, nibbles)
+        data_mask = self._carries_page[types]
         out_of_range = (types != 0xF) & (pfns >= np.uint64(self.p2m_size))
         bogus = data_mask & ((types & 7) > 4)
         bad = np.flatnonzero(out_of_range | bogus)
