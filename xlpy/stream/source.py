@@ -132,7 +132,6 @@ class ByteSource:
                 self._raw = src
             else:
                 self._raw = _ReadAdapter(src)
-        #: How the kernel can move this input's bytes (``None``: read and write them).
         kind = _fd_kind(self._fd) if self._fd is not None else None
         if kind == "pipe" and self._fd is not None:
             _enlarge_pipe(self._fd)

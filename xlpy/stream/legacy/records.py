@@ -137,7 +137,8 @@ class PageBatch(Record):
     """``int count; W entries[count]; [page data]`` (format A) or without data (format B).
 
     ``entries`` are the raw little-endian W-sized entries; ``data`` holds 4096
-    bytes per data-bearing entry in entry order, or is ``None`` in format B.
+    bytes per data-bearing entry in entry order, or is ``None`` in format B (and when
+    a reader's :class:`~xlpy.stream.legacy.reader.PageSink` took the pages).
     """
 
     width: int
