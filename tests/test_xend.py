@@ -8,6 +8,7 @@ would be asked to do and in which order.  The real thing runs in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ import pytest
 from xlpy import xend
 from xlpy.api import Restored
 from xlpy.errors import StreamMalformed, StreamTruncated, UsageError, XenError, XenUnavailable
-from xlpy.stream.legacy.format import XL_MAGIC, XL_MANDATORY_FLAG_STREAMv2
+from xlpy.stream.legacy.format import XL_MAGIC, XL_MANDATORY_FLAG_JSON, XL_MANDATORY_FLAG_STREAMv2
 from xlpy.stream.v2 import format as F
 from xlpy.toolstack import decide
 
@@ -225,8 +226,16 @@ def test_config_comes_from_the_xl_header() -> None:
 LIBXC_IMAGE = b"\xff" * 8 + b"libxc image and the rest"
 
 
-def xl_file(*, mflags: int = XL_MANDATORY_FLAG_STREAMv2, first_record: int = 1) -> bytes:
-    opt = libxl_config()
+def xl_optional_data() -> bytes:
+    """As xl writes it: u32 length, then the NUL-terminated JSON."""
+    config = libxl_config() + b"\0"
+    return len(config).to_bytes(4, "little") + config
+
+
+def xl_file(
+    *, mflags: int = XL_MANDATORY_FLAG_STREAMv2 | XL_MANDATORY_FLAG_JSON, first_record: int = 1
+) -> bytes:
+    opt = xl_optional_data()
     head = XL_MAGIC + F.XL_HEADER_FORMAT.pack(b"\0\0\0\0", mflags, 0, len(opt)) + opt
     libxl = F.LIBXL_HDR_FORMAT.pack(F.LIBXL_HDR_IDENT, F.LIBXL_HDR_VERSION, 0)
     return head + libxl + F.RHDR_FORMAT.pack(first_record, 0) + LIBXC_IMAGE
@@ -250,11 +259,23 @@ def read_rest(fd: int) -> bytes:
     return out
 
 
+def test_config_needs_the_json_xl_writes() -> None:
+    fd = pipe_with(xl_file())
+    try:
+        xl = xend.read_xl_prefix(fd).xl
+    finally:
+        os.close(fd)
+    old_xl = dataclasses.replace(xl, mandatory_flags=XL_MANDATORY_FLAG_STREAMv2)
+    with pytest.raises(StreamMalformed, match="not libxl JSON"):
+        xend.DomainConfig.from_xl_header(old_xl)
+
+
 def test_read_xl_prefix_stops_exactly_at_the_libxc_image() -> None:
     fd = pipe_with(xl_file())
     try:
         prefix = xend.read_xl_prefix(fd)
-        assert prefix.xl.optional_data == libxl_config()
+        assert prefix.xl.optional_data == xl_optional_data()
+        assert xend.DomainConfig.from_xl_header(prefix.xl).name == "saved"
         assert prefix.libxl.version == F.LIBXL_HDR_VERSION
         assert read_rest(fd) == LIBXC_IMAGE
     finally:
@@ -264,7 +285,7 @@ def test_read_xl_prefix_stops_exactly_at_the_libxc_image() -> None:
 @pytest.mark.parametrize(
     ("data", "error", "match"),
     [
-        (xl_file(mflags=0), StreamMalformed, "legacy image"),
+        (xl_file(mflags=XL_MANDATORY_FLAG_JSON), StreamMalformed, "legacy image"),
         (xl_file(first_record=2), StreamMalformed, "Emulator xenstore data"),
         (xl_file()[:60], StreamTruncated, "end of stream"),
         (b"not an xl file at all, long enough for the header....", StreamMalformed, "magic"),

@@ -53,7 +53,11 @@ from xlpy.errors import (
     XenUnavailable,
     XlpyError,
 )
-from xlpy.stream.legacy.format import XL_MAGIC, XL_MANDATORY_FLAG_STREAMv2
+from xlpy.stream.legacy.format import (
+    XL_MAGIC,
+    XL_MANDATORY_FLAG_JSON,
+    XL_MANDATORY_FLAG_STREAMv2,
+)
 from xlpy.stream.legacy.records import XlHeader
 from xlpy.stream.source import ByteSource
 from xlpy.stream.v2 import format as F
@@ -139,6 +143,27 @@ class DomainConfig:
             raise UsageError(f"bad domain name {self.name!r}")
         if self.memory_kb <= 0 or self.vcpus <= 0:
             raise UsageError(f"bad domain size: {self.memory_kb} KiB, {self.vcpus} vCPUs")
+
+    @classmethod
+    def from_xl_header(cls, xl: XlHeader, *, name: str | None = None) -> DomainConfig:
+        """The configuration ``xl save`` wrote into its header's optional data.
+
+        xl writes a u32 length then the NUL-terminated config; with the JSON mandatory
+        flag (always, since 4.5) it is libxl_domain_config JSON.
+
+        Raises:
+            StreamMalformed: no JSON configuration (an old xl's config-file text).
+        """
+        data = xl.optional_data
+        if not xl.mandatory_flags & XL_MANDATORY_FLAG_JSON or len(data) < 4:
+            raise StreamMalformed(
+                "xl header: the saved configuration is not libxl JSON",
+                offset=xl.offset,
+                field="xl_header.mandatory_flags",
+                value=xl.mandatory_flags,
+            )
+        size = int.from_bytes(data[:4], "little")
+        return cls.from_libxl_json(data[4 : 4 + size], name=name)
 
     @classmethod
     def from_libxl_json(cls, data: bytes, *, name: str | None = None) -> DomainConfig:
@@ -496,7 +521,7 @@ def restore_xl_image(
     with open(image, "rb", buffering=0) as f:
         fd = f.fileno()
         prefix = read_xl_prefix(fd)
-        config = DomainConfig.from_libxl_json(prefix.xl.optional_data, name=name)
+        config = DomainConfig.from_xl_header(prefix.xl, name=name)
         domain = ts.create(config)
         try:
             done = ts.restore(domain, fd, timeout=timeout)
