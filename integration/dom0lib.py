@@ -245,3 +245,145 @@ class PVGuest:
     def destroy(self) -> None:
         if self.exists():
             xl("destroy", self.name, check=False)
+
+
+# --- console marks: liveness of a guest restored again from the same image -------------
+
+
+def console_mark(guest: PVGuest) -> int:
+    """The current length of the guest's console log: later output is read from here."""
+    return len(guest.console())
+
+
+def ticks_since(guest: PVGuest, mark: int) -> list[int]:
+    """The tick numbers printed after ``mark`` (see :func:`console_mark`)."""
+    return [int(n) for n in _TICK.findall(guest.console()[mark:])]
+
+
+def assert_resumed_since(guest: PVGuest, mark: int, last_tick: int, timeout: float = 120) -> None:
+    """The guest, restored from an image saved after ``last_tick``, runs on from there.
+
+    New ticks appear after ``mark``, count on from the saved one without a gap (the one
+    or two printed into the ring around the save may be re-read or lost), and init is
+    not started again (no new ``GUEST-UP``).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = ticks_since(guest, mark)
+        if len(new) >= 3:
+            break
+        time.sleep(0.3)
+    else:
+        raise Dom0Error(
+            f"guest {guest.name}: fewer than 3 ticks within {timeout:.0f}s of the restore; "
+            f"console since the restore:\n{guest.console()[mark:][-800:]}\n"
+            f"--- xl list\n{xl('list', check=False).stdout}"
+        )
+    assert last_tick - 1 <= new[0] <= last_tick + 2, (last_tick, new)
+    assert new == list(range(new[0], new[0] + len(new))), new
+    assert "GUEST-UP" not in guest.console()[mark:], guest.console()[mark:][-800:]
+
+
+# --- v2 stream surgery on a real save image ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Span:
+    """A byte range of a file: one v2 record (``type``) or a header (``type`` None)."""
+
+    offset: int
+    size: int
+    type: int | None = None
+
+
+@dataclass(frozen=True)
+class LibxcLayout:
+    """Where the libxc image of an ``xl save`` file lies: its two headers and records."""
+
+    headers: Span
+    records: list[Span]
+
+
+def libxc_layout(image: Path) -> LibxcLayout:
+    """Locate the libxc image header and every libxc record of a v2 ``xl save`` file."""
+    from xlpy.stream.source import ByteSource
+    from xlpy.stream.v2.reader import V2Reader
+    from xlpy.stream.v2.records import LIBXC, ImageHeader, V2Record
+
+    start = None
+    records: list[Span] = []
+    with image.open("rb", buffering=0) as f:
+        for el in V2Reader(ByteSource(f.fileno())).elements():
+            if isinstance(el, ImageHeader):
+                start = el.offset
+            elif isinstance(el, V2Record) and el.layer == LIBXC:
+                records.append(Span(el.offset, 8 + len(el.body) + len(el.padding), el.type))
+    assert start is not None and records, f"{image}: no libxc image"
+    return LibxcLayout(Span(start, records[0].offset - start), records)
+
+
+def write_pieces(image: Path, dest: Path, pieces: list[Span | bytes]) -> Path:
+    """Write ``dest`` from byte ranges of ``image`` and literal bytes, in order."""
+    with image.open("rb", buffering=0) as src, dest.open("wb") as out:
+        for piece in pieces:
+            if isinstance(piece, bytes):
+                out.write(piece)
+                continue
+            out.flush()
+            left, off = piece.size, piece.offset
+            while left:
+                n = os.copy_file_range(src.fileno(), out.fileno(), left, off)
+                assert n > 0, f"{image}: short copy at {off}"
+                left, off = left - n, off + n
+    return dest
+
+
+# --- xl dump-core: the Xen ELF core format -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class XenCore:
+    """What ``xl dump-core`` wrote: the guest pfn of each page, in ``.xen_pages`` order."""
+
+    path: Path
+    pfns: list[int]
+    pages_offset: int
+
+
+def read_xen_core(path: Path) -> XenCore:
+    """Parse the section table of a Xen ELF core (xc_domain_dumpcore, ELF64 little-endian).
+
+    PV cores carry ``.xen_p2m`` ({pfn, gmfn} u64 pairs), auto-translated (HVM) ones
+    ``.xen_pfn`` (u64 pfns); either lists the pages of ``.xen_pages`` in order.
+    """
+    import struct
+
+    with path.open("rb") as f:
+        ehdr = f.read(64)
+        assert ehdr[:4] == b"\x7fELF" and ehdr[4] == 2 and ehdr[5] == 1, f"{path}: not ELF64 LE"
+        shoff, = struct.unpack_from("<Q", ehdr, 0x28)  # fmt: skip
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", ehdr, 0x3A)
+        f.seek(shoff)
+        table = f.read(shentsize * shnum)
+        sections = [struct.unpack_from("<IIQQQQIIQQ", table, i * shentsize) for i in range(shnum)]
+        str_off, str_size = sections[shstrndx][4], sections[shstrndx][5]
+        f.seek(str_off)
+        strtab = f.read(str_size)
+
+        def name(sec: tuple[int, ...]) -> str:
+            return strtab[sec[0] : strtab.index(b"\0", sec[0])].decode()
+
+        by_name = {name(s): (s[4], s[5]) for s in sections}
+        if ".xen_p2m" in by_name:
+            off, size = by_name[".xen_p2m"]
+            f.seek(off)
+            raw = f.read(size)
+            pfns = [struct.unpack_from("<Q", raw, i)[0] for i in range(0, size, 16)]
+        else:
+            off, size = by_name[".xen_pfn"]
+            f.seek(off)
+            raw = f.read(size)
+            pfns = list(struct.unpack(f"<{size // 8}Q", raw))
+    pages_off, pages_size = by_name[".xen_pages"]
+    assert pages_size == len(pfns) * 4096, (pages_size, len(pfns))
+    return XenCore(path, pfns, pages_off)
