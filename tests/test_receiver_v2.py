@@ -412,3 +412,25 @@ def test_hvm_pfn_beyond_the_domain(tmp_path: Path) -> None:
         "xc: error: Restore failed (12 = Cannot allocate memory): Internal error",
     ]
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("gen", [GEN, "xen-4.3.1"])
+def test_interrupted_restore_leaves_no_directory(tmp_path: Path, gen: str) -> None:
+    """Not only libxc's failures: anything that stops a restore removes the domain."""
+    data = (
+        v2_stream("plain", "pv", "libxc")
+        if gen == GEN
+        else repro.cell_stream("xen-4.1", "plain", "pv", "eof")
+    )
+    seen: list[str] = []
+
+    def interrupt(event: dict[str, object]) -> None:
+        seen.append(str(event["phase"]))
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        restore(
+            ByteSource(io.BytesIO(data)), generation=gen, out=tmp_path / "d", progress=interrupt
+        )
+    assert leftovers(tmp_path) == []

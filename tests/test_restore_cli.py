@@ -134,3 +134,60 @@ def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
 def test_missing_source_is_usage_error(tmp_path: Path) -> None:
     p = xlpy("restore", str(tmp_path / "nope"), "--receiver", "xen-4.3.1", "--out", "x")
     assert p.returncode == 2
+
+
+def test_broken_progress_pipe_fails_cleanly_and_leaves_no_directory(tmp_path: Path) -> None:
+    src = tmp_path / "s.img"
+    src.write_bytes(build("pv", CPS, last=True))
+    r_prog, w_prog = os.pipe()
+    os.close(r_prog)  # nobody reads progress: the first write gets EPIPE
+    try:
+        p = xlpy(
+            "restore",
+            str(src),
+            "--receiver",
+            "xen-4.3.1",
+            "--out",
+            str(tmp_path / "d"),
+            "--progress-fd",
+            str(w_prog),
+            pass_fds=(w_prog,),
+        )
+    finally:
+        os.close(w_prog)
+    assert p.returncode == 1
+    assert b"--progress-fd" in p.stderr and b"Traceback" not in p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["s.img"]
+
+
+def test_out_parent_missing_is_usage_error(tmp_path: Path) -> None:
+    src = tmp_path / "s.img"
+    src.write_bytes(build("pv", CPS, last=True))
+    out = tmp_path / "nonexist" / "x" / "d"
+    p = xlpy("restore", str(src), "--receiver", "xen-4.3.1", "--out", str(out))
+    assert p.returncode == 2, p.stderr
+    assert b"Traceback" not in p.stderr and b"nonexist" in p.stderr
+
+
+def test_quiet_keeps_an_explicit_progress_fd(tmp_path: Path) -> None:
+    src = tmp_path / "s.img"
+    src.write_bytes(build("pv", CPS, last=True))
+    r_prog, w_prog = os.pipe()
+    p = xlpy(
+        "restore",
+        str(src),
+        "--receiver",
+        "xen-4.3.1",
+        "--out",
+        str(tmp_path / "d"),
+        "-q",
+        "--progress-fd",
+        str(w_prog),
+        pass_fds=(w_prog,),
+    )
+    os.close(w_prog)
+    with os.fdopen(r_prog, "rb") as f:
+        lines = f.read().decode().splitlines()
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == b""
+    assert json.loads(lines[-1])["phase"] == "done"

@@ -2,7 +2,8 @@
 
 Events are dicts with ``phase``, ``checkpoint``, ``pages`` and ``bytes``.  They go
 as JSON lines to ``--progress-fd N`` and as a one-line bar to stderr only when
-stderr is a terminal, so nothing ever lands in a pipe a toolstack reads.
+stderr is a terminal, so nothing ever lands in a pipe a toolstack reads.  ``-q`` drops
+the bar; a descriptor asked for explicitly still gets its lines.
 """
 
 from __future__ import annotations
@@ -10,12 +11,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from xlpy.errors import UsageError
-
-ProgressFn = Callable[[dict[str, Any]], None]
+from xlpy.errors import UsageError, XlpyError
+from xlpy.progress import ProgressFn
 
 
 class Progress:
@@ -27,7 +26,14 @@ class Progress:
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self.fd is not None:
-            os.write(self.fd, (json.dumps(event) + "\n").encode())
+            try:
+                os.write(self.fd, (json.dumps(event) + "\n").encode())
+            except OSError as e:
+                # The consumer went away (EPIPE) or the disk filled: the run stops,
+                # saying why, rather than dying on a signal with nothing on stderr.
+                raise XlpyError(
+                    f"--progress-fd {self.fd}: cannot write progress: {e.strerror}"
+                ) from None
         if self.bar:
             mib = event["bytes"] / (1 << 20)
             sys.stderr.write(
@@ -47,11 +53,11 @@ def make_progress(
 ) -> ProgressFn | None:
     """The reporter for ``--progress-fd fd`` (``None`` when nothing is to be shown).
 
+    ``quiet`` (``-q``) means no bar; an explicit ``fd`` is still written to.
+
     ``busy_fds`` maps descriptors progress must not go to onto the reason
     (the stream being read, the ``--json`` output ...): :class:`UsageError`.
     """
-    if quiet:
-        return None
     if fd is not None:
         why = (busy_fds or {}).get(fd)
         if why is not None:
@@ -60,7 +66,7 @@ def make_progress(
             os.fstat(fd)
         except OSError as e:
             raise UsageError(f"--progress-fd {fd}: {e.strerror}") from None
-    bar = fd != 2 and sys.stderr.isatty()
+    bar = not quiet and fd != 2 and sys.stderr.isatty()
     if fd is None and not bar:
         return None
     return Progress(fd, bar)

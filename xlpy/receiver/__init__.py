@@ -20,7 +20,6 @@ from xlpy.receiver.backends import (
     get_backend,
 )
 from xlpy.receiver.generations import GENERATIONS, Generation, generation
-from xlpy.receiver.generations import generation as _generation
 from xlpy.receiver.toolstacks import DEFAULT_TOOLSTACK, TOOLSTACKS, Toolstack, toolstack
 from xlpy.stream.source import ByteSource
 
@@ -75,9 +74,4 @@ def restore(
         guest=guest,
         width=width,
     )
-    if backend == "sim" and _generation(generation).stream_format == "v2":
-        from xlpy.receiver.backends.sim import SimDomain
-        from xlpy.receiver.v2 import V2Restore
-
-        return V2Restore(src, request, SimDomain(request.out)).run()
     return get_backend(backend).restore(src, request)

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -36,6 +34,7 @@ from xlpy.errors import (
     StreamTruncated,
     UsageError,
 )
+from xlpy.progress import Throttle
 from xlpy.receiver import messages as M
 from xlpy.receiver.backends import Domain, DomainFull, RestoreRequest, RestoreResult
 from xlpy.receiver.generations import generation
@@ -71,7 +70,6 @@ END_OF_BODY_PARAMS = {
     F.XC_SAVE_ID_HVM_ACCESS_RING_PFN: "access_ring_pfn",
     F.XC_SAVE_ID_HVM_SHARING_RING_PFN: "sharing_ring_pfn",
 }
-_PROGRESS_INTERVAL = 0.25
 
 
 class _Out(Exception):
@@ -206,8 +204,7 @@ class Restore:
         #: Logical bytes consumed when libxc returned (before the toolstack reads more).
         self.libxc_consumed = 0
         self.stop_error: StreamError | None = None
-        self._last_progress = 0.0
-        self._progress: Callable[[dict[str, Any]], None] | None = request.progress
+        self._progress = Throttle(request.progress)
 
     # -- the public step ----------------------------------------------------------------
 
@@ -259,19 +256,12 @@ class Restore:
         return self._result(ok=False, rc=rc, error=error, **kw)
 
     def _report(self, phase: str, *, force: bool = False) -> None:
-        if self._progress is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_progress < _PROGRESS_INTERVAL:
-            return
-        self._last_progress = now
         self._progress(
-            {
-                "bytes": self.source.offset,
-                "pages": self.pages,
-                "checkpoint": self.checkpoints_complete,
-                "phase": phase,
-            }
+            phase,
+            checkpoint=self.checkpoints_complete,
+            pages=self.pages,
+            nbytes=self.source.offset,
+            force=force,
         )
 
     # -- toolstack around libxc ------------------------------------------------------------

@@ -37,7 +37,6 @@ as the simulation backs; populating beyond it fails as ``populate_physmap`` woul
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -45,6 +44,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from xlpy.errors import StreamError, StreamMalformed, UsageError
+from xlpy.progress import Throttle
 from xlpy.receiver import messages as M
 from xlpy.receiver.backends import Domain, DomainFull, RestoreRequest, RestoreResult
 from xlpy.receiver.backends.sim import MAX_SIM_P2M_SIZE
@@ -85,7 +85,6 @@ _VCPU_BLOBS = {
     F.REC_TYPE_X86_PV_VCPU_MSRS: ("X86_PV_VCPU_MSRS", "msrs"),
 }
 _XEN_DOMCTL_VCPU_MSR_SIZE = 16
-_PROGRESS_INTERVAL = 0.25
 
 
 def cx(n: int) -> str:
@@ -215,7 +214,7 @@ class V2Restore:
         # outcome
         self.image_end: int | None = None
         self.stop_error: StreamError | None = None
-        self._last_progress = 0.0
+        self._progress = Throttle(request.progress)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -273,20 +272,12 @@ class V2Restore:
         return self._result(ok=False, rc=rc, error=error, toolstack_error=toolstack_error)
 
     def _report(self, phase: str, *, force: bool = False) -> None:
-        progress = self.request.progress
-        if progress is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_progress < _PROGRESS_INTERVAL:
-            return
-        self._last_progress = now
-        progress(
-            {
-                "bytes": self.source.offset,
-                "pages": self.pages,
-                "checkpoint": self.checkpoints,
-                "phase": phase,
-            }
+        self._progress(
+            phase,
+            checkpoint=self.checkpoints,
+            pages=self.pages,
+            nbytes=self.source.offset,
+            force=force,
         )
 
     # -- reading ------------------------------------------------------------------------------

@@ -54,9 +54,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 from xlpy.errors import NotRepresentable, StreamError, StreamMalformed
+from xlpy.progress import ProgressFn, Throttle
 from xlpy.stream.hvm_params import (
     CHUNK_TO_HVM_PARAM,
     HVM_PARAM_BUFIOREQ_PFN,
@@ -101,14 +102,12 @@ CONVERTED_XEN_MINOR = 1
 SPOOL_RAM = 16 << 20
 #: Pages of the compressed checkpoints kept in RAM (the sender's delta cache size).
 STORE_RAM_PAGES = LF.DELTA_CACHE_SIZE
-_PROGRESS_INTERVAL = 0.25
 _COPY_SIZE = 1 << 20
 _LOW_NIBBLE = bytes(b & 0x0F for b in range(256))
 _HIGH_NIBBLE = bytes(b & 0xF0 for b in range(256))
 _PHYSMAP_HEAD = struct.Struct("<QQQI")
 _U32 = struct.Struct("<I")
 
-ProgressFn = Callable[[dict[str, Any]], None]
 LogFn = Callable[[str], None]
 
 
@@ -303,10 +302,9 @@ class _Converter:
         self.libxl = fmt == "libxl"
         self.require_xl = require_xl
         self.qemu = qemu
-        self.progress = progress
+        self.progress = Throttle(progress)
         self.log = log
         self.report = ConvertReport()
-        self._last_progress = 0.0
         self._static_done = False
         self._pv_info_done = False
         # per checkpoint
@@ -325,19 +323,12 @@ class _Converter:
             self.log(message)
 
     def _tick(self, phase: str, *, force: bool = False) -> None:
-        if self.progress is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_progress < _PROGRESS_INTERVAL:
-            return
-        self._last_progress = now
         self.progress(
-            {
-                "bytes": self.source.offset,
-                "pages": self.report.pages,
-                "checkpoint": self.report.checkpoints,
-                "phase": phase,
-            }
+            phase,
+            checkpoint=self.report.checkpoints,
+            pages=self.report.pages,
+            nbytes=self.source.offset,
+            force=force,
         )
 
     # -- driver -----------------------------------------------------------------------

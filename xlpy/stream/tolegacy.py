@@ -65,16 +65,16 @@ import re
 import shutil
 import struct
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, cast
+from typing import BinaryIO, cast
 
 import numpy as np
 
 from xlpy.errors import NotRepresentable, StreamMalformed, StreamTruncated, UsageError
 from xlpy.guest import MIN_PAGES, GuestSpec
+from xlpy.progress import ProgressFn, Throttle
 from xlpy.stream.hvm_params import (
     CHUNK_TO_HVM_PARAM,
     HVM_PARAM_VM86_TSS_SIZED,
@@ -124,7 +124,6 @@ from xlpy.stream.v2.records import (
     TscInfo as V2TscInfo,
 )
 
-ProgressFn = Callable[[dict[str, Any]], None]
 WarnFn = Callable[[str], None]
 
 
@@ -153,7 +152,6 @@ _HVM_SAVE_DESC = struct.Struct("<HHI")
 #: XSTATE_FP | XSTATE_SSE: the state a vcpu_guest_context's FXSAVE area holds.
 _XSTATE_FP_SSE = 0x3
 _MSR_ENTRY = struct.Struct("<IIQ")
-_PROGRESS_INTERVAL = 0.5
 
 
 @dataclass
@@ -215,10 +213,9 @@ class _Converter:
         self.out = out
         self.p = profile
         self.w = profile.width
-        self._progress = progress
+        self._progress = Throttle(progress)
         self._warn_fn = warn
         self._warned: set[str] = set()
-        self._last_progress = 0.0
         self.reader = V2Reader(source)
         self.kind = ""
         self.xl_header: XlHeader | None = None
@@ -273,19 +270,12 @@ class _Converter:
         )
 
     def _report(self, phase: str, *, force: bool = False) -> None:
-        if self._progress is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_progress < _PROGRESS_INTERVAL:
-            return
-        self._last_progress = now
         self._progress(
-            {
-                "phase": phase,
-                "checkpoint": self.checkpoints,
-                "pages": self.pages,
-                "bytes": self.source.offset,
-            }
+            phase,
+            checkpoint=self.checkpoints,
+            pages=self.pages,
+            nbytes=self.source.offset,
+            force=force,
         )
 
     # -- driver ------------------------------------------------------------------------------

@@ -20,10 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from xlpy.errors import StreamError
+from xlpy.progress import ProgressFn as ProgressFn
 from xlpy.stream.source import ByteSource
-
-#: Progress callback: one dict with ``bytes``, ``pages``, ``checkpoint``, ``phase``.
-ProgressFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,6 +29,7 @@ import numpy as np
 
 from xlpy.errors import UsageError
 from xlpy.receiver.backends import DomainFull, RestoreRequest, RestoreResult
+from xlpy.receiver.generations import generation
 from xlpy.stream.legacy.format import PAGE_SIZE
 from xlpy.stream.source import ByteSource
 
@@ -43,6 +44,8 @@ class SimDomain:
         self.out = Path(out)
         if self.out.exists():
             raise UsageError(f"{self.out} already exists; choose a new --out directory")
+        if not self.out.parent.is_dir():
+            raise UsageError(f"{self.out.parent} is not a directory; cannot create {self.out}")
         self.tmp: Path | None = None
         self._mem_fd: int | None = None
         self.p2m_size = 0
@@ -53,7 +56,10 @@ class SimDomain:
         if p2m_size > MAX_SIM_P2M_SIZE:
             raise DomainFull(f"p2m_size {p2m_size:#x} exceeds {MAX_SIM_P2M_SIZE:#x}")
         self.p2m_size = p2m_size
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        except OSError as e:
+            raise UsageError(f"cannot create {self.out}: {e.strerror}") from None
         os.chmod(self.tmp, 0o755)  # mkdtemp's 0700 is for the temporary name only
         fd = os.open(self.tmp / "memory", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self._mem_fd = fd
@@ -135,11 +141,26 @@ class SimDomain:
 
 
 class SimBackend:
-    """The embedded default backend: the reference state machine into a :class:`SimDomain`."""
+    """The embedded default backend: the reference state machine into a :class:`SimDomain`.
+
+    Legacy generations run :mod:`xlpy.receiver.machine`, the v2 one :mod:`xlpy.receiver.v2`.
+    """
 
     name = "sim"
 
     def restore(self, source: ByteSource, request: RestoreRequest) -> RestoreResult:
-        from xlpy.receiver.machine import Restore
+        """Restore into ``request.out``; whatever stops the restore leaves no directory."""
+        domain = SimDomain(request.out)
+        try:
+            if generation(request.generation).stream_format == "v2":
+                from xlpy.receiver.v2 import V2Restore
 
-        return Restore(source, request, SimDomain(request.out)).run()
+                return V2Restore(source, request, domain).run()
+            from xlpy.receiver.machine import Restore
+
+            return Restore(source, request, domain).run()
+        except BaseException:
+            # libxc's own failures destroy the domain in run(); this is for the rest
+            # (a broken progress pipe, ENOSPC, Ctrl-C).
+            domain.destroy()
+            raise

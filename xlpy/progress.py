@@ -1,0 +1,42 @@
+"""Progress events of long runs (restore, convert, ``--to legacy``), throttled in one place.
+
+An event is a dict with ``phase``, ``checkpoint``, ``pages`` and ``bytes``; where it goes
+(a ``--progress-fd`` descriptor, a terminal bar) is :mod:`xlpy.cli.progress`'s business.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+#: Receives one progress event.
+ProgressFn = Callable[[dict[str, Any]], None]
+
+#: Least time between two unforced events: often enough for a bar, cheap per batch.
+INTERVAL = 0.25
+
+
+class Throttle:
+    """Passes events to ``fn`` at most every ``interval`` seconds, forced ones always.
+
+    Callers report at every step and force the phase changes (``checkpoint``, ``done``,
+    ``failed`` ...), so a consumer sees every phase and a steady trickle in between.
+    """
+
+    def __init__(self, fn: ProgressFn | None, interval: float = INTERVAL) -> None:
+        self.fn = fn
+        self.interval = interval
+        self._last = 0.0
+
+    def __call__(
+        self, phase: str, *, checkpoint: int, pages: int, nbytes: int, force: bool = False
+    ) -> None:
+        """One event; dropped when unforced and within ``interval`` of the last one sent."""
+        if self.fn is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        self.fn({"phase": phase, "checkpoint": checkpoint, "pages": pages, "bytes": nbytes})
