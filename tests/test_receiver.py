@@ -370,3 +370,35 @@ def test_hvm_finish_clears_magic_and_console_pages(tmp_path: Path) -> None:
     st = state(tmp_path / "d")
     assert st["zeroed_pfns"] == [5, 13, 14, 15]
     assert st["hvm_params"]["console_pfn"] == 5  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("gen", "nibble", "ok"),
+    [
+        ("xen-4.0", 0xE, False),
+        ("xen-4.1", 0xE, False),  # XALLOC arrived in 4.2.0 (f35c8f6857)
+        ("xen-4.2", 0xE, True),
+        ("xen-4.2", 0xD, False),  # BROKEN arrived in 4.3.0 (b7a98e60d4)
+        ("xen-4.3.0", 0xD, True),
+        ("xen-4.5", 0xD, True),
+    ],
+)
+def test_dataless_page_types_per_generation(
+    tmp_path: Path, gen: str, nibble: int, ok: bool
+) -> None:
+    """A receiver that does not know XALLOC/BROKEN reads a page for it and rejects its type."""
+    from xlpy.stream.legacy.records import PageBatch
+    from xlpy.stream.legacy.writer import encode
+
+    ent = struct.pack("<QQ", 1, (nibble << 28) | 2)
+    batch = encode([PageBatch(width=8, entries=ent, data=b"\x01" * PAGE)])
+    base = build("hvm", [{p: b"\x07" * PAGE for p in (3, 4, 5)}], last=True)
+    data = base[:8] + batch + base[8:]  # after the 8-byte p2m_size header
+    r = run(data, tmp_path / "d", gen, toolstack="xend" if gen == "xen-4.0" else "xc_restore")
+    assert r.ok is ok, r.messages
+    if not ok:
+        bogus = (nibble << 28) & F.XEN_DOMCTL_PFINFO_LTABTYPE_MASK
+        want = f"Bogus page type {bogus:x} page table is out of range: i=1 p2m_size={P2M}"
+        assert any(want in m for m in r.messages), r.messages
+    elif nibble == 0xD:
+        assert state(tmp_path / "d")["broken_pfns"] == [2]

@@ -48,11 +48,19 @@ class Generation:
     stream_format: str = "legacy"
 
 
+#: Data-less type nibbles by the release that added them (§0.2, §4.2): XTAB always,
+#: XALLOC (0xE) since 4.2.0 (f35c8f6857), BROKEN (0xD) since 4.3.0 (b7a98e60d4).
+_DATALESS_4_1 = F.DATALESS_NIBBLES_4_0
+_DATALESS_4_2 = frozenset({0xE, 0xF})
+_DATALESS_4_3 = F.DATALESS_NIBBLES
+
+
 def _gen(
     name: str,
     label: str,
     known: frozenset[int],
     *,
+    dataless: frozenset[int] = _DATALESS_4_3,
     rdexact: str = "read_exact_timed",
     max_vcpu: int = F.XC_SR_MAX_VCPUS - 1,
 ) -> Generation:
@@ -60,7 +68,7 @@ def _gen(
         name=name,
         label=label,
         known_ids=known,
-        dataless_nibbles=F.DATALESS_NIBBLES_4_0 if label == "R-pre" else F.DATALESS_NIBBLES,
+        dataless_nibbles=dataless,
         max_vcpu_id=max_vcpu,
         takes_checkpointed=label in ("R-fix", "R-fix44"),
         post_completion_fatal=label == "R-fix44",
@@ -76,9 +84,21 @@ def _gen(
 GENERATIONS: dict[str, Generation] = {
     g.name: g
     for g in (
-        _gen("xen-4.0", "R-pre", F.KNOWN_IDS_4_0, max_vcpu=F.MAX_VCPUS_4_0 - 1),
-        _gen("xen-4.1", "R-bug", F.KNOWN_IDS_4_1, max_vcpu=F.MAX_VCPUS_4_0 - 1),
-        _gen("xen-4.2", "R-bug", F.KNOWN_IDS_4_2),
+        _gen(
+            "xen-4.0",
+            "R-pre",
+            F.KNOWN_IDS_4_0,
+            dataless=_DATALESS_4_1,
+            max_vcpu=F.MAX_VCPUS_4_0 - 1,
+        ),
+        _gen(
+            "xen-4.1",
+            "R-bug",
+            F.KNOWN_IDS_4_1,
+            dataless=_DATALESS_4_1,
+            max_vcpu=F.MAX_VCPUS_4_0 - 1,
+        ),
+        _gen("xen-4.2", "R-bug", F.KNOWN_IDS_4_2, dataless=_DATALESS_4_2),
         _gen("xen-4.3.0", "R-bug", F.KNOWN_IDS_4_2),
         _gen("xen-4.3.1", "R-bug", F.KNOWN_IDS_4_2),
         _gen("xen-4.3.2", "R-fix", F.KNOWN_IDS_4_2),
