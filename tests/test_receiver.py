@@ -402,3 +402,48 @@ def test_dataless_page_types_per_generation(
         assert any(want in m for m in r.messages), r.messages
     elif nibble == 0xD:
         assert state(tmp_path / "d")["broken_pfns"] == [2]
+
+
+def _cut_in_toolstack(into: int) -> bytes:
+    """An HVM stream whose -18 chunk (8-byte blob) is cut ``into`` bytes after its id."""
+    from xlpy.stream.legacy.records import Toolstack
+    from xlpy.stream.legacy.writer import encode
+
+    chunk = encode([Toolstack(blob=struct.pack("<II", 1, 0))])
+    data = build("hvm", [{1: bytes(PAGE)}], last=True)
+    return data[:8] + chunk[: 4 + into]
+
+
+EOF_PAIR = EOF_LINES[:2]
+RDEXACT_PAIR = [EOF_LINES[0], EOF_LINES[1].replace("read_exact_timed", "rdexact")]
+
+
+@pytest.mark.parametrize(
+    ("into", "gen", "lines"),
+    [
+        # 4.4+ checks both reads (f46fa80ec4, xc_domain_restore.c in 4.4.0).
+        (
+            2,
+            "xen-4.4",
+            [*RDEXACT_PAIR, "xc: error: error read toolstack id size (0 = Success): Internal error"],
+        ),
+        (
+            6,
+            "xen-4.5",
+            [*RDEXACT_PAIR, "xc: error: error read toolstack id (0 = Success): Internal error"],
+        ),
+        # <= 4.3.x ignores them: length (if cut), blob, then the next chunk header fail.
+        (2, "xen-4.3.1", [*EOF_PAIR, *EOF_PAIR, *EOF_PAIR, EOF_LINES[2]]),
+        (0, "xen-4.3.1", [*EOF_PAIR, *EOF_PAIR, EOF_LINES[2]]),  # length 0: no blob read
+        (6, "xen-4.3.1", [*EOF_PAIR, *EOF_PAIR, EOF_LINES[2]]),
+    ],
+)
+def test_cut_toolstack_chunk_messages(
+    tmp_path: Path, into: int, gen: str, lines: list[str]
+) -> None:
+    r = run(_cut_in_toolstack(into), tmp_path / "d", gen, toolstack="libxl-4.3.2")
+    assert not r.ok
+    assert r.messages == [
+        *lines,
+        "xc: error: Error when reading batch (0 = Success): Internal error",
+    ]

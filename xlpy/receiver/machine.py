@@ -496,15 +496,27 @@ class Restore:
         elif f.startswith("compressed_data"):
             msg = M.COMPBUF_READ
         elif f.startswith("toolstack") and self.gen.toolstack_errors_ignored:
-            # <= 4.3.x ignores TOOLSTACK read errors (f46fa80ec4): the next header read
-            # fails on the same EOF / silence.
+            # <= 4.3.x ignores both TOOLSTACK reads' errors (f46fa80ec4): after a cut
+            # length the blob read fails too (unless the partial length is 0: nothing to
+            # read), then the next chunk header read, each on the same EOF / silence.
+            if f == "toolstack.length" and self._partial_length(e) != 0:
+                self._io_failure(e)
             self._io_failure(e)
             msg = M.READING_BATCH_SIZE
+        elif f == "toolstack.length":
+            msg = M.TOOLSTACK_SIZE
         elif f.startswith("toolstack"):
-            msg = M.TOOLSTACK_ALLOC
+            msg = M.TOOLSTACK_READ
         else:
             msg = M.READING_BATCH_SIZE
         self.log.perror(msg)
+
+    def _partial_length(self, e: StreamError) -> int | None:
+        """The u32 libxc's ``RDEXACT`` left behind a cut length (its bytes over zeros);
+        ``None`` when unknown (a silent peer: looking would wait another heartbeat)."""
+        if not isinstance(e, StreamTruncated):
+            return None
+        return int.from_bytes(self.source.peek(4), "little")
 
     def _metadata(self, rec: Record) -> None:
         """A metadata chunk: immediate effect, or staged in ``pagebuf`` (§10.5)."""
