@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from xlpy.errors import UsageError
 from xlpy.receiver.backends import RestoreResult
 from xlpy.repro import CODES, V2_SENDER, Cell, classify, load_cells, render, run_matrix
 
@@ -108,7 +109,23 @@ def test_cli_only_and_json() -> None:
         assert c["observed"] == c["expected"]
 
 
-@pytest.mark.parametrize("only", ["nothing-matches", "xen-4.0,hvm,remus,eof,cs7"])
+def test_only_keys_tell_sender_from_receiver() -> None:
+    cells = load_cells()
+
+    def pick(only: str) -> list[Cell]:
+        return [c for c in cells if c.matches(only.split(","))]
+
+    both = pick("xen-4.0,plain,pv,quiet")  # bare xen-4.0: sender or receiver
+    assert len({(c.sender, c.receiver) for c in both}) > 1
+    (one,) = pick("sender=xen-4.0,plain,pv,quiet,receiver=xen-4.0")
+    assert (one.sender, one.receiver) == ("xen-4.0", "xen-4.0")
+    assert all(c.receiver == "xen-4.3.2" for c in pick("receiver=xen-4.3.2,cs=1"))
+    assert {c.checkpointed for c in pick("checkpointed=0")} == {0}
+    with pytest.raises(UsageError, match="unknown key"):
+        pick("recv=xen-4.0")
+
+
+@pytest.mark.parametrize("only", ["nothing-matches", "xen-4.0,hvm,remus,eof,cs7", "colour=red"])
 def test_cli_only_selecting_nothing_is_usage_error(only: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     p = subprocess.run(

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from xlpy.errors import UsageError
 from xlpy.guest import Guest, GuestSpec
 from xlpy.receiver import restore
 from xlpy.receiver.backends import RestoreResult
@@ -91,33 +92,66 @@ class Cell:
 
     @property
     def column(self) -> str:
+        """The matrix column: receiver and, for R-fix releases, ``cs=N``."""
         cs = "" if self.checkpointed is None else f" cs={self.checkpointed}"
         return f"{self.receiver}{cs}"
 
     @property
     def row(self) -> tuple[str, str, str, str]:
+        """The matrix row: what the sender puts on the wire (sender, mode, guest, trailer)."""
         return (self.sender, self.mode, self.guest, self.trailer)
 
+    def coordinates(self) -> dict[str, str]:
+        """The cell's coordinates by ``--only`` key (``checkpointed`` "" when not passed)."""
+        cs = "" if self.checkpointed is None else str(self.checkpointed)
+        return {
+            "sender": self.sender,
+            "mode": self.mode,
+            "guest": self.guest,
+            "trailer": self.trailer,
+            "receiver": self.receiver,
+            "checkpointed": cs,
+        }
+
     def matches(self, terms: Iterable[str]) -> bool:
-        """``--only``: every term names one of the cell's coordinates."""
-        words = {self.sender, self.mode, self.guest, self.trailer, self.receiver}
+        """``--only``: every term holds for the cell.
+
+        ``key=value`` pins one coordinate (``sender=xen-4.0``, ``receiver=xen-4.0``,
+        ``checkpointed=1`` or ``cs=1``); a bare word matches any coordinate, ``cs0`` /
+        ``cs1`` the checkpointed argument.  An unknown key is a :class:`UsageError`.
+        """
+        coords = self.coordinates()
+        words = set(coords.values())
         if self.checkpointed is not None:
-            words.add(f"cs={self.checkpointed}")
-            words.add(f"cs{self.checkpointed}")
-        return all(t in words for t in terms)
+            words.update((f"cs={self.checkpointed}", f"cs{self.checkpointed}"))
+        for term in terms:
+            key, eq, value = term.partition("=")
+            if eq and key != "cs":
+                if key not in coords:
+                    known = ", ".join(coords)
+                    raise UsageError(f"--only: unknown key {key!r} in {term!r} (keys: {known})")
+                if coords[key] != value:
+                    return False
+            elif term not in words:
+                return False
+        return True
 
 
 @dataclass(slots=True)
 class CellResult:
+    """What one cell did: the observed outcome code and libxc's messages."""
+
     cell: Cell
     observed: str
     messages: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """The observed code is the expected one."""
         return self.observed == self.cell.expected
 
     def to_json(self) -> dict[str, Any]:
+        """The ``xlpy repro --json`` object of this cell (issue 3's field list)."""
         c = self.cell
         return {
             "sender": c.sender,

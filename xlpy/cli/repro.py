@@ -26,8 +26,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--only",
         metavar="FILTER",
-        help="comma-separated terms every selected cell has, e.g. 'remus,hvm,xen-4.4' "
-        "(sender, mode, guest, trailer, receiver, cs0/cs1)",
+        help="comma-separated terms every selected cell has: a bare word matches any "
+        "coordinate (e.g. 'remus,hvm,xen-4.4', cs0/cs1); key=value pins one: sender=, "
+        "mode=, guest=, trailer=, receiver=, cs=",
     )
     p.add_argument(
         "--heartbeat",

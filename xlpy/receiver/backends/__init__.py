@@ -94,7 +94,14 @@ class Backend(Protocol):
 
     name: str
 
-    def restore(self, source: ByteSource, request: RestoreRequest) -> RestoreResult: ...
+    def restore(self, source: ByteSource, request: RestoreRequest) -> RestoreResult:
+        """Restore ``source`` as ``request`` says.
+
+        Stream problems are reported in the result (``ok``, ``rc``, ``messages``,
+        ``error``); a bad request raises :class:`~xlpy.errors.UsageError`.  Whatever
+        stops the restore, a domain that was not restored leaves nothing behind.
+        """
+        ...
 
 
 class DomainFull(Exception):
