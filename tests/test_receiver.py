@@ -141,6 +141,12 @@ def test_r_fix_cs0_never_reads_past_the_tail(tmp_path: Path) -> None:
     r = run(data, tmp_path / "d", "xen-4.3.2", toolstack="xenserver-classic")
     assert (r.ok, r.bytes_past_image, r.messages) == (True, 0, [])
     assert state(tmp_path / "d")["checkpointed_stream"] == 0
+    # The toolstack's own QEMU record is part of the domain like libxc-read ones.
+    assert (tmp_path / "d" / "qemu").read_bytes() == F.QEMU_MAGIC + bytes(12)
+    assert state(tmp_path / "d")["qemu"] == {
+        "signature": F.XENSERVER_QEMU_SIG.decode(),
+        "length": 16,
+    }
 
 
 def test_foreign_trailer_is_eaten_by_r_bug(tmp_path: Path) -> None:
@@ -425,7 +431,10 @@ RDEXACT_PAIR = [EOF_LINES[0], EOF_LINES[1].replace("read_exact_timed", "rdexact"
         (
             2,
             "xen-4.4",
-            [*RDEXACT_PAIR, "xc: error: error read toolstack id size (0 = Success): Internal error"],
+            [
+                *RDEXACT_PAIR,
+                "xc: error: error read toolstack id size (0 = Success): Internal error",
+            ],
         ),
         (
             6,

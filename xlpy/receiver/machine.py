@@ -203,6 +203,10 @@ class Restore:
         self.consumed_to: int = 0
         #: Logical bytes consumed when libxc returned (before the toolstack reads more).
         self.libxc_consumed = 0
+        #: The tail blobs libxc's FINISH keeps (written once the toolstack is done).
+        self.files: dict[str, bytes] = {}
+        #: The QEMU record: read by libxc with the tail, or by the toolstack after it.
+        self.qemu: QemuRecord | None = None
         self.stop_error: StreamError | None = None
         self._progress = Throttle(request.progress)
 
@@ -221,6 +225,7 @@ class Restore:
         if toolstack_error is not None:
             self.log.stderr(f"{self.ts.name}: {toolstack_error}")
             return self._failed(rc=0, error=self.stop_error, toolstack_error=toolstack_error)
+        self._write_domain()
         self.domain.publish()
         self._report("done", force=True)
         return self._result(ok=True, rc=0, error=self.stop_error)
@@ -280,15 +285,26 @@ class Restore:
             return None
         src = self.source
         sig = F.XENSERVER_QEMU_SIG
+        start = src.offset
         try:
             got = src.read_exact(len(sig), field="xenserver_qemu.signature")
             if got != sig:
                 return f"bad QEMU record signature {got!r} (expected {sig!r})"
             (n,) = struct.unpack(">I", src.read_exact(4, field="xenserver_qemu.length"))
-            src.skip(n, field="xenserver_qemu.data")
+            data = src.read_exact(n, field="xenserver_qemu.data")
         except StreamError as e:
             return f"cannot read the QEMU record: {e}"
+        self.qemu = QemuRecord(offset=start, signature=sig, data=data)
         return None
+
+    def _write_domain(self) -> None:
+        """The domain directory's files: libxc's FINISH state plus the QEMU record."""
+        if self.tailbuf is None:
+            raise AssertionError("no domain without a buffered tail")
+        files = dict(self.files)
+        if self.qemu is not None:
+            files["qemu"] = self.qemu.data
+        self.domain.finish(self._state(self.tailbuf.tail, self.qemu), files)
 
     # -- libxc ----------------------------------------------------------------------------
 
@@ -801,12 +817,10 @@ class Restore:
                 magic.append(self.console_pfn)
             self.zeroed = sorted({p for p in magic if p < self.p2m_size})
             self.domain.zero_pages(np.array(self.zeroed, dtype=np.uint64))
-        qemu = self.tailbuf.qemu
-        if qemu is not None:
-            files["qemu"] = qemu.data
+        self.qemu = self.tailbuf.qemu
         if self.tdata is not None:
             files["toolstack"] = self.tdata
-        self.domain.finish(self._state(tail, qemu), files)
+        self.files = files
 
     def _state(self, tail: PvTail | HvmTail, qemu: QemuRecord | None) -> dict[str, Any]:
         vi = self.vcpu_info
