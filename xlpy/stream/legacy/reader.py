@@ -446,8 +446,8 @@ class LegacyReader:
             if placement is not None:
                 self._place(placement, n)
             elif self._reuse:
-                if self._pages is None:
-                    self._pages = bytearray(_MAX_PAGE_BYTES)
+                if self._pages is None or len(self._pages) < n:
+                    self._pages = bytearray(n)  # the largest batch so far, not 4 MiB up front
                 mv = memoryview(self._pages)[:n]
                 self._readinto(mv, "batch.pages")
                 data = mv
