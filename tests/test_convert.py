@@ -414,3 +414,47 @@ def test_compressed_checkpoints_beyond_the_delta_cache() -> None:
     out, report = convert(legacy(profile, spec), fmt="libxl")
     assert report.decoded_pages > 9000  # type: ignore[attr-defined]
     assert_memory(out, profile, spec)
+
+
+@pytest.mark.parametrize("fmt", ["libxc", "libxl"])
+def test_committed_checkpoint_reaches_a_live_reader(fmt: str) -> None:
+    """Live Remus (libxl pipes our output into libxc): once checkpoint 3 begins, checkpoint
+    2 is committed and must be delivered whole while the input pipe stays open, not sit
+    in the output buffer until more output or EOF."""
+    import select
+    import time
+
+    three = SenderProfile(sender="xen-4.3", toolstack="xl", mode="remus", checkpoints=3)
+    two = SenderProfile(sender="xen-4.3", toolstack="xl", mode="remus", checkpoints=2)
+    full, prefix = legacy(three, PV), legacy(two, PV)
+    assert full.startswith(prefix)
+    # the whole of checkpoint 2 up to its CHECKPOINT (libxc) or CHECKPOINT_END (libxl):
+    # everything but the END record(s) a complete 2-checkpoint stream ends with
+    done = convert(prefix, fmt=fmt)[0]
+    expected = done[: -16 if fmt == "libxl" else -8]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xlpy", "convert", "-i", "0", "-o", "1", "-f", fmt],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    got = bytearray()
+    try:
+        proc.stdin.write(full[: len(prefix) + 100])
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while len(got) < len(expected) and time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], 0.2)[0]:
+                chunk = os.read(proc.stdout.fileno(), 1 << 20)
+                if not chunk:
+                    break
+                got += chunk
+        assert bytes(got) == expected
+    finally:
+        proc.stdin.close()
+        got += proc.stdout.read()
+        proc.wait(30)
+    assert proc.returncode == 0
+    assert bytes(got) == done

@@ -423,6 +423,10 @@ class _Converter:
                 self._libxl_records(qemu)
                 self.out.checkpoint_end()
             self._committed_qemu = qemu
+            # A live Remus receiver (libxl piping us into libxc) acts on a
+            # checkpoint only once it has all of it: it must not wait in our
+            # output buffer for the next checkpoint or EOF.
+            self._raw.flush()
         self._tick("checkpoint", force=True)
 
     def _libxl_records(self, qemu: QemuRecord | None) -> None:
