@@ -458,3 +458,66 @@ def test_committed_checkpoint_reaches_a_live_reader(fmt: str) -> None:
         proc.wait(30)
     assert proc.returncode == 0
     assert bytes(got) == done
+
+
+def test_cli_help_is_the_drop_in_manual() -> None:
+    r = _cli("--help")
+    assert r.returncode == 0
+    text = r.stdout.decode()
+    for needle in (
+        "LIBXL_CONVERT_HELPER",
+        "--in <fd> --out <fd> --width 64|32 --guest pv|hvm --format libxl",
+        'exec xlpy convert "$@"',
+        "Differences from Xen's tool",
+        "Found checkpoint in non-checkpointed stream",
+        "Exit status: 0 ok, 1 stream error, 2 usage or program error",
+    ):
+        assert needle in text, needle
+
+
+def test_cli_version() -> None:
+    import xlpy
+
+    r = _cli("--version")
+    assert r.returncode == 0, r.stderr
+    assert xlpy.__version__ in r.stdout.decode()
+
+
+class _FakeSyslog:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import syslog
+
+        self.lines: list[tuple[int, str]] = []
+        monkeypatch.setattr(syslog, "openlog", lambda *a, **k: None)
+        monkeypatch.setattr(syslog, "syslog", lambda prio, msg: self.lines.append((prio, msg)))
+
+
+def test_cli_syslog_replaces_stderr_but_errors_go_to_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Xen's tool: with --syslog, messages go to syslog instead of stdout/stderr; errors
+    are printed on stderr as well."""
+    import syslog
+
+    src = tmp_path / "in"
+    data = legacy(SenderProfile(sender="xen-4.3"), PV)  # a 64-bit toolstack's stream
+    src.write_bytes(data)
+    # -v summary and a width warning: stderr without --syslog ...
+    args = ["convert", "-i", str(src), "-o", str(tmp_path / "out"), "-v", "-w", "32"]
+    log = _FakeSyslog(monkeypatch)
+    assert xlpy_main(args) == 0
+    err = capsys.readouterr().err
+    assert "converted pv stream" in err and "64-bit toolstack" in err
+    assert log.lines == []
+    # ... syslog instead with it
+    assert xlpy_main([*args, "--syslog"]) == 0
+    assert capsys.readouterr().err == ""
+    prios = {p for p, _ in log.lines}
+    assert prios == {syslog.LOG_INFO, syslog.LOG_WARNING}
+    assert any("64-bit toolstack" in m for _, m in log.lines)
+    # an error: both
+    log.lines.clear()
+    src.write_bytes(data[: len(data) // 2])
+    assert xlpy_main([*args, "--syslog"]) == 1
+    assert "end of stream" in capsys.readouterr().err
+    assert any(p == syslog.LOG_ERR and "end of stream" in m for p, m in log.lines)

@@ -157,3 +157,57 @@ def test_verify_stream_v2_accepts_every_profile(xen_tools: XenTools, tmp_path: P
         else:
             assert rc != 0, (path.name, "the tool learnt libxl checkpoints: unpin")
     assert expect.count("ok") > 250
+
+
+_XEN_OPTIONS = """
+import json, optparse, runpy, sys
+class Got(Exception):
+    pass
+def grab(self, *a, **k):
+    raise Got({o: opt.takes_value() for opt in self.option_list for o in opt._long_opts})
+optparse.OptionParser.parse_args = grab
+try:
+    runpy.run_path(sys.argv[1], run_name="__main__")
+except Got as e:
+    print(json.dumps(e.args[0]))
+"""
+
+
+def test_option_abbreviations_match_xens_converter(
+    xen_tools: XenTools, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every prefix of every long option of Xen's tool is accepted, or rejected as
+    ambiguous, exactly as its optparse does (libxl passes ``--guest`` for ``--guest-type``)."""
+    import json
+    import optparse
+    import subprocess
+
+    r = subprocess.run(
+        [xen_tools.python, "-c", _XEN_OPTIONS, str(xen_tools.tool("convert-legacy-stream"))],
+        env=xen_tools.env,
+        capture_output=True,
+        check=True,
+    )
+    options: dict[str, bool] = json.loads(r.stdout.decode().splitlines()[-1])
+    assert "--guest-type" in options and "--guest" not in options
+    values = {"--in": "x", "--out": "x", "--width": "64", "--guest-type": "pv", "--format": "libxl"}
+    checked = 0
+    for opt, takes_value in options.items():
+        for end in range(3, len(opt) + 1):
+            word = opt[:end]
+            try:
+                xen_accepts = optparse._match_abbrev(word, options) == opt  # type: ignore[attr-defined]
+            except optparse.BadOptionError:
+                xen_accepts = False
+            argv = ["convert", f"{word}={values[opt]}" if takes_value else word]
+            try:
+                from xlpy.cli import build_parser
+
+                build_parser("convert")[0].parse_args(argv)
+                ours = True
+            except SystemExit as e:
+                ours = e.code == 0  # --help, --version
+            err = capsys.readouterr().err
+            assert ours == xen_accepts, (word, err)
+            checked += 1
+    assert checked > 40

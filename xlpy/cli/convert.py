@@ -39,6 +39,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+import xlpy
 from xlpy.cli.progress import make_progress
 from xlpy.errors import StreamError, UsageError, XlpyError
 from xlpy.stream.legacy.framing import parse_width
@@ -50,6 +51,44 @@ _OUT_BUFFER = 1 << 20
 SENDERS = ("xen-4.0", "xen-4.1", "xen-4.2", "xen-4.3", "xen-4.5")
 TOOLSTACKS = ("bare", "xend", "xl", "xenserver-classic")
 TRAILERS = ("eof", "foreign")
+
+_EPILOG = """\
+Drop-in for Xen's convert-legacy-stream (same options; -w and -g may be left out):
+  xlpy convert -i INPUT -o OUTPUT [-w 32|64] [-g pv|hvm] [-f libxc|libxl] [-x]
+INPUT and OUTPUT are an open file descriptor when decimal, else a path ('-' is
+stdin/stdout).  An output path is written under a temporary name and renamed
+on success: a failed conversion leaves nothing behind.
+
+Using it from libxl: to restore a legacy image (xl restore of a save file from
+Xen 4.5 or older, an incoming legacy migration) libxl runs
+  $LIBXL_CONVERT_HELPER --in <fd> --out <fd> --width 64|32 --guest pv|hvm --format libxl
+(default: convert-legacy-stream in Xen's libexec directory).  Point it at a
+wrapper script, e.g. /usr/local/lib/xlpy-convert:
+  #!/bin/sh
+  exec xlpy convert "$@"
+and start the toolstack (xl, libvirtd) with
+LIBXL_CONVERT_HELPER=/usr/local/lib/xlpy-convert in its environment.
+
+Differences from Xen's tool:
+  * -w and -g are optional: width and guest type are read from the stream; a
+    -w that disagrees with the stream's own gives a warning and the stream wins.
+  * -x works (Xen's fails "No xl header" on every stream under Python 3).
+  * Remus streams, PV and HVM, are converted whole: each checkpoint ends with a
+    CHECKPOINT record (and, with -f libxl, its libxl records and CHECKPOINT_END);
+    Xen's tool silently keeps checkpoint 1 only.  A receiver in plain mode
+    rejects such an image ("Found checkpoint in non-checkpointed stream"); a
+    Remus/COLO receiver restores the last checkpoint.  A last checkpoint cut
+    short (the sender failed) is dropped and the output ended cleanly.
+  * Compressed checkpoints are decoded; every QEMU record signature (xend, xl,
+    Remus, XenServer classic) becomes the emulator record; the verify-mode
+    chunk is accepted; tmem is an error (v2 has no tmem record).
+  * A batch of bare XTAB entries gives no PAGE_DATA record (Xen's tool writes
+    one with count 0, which libxc rejects).
+  * --syslog: messages go to syslog instead of stderr, errors to both (as Xen's).
+  * --progress-fd N writes progress as JSON lines; a bar shows only on a terminal.
+  * --to legacy converts the other way (v2 -> the legacy stream of --sender).
+
+Exit status: 0 ok, 1 stream error, 2 usage or program error."""
 
 
 def _width(text: str) -> int:
@@ -63,29 +102,47 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "convert",
         help="convert a legacy stream to migration v2 (drop-in convert-legacy-stream)",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description="Convert a legacy (Xen 4.5 and older) save/migration stream to a\n"
+        "migration v2 stream, or with --to legacy a v2 stream to a legacy one.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-i", "--in", dest="fin", default="-", metavar="FD|FILE", help="input")
-    p.add_argument("-o", "--out", dest="fout", default="-", metavar="FD|FILE", help="output")
+    p.add_argument("--version", action="version", version=f"%(prog)s {xlpy.__version__}")
+    p.add_argument(
+        "-i", "--in", dest="fin", default="-", metavar="FD|FILE", help="input (default: stdin)"
+    )
+    p.add_argument(
+        "-o", "--out", dest="fout", default="-", metavar="FD|FILE", help="output (default: stdout)"
+    )
     p.add_argument(
         "-w", "--width", type=_width, help="legacy toolstack width 32|64 (default: detected)"
     )
+    # libxl's --guest, like any unique prefix, is an abbreviation of --guest-type (as
+    # with Xen's optparse); a second option string would make --gu ambiguous.
     p.add_argument(
         "-g",
         "--guest-type",
-        "--guest",
         dest="guest",
         choices=["pv", "hvm"],
-        help="guest type (default: detected)",
+        help="guest type; --guest also works (default: detected)",
     )
-    p.add_argument("-f", "--format", dest="format", choices=["libxc", "libxl"], default="libxc")
+    p.add_argument(
+        "-f",
+        "--format",
+        dest="format",
+        choices=["libxc", "libxl"],
+        default="libxc",
+        help="output: a bare libxc image (default) or a libxl stream",
+    )
     p.add_argument("-x", "--xl", action="store_true", help="the input starts with an xl header")
     p.add_argument(
         "--skip-qemu",
         action="store_true",
         help="libxc format: leave the QEMU record out",
     )
-    p.add_argument("--syslog", action="store_true", help="log to syslog too")
+    p.add_argument(
+        "--syslog", action="store_true", help="log to syslog instead of stderr (errors: both)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="summarise the stream")
     p.add_argument(
         "--to",
@@ -114,18 +171,28 @@ def _fd_of(text: str) -> int | None:
 
 
 class _Log:
+    """Messages as Xen's tool routes them: to syslog instead of stderr with ``--syslog``;
+    errors are also printed on stderr (by :func:`xlpy.cli.main`) either way."""
+
     def __init__(self, verbose: bool, use_syslog: bool) -> None:
         self.verbose = verbose
         self.syslog = use_syslog
         if use_syslog:
             syslog.openlog("xlpy-convert", syslog.LOG_PID)
 
-    def info(self, message: str) -> None:
-        if not self.verbose:
-            return
+    def _emit(self, priority: int, message: str) -> None:
         if self.syslog:
-            syslog.syslog(syslog.LOG_INFO, message)
-        print(message, file=sys.stderr)
+            for line in message.splitlines():
+                syslog.syslog(priority, line)
+        else:
+            print(message, file=sys.stderr)
+
+    def info(self, message: str) -> None:
+        if self.verbose:
+            self._emit(syslog.LOG_INFO, message)
+
+    def warning(self, message: str) -> None:
+        self._emit(syslog.LOG_WARNING, f"xlpy convert: warning: {message}")
 
     def error(self, message: str) -> None:
         if self.syslog:
@@ -251,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
                 log=log.info,
             )
             for w in report.warnings:
-                print(f"xlpy convert: warning: {w}", file=sys.stderr)
+                log.warning(w)
             log.info(
                 f"converted {report.guest} stream (W={report.width * 8}, {report.framing}): "
                 f"{report.checkpoints} checkpoint(s), {report.pages} pages, "
