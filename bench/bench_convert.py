@@ -9,23 +9,31 @@ by side in one run, every command fed by ``cat FILE |`` and writing to /dev/null
 * Debian's ``convert-legacy-stream`` with the same arguments (target ratio >= 1.0);
 * peak RSS of each (target <= 64 MiB for xlpy).
 
-``XLPY_BENCH_CONVERT_4G=1`` adds the same rows for 4 GiB streams (about 8 GiB of
-cache on disk).  A last row decodes a compressed Remus stream (HVM, a quarter of
-``ctx.size``, 3 checkpoints, 20 % dirty set): page output of the compressed
-checkpoints per second of decoding (target >= 1 GB/s), and end to end; for
-context, the rate of one plain copy of as many bytes into fresh memory (decoding
-has to write every page once and keep the sender's cache copy).
+The same rows follow for 4 GiB streams, when ``ctx.size`` is smaller, if the
+disk has room for what is not cached yet (about 17 GiB: the generated streams
+and their stripped copies, plus a 4 GiB margin); otherwise a row and a message
+on stderr say why they were skipped.  ``XLPY_BENCH_CONVERT_4G=0`` leaves them out.
+
+A last row converts a compressed Remus stream (HVM, a quarter of ``ctx.size``,
+3 checkpoints, 20 % dirty set; checkpoints 2 and 3 are compressed) and judges
+the >= 1 GB/s decode target end to end: page output of the decode-bearing
+checkpoints per second of wall time, from checkpoint 1's commit to the end of
+the conversion (reading, decoding, spooling and writing included).  Shown
+beside it: the rate of the decoding alone (the converter's own timer around
+the delta decoder and the page cache), and one plain copy of as many bytes
+into fresh memory on this machine, for context.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shlex
+import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,33 +41,36 @@ PIPE_TARGET = 0.8
 XEN_TARGET = 1.0
 DECODE_TARGET = 1e9
 RSS_TARGET_MIB = 64
+BIG = 4 << 30
+#: Free disk kept for everyone else when generating the 4 GiB streams.
+DISK_MARGIN = 4 << 30
 XL_MAGIC = b"Xen saved domain, xl format\n \0 \r"
 
+#: Converts the file argv[1]; the progress events give the pages out and the time at
+#: checkpoint 1's commit and at the end (the window of the compressed checkpoints).
 _DECODE = """
 import io, json, sys, time
 from xlpy.stream.convert import legacy_to_v2
 from xlpy.stream.source import ByteSource
+marks = {}
+def progress(ev):
+    if ev["phase"] in ("checkpoint", "done"):
+        marks.setdefault(ev["checkpoint"] if ev["phase"] == "checkpoint" else "done",
+                         (time.perf_counter(), ev["pages"]))
 t = time.perf_counter()
 with open(sys.argv[1], "rb", buffering=0) as f, open("/dev/null", "wb") as out:
-    r = legacy_to_v2(ByteSource(f.fileno()), out, fmt="libxl")
+    r = legacy_to_v2(ByteSource(f.fileno()), out, fmt="libxl", progress=progress)
 dt = time.perf_counter() - t
+(t1, p1), (tn, pn) = marks[1], marks["done"]
 import numpy as np
 src = np.ones((r.decoded_pages, 4096), np.uint8)
 t = time.perf_counter()
 np.copyto(np.empty_like(src), src)
 copy_s = time.perf_counter() - t
 print(json.dumps({"pages": r.pages, "decoded": r.decoded_pages, "decode_s": r.decode_seconds,
-                  "total_s": dt, "checkpoints": r.checkpoints, "copy_s": copy_s}))
+                  "total_s": dt, "checkpoints": r.checkpoints, "copy_s": copy_s,
+                  "window_pages": pn - p1, "window_s": tn - t1}))
 """
-
-
-def _inspect_bench(ctx: Any) -> Any:
-    path = Path(ctx.root) / "bench" / "bench_inspect.py"
-    spec = importlib.util.spec_from_file_location("bench_inspect", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _stripped(ctx: Any, helper: Any, guest: str) -> Path:
@@ -79,6 +90,28 @@ def _stripped(ctx: Any, helper: Any, guest: str) -> Path:
                 out.write(chunk)
     tmp.rename(path)
     return path
+
+
+def _no_room(ctx: Any) -> str | None:
+    """Why the streams of ``ctx.size`` cannot be made on this disk, or None."""
+    need = 0
+    for guest in ("hvm", "pv"):
+        for path in (
+            ctx.cache / f"convert-{guest}-{ctx.size >> 20}M.bin",
+            ctx.cache / f"inspect-{guest}-{ctx.size >> 20}M.bin",
+        ):
+            if not path.exists():
+                need += ctx.size + (ctx.size >> 6)  # pages plus headers and batch entries
+    if need == 0:
+        return None
+    free = shutil.disk_usage(ctx.cache).free
+    if free >= need + DISK_MARGIN:
+        return None
+    return (
+        f"{need / 2**30:.1f} GiB of streams to generate in {ctx.cache} need "
+        f"{(need + DISK_MARGIN) / 2**30:.1f} GiB free (with a {DISK_MARGIN >> 30} GiB "
+        f"margin), only {free / 2**30:.1f} GiB are"
+    )
 
 
 def _xen_converter(ctx: Any) -> tuple[str, str] | None:
@@ -168,28 +201,37 @@ def _decode_row(ctx: Any) -> dict[str, Any]:
             [ctx.python, "-c", _DECODE, str(path)], capture_output=True, env=env, check=True
         ).stdout
         got = json.loads(out)
-        if best is None or got["decode_s"] < best["decode_s"]:
+        if best is None or got["window_s"] < best["window_s"]:
             best = got
     assert best is not None
-    rate = best["decoded"] * 4096 / best["decode_s"]
+    e2e = best["window_pages"] * 4096 / best["window_s"]
     return {
         "case": f"remus hvm {path.stat().st_size >> 20}M compressed",
         "stream_MiB": round(path.stat().st_size / 2**20),
         "convert_s": best["total_s"],
         "MiB/s": path.stat().st_size / 2**20 / best["total_s"],
         "decoded_pages": best["decoded"],
-        "decode_GB/s": rate / 1e9,
-        # context: one plain copy of the same bytes into fresh memory on this machine
+        # the target: pages out of checkpoints 2-3 per second of their whole conversion
+        "e2e_GB/s": e2e / 1e9,
+        # the decoder and page cache alone (the converter's own timer), for context
+        "decode_GB/s": best["decoded"] * 4096 / best["decode_s"] / 1e9,
+        # one plain copy of the same bytes into fresh memory on this machine
         "memcpy_GB/s": best["decoded"] * 4096 / best["copy_s"] / 1e9,
-        "target": ">=1 GB/s decode",
-        "ok": rate >= DECODE_TARGET,
+        "target": ">=1 GB/s end to end",
+        "ok": e2e >= DECODE_TARGET,
     }
 
 
 def run(ctx: Any) -> list[dict[str, Any]]:
-    helper = _inspect_bench(ctx)
+    helper = ctx.module("inspect")
     rows = _plain_rows(ctx, helper)
-    if os.environ.get("XLPY_BENCH_CONVERT_4G") == "1" and ctx.size < 4 << 30:
-        rows += _plain_rows(dataclasses.replace(ctx, size=4 << 30), helper)
+    if ctx.size < BIG and os.environ.get("XLPY_BENCH_CONVERT_4G") != "0":
+        big = dataclasses.replace(ctx, size=BIG)
+        reason = _no_room(big)
+        if reason is None:
+            rows += _plain_rows(big, helper)
+        else:
+            print(f"   convert: 4 GiB rows SKIPPED: {reason}", file=sys.stderr, flush=True)
+            rows.append({"case": "4096M pipe", "skipped": reason})
     rows.append(_decode_row(ctx))
     return rows

@@ -12,22 +12,12 @@ this direction).
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
 
 RSS_TARGET_MIB = 64
-
-
-def _inspect_bench(ctx: Any) -> Any:
-    path = Path(ctx.root) / "bench" / "bench_inspect.py"
-    spec = importlib.util.spec_from_file_location("bench_inspect", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _v2_file(ctx: Any, helper: Any, guest: str) -> Path:
@@ -45,16 +35,16 @@ def _v2_file(ctx: Any, helper: Any, guest: str) -> Path:
 
 
 def run(ctx: Any) -> list[dict[str, Any]]:
-    helper = _inspect_bench(ctx)
+    helper = ctx.module("inspect")
     xlpy = " ".join(shlex.quote(a) for a in ctx.xlpy)
     rows = []
     for guest in ("hvm", "pv"):
         path = _v2_file(ctx, helper, guest)
         f = shlex.quote(str(path))
         size = path.stat().st_size
-        base_s, _ = helper.measure(ctx, f"cat {f} | cat >/dev/null")
-        s, rss = helper.measure(
+        base_s, s, rss = helper.measure_pair(
             ctx,
+            f"cat {f} | cat >/dev/null",
             f"cat {f} | {xlpy} convert --to legacy --sender xen-4.3 --toolstack xl "
             "-i 0 -o 1 2>/dev/null >/dev/null",
         )

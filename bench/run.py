@@ -35,6 +35,10 @@ class Context:
     repeat: int
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def module(self, name: str) -> ModuleType:
+        """Another benchmark module (``bench/bench_NAME.py``), to reuse its streams and runners."""
+        return load(self.root / "bench" / f"bench_{name}.py")
+
 
 def parse_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
