@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -98,16 +100,47 @@ def test_unwritable_output_is_a_clean_error(
 def test_write_error_midway_removes_the_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def half_then_enospc(profile: object, spec: object, out: io.BufferedWriter) -> int:
+    def half_then_write_error(profile: object, spec: object, out: io.BufferedWriter) -> int:
         out.write(b"x" * 100)
-        raise OSError(28, "No space left on device")
+        os.close(out.fileno())  # the next write to the output fails (EBADF)
+        return out.write(b"y" * (2 << 20))
 
-    monkeypatch.setattr(gen_cli, "generate", half_then_enospc)
+    monkeypatch.setattr(gen_cli, "generate", half_then_write_error)
     target = tmp_path / "s.bin"
     rc = main(["gen", "--guest", "pv", "--sender", "xen-4.3", "--memory", "1M", "--seed", "1",
                "-o", str(target)])  # fmt: skip
     assert rc == 2
     assert os.listdir(tmp_path) == []
+
+
+def _gen_into(path: Path) -> int:
+    return main(["gen", "--guest", "hvm", "--sender", "xen-4.3", "--memory", "1M", "--seed", "1",
+                 "-o", str(path)])  # fmt: skip
+
+
+def test_device_output_is_written_not_replaced(tmp_path: Path) -> None:
+    node = tmp_path / "null"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    except PermissionError:
+        pytest.skip("mknod needs CAP_MKNOD")
+    assert _gen_into(node) == 0
+    assert stat.S_ISCHR(node.stat().st_mode)
+    assert os.listdir(tmp_path) == ["null"]
+
+
+def test_fifo_output_is_written_not_replaced(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert _gen_into(fifo) == 0
+    reader.join(30)
+    want = io.BytesIO()
+    generate(SenderProfile(), GuestSpec(kind="hvm", pages=256, seed=1), want)
+    assert got == [want.getvalue()]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
 
 
 def test_parse_size() -> None:

@@ -119,6 +119,10 @@ class _Output(io.BufferedWriter):
         with _guarded(self._name):
             super().flush()
 
+    def close(self) -> None:
+        with _guarded(self._name):
+            super().close()
+
 
 @contextlib.contextmanager
 def _guarded(name: str) -> Iterator[None]:

@@ -28,24 +28,20 @@ shown only when stderr is a terminal.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import io
 import os
-import stat
 import sys
 import syslog
-import tempfile
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import xlpy
 from xlpy.cli.progress import make_progress
 from xlpy.errors import StreamError, UsageError, XlpyError
+from xlpy.outfile import fd_number, open_output
 from xlpy.stream.legacy.framing import parse_width
 from xlpy.stream.source import ByteSource
 
-_OUT_BUFFER = 1 << 20
 # The sender model's names (xlpy.stream.legacy.senders), not imported: it costs
 # ~30 ms of start-up to every conversion; tests/test_convert.py keeps them equal.
 SENDERS = ("xen-4.0", "xen-4.1", "xen-4.2", "xen-4.3", "xen-4.5")
@@ -162,14 +158,6 @@ def add_parser(subparsers: Any) -> None:
     )
 
 
-def _fd_of(text: str) -> int | None:
-    """Xen's ``open_file_or_fd``: a decimal integer is a descriptor."""
-    try:
-        return int(text, 10)
-    except ValueError:
-        return None
-
-
 class _Log:
     """Messages as Xen's tool routes them: to syslog instead of stderr with ``--syslog``;
     errors are also printed on stderr (by :func:`xlpy.cli.main`) either way."""
@@ -200,7 +188,7 @@ class _Log:
 
 
 def _open_input(text: str) -> tuple[ByteSource, BinaryIO | None]:
-    fd = _fd_of(text)
+    fd = fd_number(text)
     try:
         if text == "-":
             return ByteSource(sys.stdin.buffer.fileno()), None
@@ -214,56 +202,9 @@ def _open_input(text: str) -> tuple[ByteSource, BinaryIO | None]:
 
 
 def _write_output(text: str, produce: Callable[[BinaryIO], None]) -> None:
-    """Run ``produce`` on the output: an fd is streamed, a path written via rename."""
-    fd = _fd_of(text)
-    target = os.path.abspath(text)
-    if fd is None and text != "-" and _is_special(target):
-        # A device or FIFO (/dev/null, a named pipe) is written, never replaced.
-        try:
-            with open(target, "wb", buffering=_OUT_BUFFER) as f:
-                produce(f)
-        except OSError as e:
-            raise UsageError(f"cannot write {text}: {e.strerror or e}") from None
-        return
-    if text == "-" or fd is not None:
-        fd = sys.stdout.buffer.fileno() if text == "-" else fd
-        assert fd is not None
-        try:
-            os.fstat(fd)
-        except OSError as e:
-            raise UsageError(f"cannot write to fd {fd}: {e.strerror}") from None
-        out = io.BufferedWriter(io.FileIO(fd, "wb", closefd=False), buffer_size=_OUT_BUFFER)
-        try:
-            produce(out)
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                out.flush()
-        return
-    try:
-        tfd, tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target)
-        )
-    except OSError as e:
-        raise UsageError(f"cannot write {text}: {e.strerror or e}") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(tfd, 0o666 & ~umask)
-        with os.fdopen(tfd, "wb", buffering=_OUT_BUFFER) as f:
-            produce(f)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _is_special(path: str) -> bool:
-    """An existing path that is not a regular file (renaming over it would replace it)."""
-    try:
-        return not stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
+    """Run ``produce`` on the output ``text`` (a descriptor number, ``-`` or a path)."""
+    with open_output(text, fd_numbers=True) as out:
+        produce(out)
 
 
 def _to_legacy(args: argparse.Namespace, source: ByteSource, progress: Any) -> None:
@@ -296,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     source, owned = _open_input(args.fin)
     try:
         busy = {source.fileno: "is the input stream"} if source.fileno is not None else {}
-        out_fd = 1 if args.fout == "-" else _fd_of(args.fout)
+        out_fd = 1 if args.fout == "-" else fd_number(args.fout)
         if out_fd is not None:
             busy[out_fd] = "is the output stream"
         progress = make_progress(args.progress_fd, busy_fds=busy)

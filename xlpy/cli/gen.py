@@ -1,22 +1,21 @@
 """``xlpy gen``: write the legacy stream a given Xen sender would send for a seeded guest.
 
 The stream is produced batch by batch (memory stays bounded whatever the guest
-size).  With ``-o FILE`` it is written to a temporary name beside FILE and
-renamed on success; ``-o -`` writes to stdout.  Impossible combinations
+size).  ``-o FILE`` is written as :mod:`xlpy.outfile` says: a regular file under
+a temporary name beside it, renamed on success; ``-`` (stdout), a device or a
+FIFO in place.  Impossible combinations
 (compression without Remus, xl framing from xen-4.0, ...) exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import sys
-import tempfile
-from typing import Any, BinaryIO
+from typing import Any
 
 from xlpy.errors import UsageError
 from xlpy.guest import GuestSpec
+from xlpy.outfile import open_output
 from xlpy.stream.legacy.framing import parse_width
 from xlpy.stream.legacy.senders import (
     MODES,
@@ -28,7 +27,6 @@ from xlpy.stream.legacy.senders import (
 )
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_OUT_BUFFER = 1 << 20
 
 
 def parse_size(text: str) -> int:
@@ -119,29 +117,6 @@ def _spec(args: argparse.Namespace) -> tuple[SenderProfile, GuestSpec]:
 
 def run(args: argparse.Namespace) -> int:
     profile, spec = _spec(args)
-    if args.output == "-":
-        out: BinaryIO = sys.stdout.buffer
+    with open_output(args.output) as out:
         generate(profile, spec, out)
-        out.flush()
-        return 0
-    target = os.path.abspath(args.output)
-    try:
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target)
-        )
-    except OSError as e:
-        raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb", buffering=_OUT_BUFFER) as f:
-            generate(profile, spec, f)
-        os.replace(tmp, target)
-    except OSError as e:
-        os.unlink(tmp)
-        raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
-    except BaseException:
-        os.unlink(tmp)
-        raise
     return 0
