@@ -302,3 +302,41 @@ def test_empty_page_batch_is_not_a_difference(xen_tools: XenTools, tmp_path: Pat
     assert _theirs(xen_tools, tmp_path, data, "libxc").returncode == 1
     assert not _ours(data, "libxc").valid
     assert not _ours(data, "libxc", strict=False).valid
+
+
+def test_cli_format_and_xl_insist_like_xens_format(
+    xen_tools: XenTools, tmp_path: Path, v2_samples: dict[str, V2Sample]
+) -> None:
+    """``--format libxc|libxl`` means that bare format and ``--xl`` an xl header first, as
+    ``verify-stream-v2 -f libxc|libxl|xl``: every framing is accepted or rejected alike."""
+    from xlpy.cli import main as xlpy_main
+    from xlpy.stream.v2.writer import V2Writer
+
+    head = io.BytesIO()
+    V2Writer(head).xl_header(mandatory_flags=0)  # no STREAMv2: a bare libxc image follows
+    streams = {
+        "libxc": v2_samples["pv64-libxc-v3"].data,
+        "libxl": v2_samples["hvm-libxl"].data,
+        "xl-libxl": v2_samples["pv-xl"].data,
+        "xl-libxc": head.getvalue() + v2_samples["pv64-libxc-v3"].data,
+    }
+    ours_args = {"libxc": ["--format", "libxc"], "libxl": ["--format", "libxl"], "xl": ["--xl"]}
+    cases = []
+    for name, data in streams.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        cases += [(name, mode, path) for mode in ours_args]
+    theirs = xen_tools.verify_stream_v2_batch([(p, mode) for _, mode, p in cases])
+    accepted = set()
+    for (name, mode, path), (rc, err) in zip(cases, theirs, strict=True):
+        ours = xlpy_main(["verify", "--strict", str(path), *ours_args[mode]])
+        assert (ours == 0) == (rc == 0), (name, mode, err)
+        if ours == 0:
+            accepted.add((name, mode))
+    # each stream passes exactly as what it is
+    assert accepted == {
+        ("libxc", "libxc"),
+        ("libxl", "libxl"),
+        ("xl-libxl", "xl"),
+        ("xl-libxc", "xl"),
+    }

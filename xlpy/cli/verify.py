@@ -36,7 +36,11 @@ def add_parser(subparsers: Any) -> None:
         choices=["libxc", "libxl"],
         help="stream format (default: detected; after an xl header: from its STREAMv2 flag)",
     )
-    p.add_argument("--xl", action="store_true", help="the stream starts with an xl save header")
+    p.add_argument(
+        "--xl",
+        action="store_true",
+        help="the stream starts with an xl save header (without --xl, --format forbids one)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -63,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot open {args.source}: {e}") from None
     try:
-        report = verify_stream(
-            source, strict=args.strict, xl=True if args.xl else None, fmt=args.format
-        )
+        # --format without --xl means that bare format: an xl header is then an error, as
+        # for verify-stream-v2 -f libxc|libxl ("Bad image marker"); --xl requires one.
+        xl = True if args.xl else (False if args.format else None)
+        report = verify_stream(source, strict=args.strict, xl=xl, fmt=args.format)
     finally:
         if owned is not None:
             owned.close()
