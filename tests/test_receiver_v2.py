@@ -92,6 +92,10 @@ def test_plain_stream_restores_its_pages(tmp_path: Path, guest: str, fmt: str) -
 @pytest.mark.parametrize("fmt", ["libxc", "libxl"])
 @pytest.mark.parametrize("guest", ["pv", "hvm"])
 def test_checkpointed_stream(tmp_path: Path, guest: str, fmt: str) -> None:
+    """A converted Remus stream (PV or HVM) keeps its CHECKPOINT records, unlike Xen's
+    converter's output (checkpoint 1 only): a PLAIN receiver rejects it as libxc does, a
+    REMUS or COLO one commits the last checkpoint (the difference ``xlpy convert --help``
+    and :mod:`xlpy.stream.convert` document)."""
     data = v2_stream("remus", guest, fmt)
     r = run(data, tmp_path / "plain", 0)
     assert not r.ok and r.rc == 1 and r.domain_destroyed

@@ -37,8 +37,13 @@ Beyond it:
 
 Deliberate differences from Xen's tool: a batch made only of bare XTAB entries
 gives no PAGE_DATA record (Xen's tool writes one with count 0, which libxc's
-receiver and verify-stream-v2 reject); PV streams with several checkpoints are
-converted whole (Xen's tool silently keeps only the first).
+receiver and verify-stream-v2 reject); Remus streams with several checkpoints,
+PV and HVM alike, are converted whole, with their CHECKPOINT records (Xen's
+tool silently keeps only the first).  So a receiver restoring the output as a
+plain stream (``xl restore``, a plain migration) fails with libxc's "Found
+checkpoint in non-checkpointed stream", where Xen's tool's output restores
+checkpoint 1; a REMUS/COLO receiver restores the last committed checkpoint
+(tests/test_receiver_v2.py pins both).
 
 Memory: a plain stream is converted one batch at a time (one 4 MiB page
 buffer, reused).  A Remus stream adds one checkpoint's spooled records (RAM up
