@@ -97,6 +97,9 @@ class GuestSpec:
                 f"{self.kind} guest needs {MIN_PAGES[self.kind]}..{F.MAX_P2M_SIZE} pages, "
                 f"not {self.pages}"
             )
+        if self.seed < 0:
+            # numpy's generators take only non-negative seeds.
+            raise ValueError(f"seed must be a non-negative integer, not {self.seed}")
         if self.guest_width not in (4, 8):
             raise ValueError(f"guest width must be 4 or 8 bytes, not {self.guest_width}")
         if not 1 <= self.vcpus <= F.XC_SR_MAX_VCPUS:

@@ -22,6 +22,7 @@ import contextlib
 import io
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -63,6 +64,10 @@ def open_output(
     fd = fd_number(name) if fd_numbers else None
     if name == "-" or fd is not None:
         what = "standard output" if fd is None else f"fd {fd}"
+        if fd is None and sys.stdout is None:
+            # Python leaves it None when fd 1 was closed at start-up; fd 1 may
+            # since have been reused by a file opened for reading.
+            raise UsageError("cannot write to standard output: it is closed")
         fd = 1 if fd is None else fd
         try:
             os.fstat(fd)

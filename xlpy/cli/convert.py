@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import syslog
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from xlpy.cli.progress import make_progress
 from xlpy.errors import StreamError, UsageError, XlpyError
 from xlpy.outfile import fd_number, open_output
 from xlpy.stream.legacy.framing import parse_width
-from xlpy.stream.source import ByteSource
+from xlpy.stream.source import ByteSource, open_source
 
 # The sender model's names (xlpy.stream.legacy.senders), not imported: it costs
 # ~30 ms of start-up to every conversion; tests/test_convert.py keeps them equal.
@@ -188,15 +187,8 @@ class _Log:
 
 
 def _open_input(text: str) -> tuple[ByteSource, BinaryIO | None]:
-    fd = fd_number(text)
     try:
-        if text == "-":
-            return ByteSource(sys.stdin.buffer.fileno()), None
-        if fd is not None:
-            os.fstat(fd)
-            return ByteSource(fd), None
-        f = open(text, "rb", buffering=0)  # noqa: SIM115 - closed by run()
-        return ByteSource(f.fileno()), f
+        return open_source(text, fd_numbers=True)
     except OSError as e:
         raise UsageError(f"cannot open input {text}: {e.strerror or e}") from None
 

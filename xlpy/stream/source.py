@@ -31,7 +31,8 @@ import stat
 from collections.abc import Sequence
 from typing import BinaryIO, Protocol
 
-from xlpy.errors import StreamTimeout, StreamTruncated
+from xlpy.errors import StreamTimeout, StreamTruncated, UsageError
+from xlpy.outfile import fd_number
 
 #: Size of one raw read when filling the look-ahead buffer.
 FILL_SIZE = 1 << 16
@@ -400,17 +401,25 @@ class _ReadAdapter:
         return len(data)
 
 
-def open_source(spec: str) -> tuple[ByteSource, BinaryIO | None]:
+def open_source(spec: str, *, fd_numbers: bool = False) -> tuple[ByteSource, BinaryIO | None]:
     """Open a command-line SOURCE: a path, ``-`` (stdin) or ``fd:N``.
 
-    Returns the source and the file object to close (``None`` when the caller
-    does not own the descriptor).
+    With ``fd_numbers`` a bare decimal number names a descriptor too (Xen's
+    ``open_file_or_fd``).  Returns the source and the file object to close
+    (``None`` when the caller does not own the descriptor).  A path that cannot
+    be opened or a descriptor that is not open raises ``OSError``; a standard
+    input that was closed when the process started raises ``UsageError``.
     """
     import sys
 
+    fd = fd_number(spec) if fd_numbers else None
     if spec == "-":
-        return ByteSource(sys.stdin.buffer.fileno()), None
+        if sys.stdin is None:  # Python leaves it None when fd 0 was closed at start-up
+            raise UsageError("standard input is closed")
+        return ByteSource(sys.stdin.fileno()), None
     if spec.startswith("fd:"):
-        return ByteSource(int(spec[3:])), None
+        fd = int(spec[3:])
+    if fd is not None:
+        return ByteSource(fd), None
     f = open(spec, "rb", buffering=0)  # noqa: SIM115 - returned to the caller
     return ByteSource(f.fileno()), f
