@@ -248,3 +248,31 @@ def test_reads_from_a_pipe_in_small_pieces() -> None:
         t.join()
         os.close(r)
     assert sum(isinstance(e, V2Record) for e in els) == 16
+
+
+def test_public_api_is_documented() -> None:
+    """Every public class, function, method and property of xlpy.stream.v2 says what it is."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    missing = []
+    for name in ("format", "reader", "records", "verify", "writer"):
+        mod = importlib.import_module(f"xlpy.stream.v2.{name}")
+        for attr, obj in vars(mod).items():
+            if attr.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+                continue
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            if not obj.__doc__:
+                missing.append(f"{name}.{attr}")
+            if inspect.isclass(obj):
+                for meth, member in vars(obj).items():
+                    # a dataclass's generated __init__ is documented by its fields
+                    generated = dataclasses.is_dataclass(obj)
+                    if meth.startswith("_") and (meth != "__init__" or generated):
+                        continue
+                    fn = member.fget if isinstance(member, property) else member
+                    if inspect.isfunction(fn) and not fn.__doc__:
+                        missing.append(f"{name}.{attr}.{meth}")
+    assert missing == []

@@ -65,6 +65,7 @@ class V2Reader:
     """
 
     def __init__(self, source: ByteSource, *, xl: bool | None = None, fmt: str | None = None):
+        """Read from ``source`` (nothing is read until :meth:`elements` is iterated)."""
         if fmt is not None and fmt not in FORMATS:
             raise ValueError(f"unknown v2 format {fmt!r}")
         self.source = source
@@ -130,6 +131,8 @@ class V2Reader:
     # -- single elements ----------------------------------------------------------
 
     def read_xl_header(self) -> XlHeader:
+        """The ``xl save`` header: 32-byte magic, byte order, mandatory and optional flags,
+        optional data length (u32 each), then the optional data (xl's JSON config)."""
         src = self.source
         off = src.offset
         raw = src.read_exact(F.XL_HEADER_SIZE, field="xl_header")
@@ -145,12 +148,15 @@ class V2Reader:
         )
 
     def read_libxl_header(self) -> LibxlHeader:
+        """The 16-byte libxl stream header (big-endian ident, version, options), unchecked."""
         off = self.source.offset
         raw = self.source.read_exact(F.LIBXL_HDR_SIZE, field="libxl_header")
         ident, version, options = F.LIBXL_HDR_FORMAT.unpack(raw)
         return LibxlHeader(offset=off, ident=ident, version=version, options=options)
 
     def read_image_header(self) -> ImageHeader:
+        """The 24-byte libxc image header (big-endian marker, id, version, options,
+        reserved), unchecked: :mod:`xlpy.stream.v2.verify` judges the values."""
         off = self.source.offset
         raw = self.source.read_exact(F.IHDR_SIZE, field="image_header")
         marker, ident, version, options, r1, r2 = F.IHDR_FORMAT.unpack(raw)
@@ -165,6 +171,7 @@ class V2Reader:
         )
 
     def read_domain_header(self) -> DomainHeader:
+        """The 16-byte libxc domain header (type, page_shift, reserved, xen_major/minor)."""
         off = self.source.offset
         raw = self.source.read_exact(F.DHDR_SIZE, field="domain_header")
         gtype, shift, res, major, minor = F.DHDR_FORMAT.unpack(raw)

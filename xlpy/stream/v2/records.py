@@ -27,6 +27,13 @@ LIBXL = "libxl"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Element:
+    """Something read from a v2 stream: where it starts and its place in the stream.
+
+    ``offset`` is the byte offset of its first byte from the start of the input
+    (xl header included), ``index`` its 0-based position among the elements
+    read; both are -1 for an element built in memory and not compared.
+    """
+
     offset: int = field(default=-1, compare=False)
     index: int = field(default=-1, compare=False)
 
@@ -55,6 +62,7 @@ class DomainHeader(Element):
 
     @property
     def type_name(self) -> str:
+        """The domain type's name in Xen's ``DHDR_TYPE_*`` spelling (``x86 PV``, ...)."""
         return F.DHDR_TYPE_NAMES.get(self.type, "Reserved")
 
 
@@ -79,10 +87,13 @@ class V2Record(Element):
 
     @property
     def length(self) -> int:
+        """The record header's ``length``: body bytes, padding excluded."""
         return len(self.body)
 
     @property
     def name(self) -> str:
+        """The record type's name as Xen's ``xen.migration`` tools print it (``Page data``,
+        ``Emulator context``), or ``optional``/``reserved`` with the hex type."""
         names = F.LIBXC_REC_NAMES if self.layer == LIBXC else F.LIBXL_REC_NAMES
         if self.type & F.REC_TYPE_OPTIONAL:
             return f"optional 0x{self.type:08x}"
@@ -112,15 +123,19 @@ class PageData:
 
     @property
     def pfns(self) -> npt.NDArray[np.uint64]:
+        """The pfn of each entry (``PAGE_DATA_PFN_MASK``: bits 0-51)."""
         return self.entries & np.uint64(F.PAGE_DATA_PFN_MASK)
 
     @property
     def type_nibbles(self) -> npt.NDArray[np.uint64]:
+        """Each entry's page type, bits 60-63 (``XEN_DOMCTL_PFINFO_*`` >> 28)."""
         return self.entries >> np.uint64(F.PAGE_DATA_TYPE_SHIFT)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class X86PvInfo:
+    """X86_PV_INFO: ``guest_width`` in bytes (4 or 8), ``pt_levels`` (3 or 4), reserved."""
+
     guest_width: int
     pt_levels: int
     reserved1: int = 0
@@ -129,6 +144,9 @@ class X86PvInfo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class X86PvP2mFrames:
+    """X86_PV_P2M_FRAMES: the first and last pfn the p2m covers and the mfns of its frames
+    (``pfns``, one u64 each, in p2m order)."""
+
     p2m_start_pfn: int
     p2m_end_pfn: int
     pfns: npt.NDArray[np.uint64]
@@ -145,6 +163,9 @@ class X86PvVcpu:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TscInfo:
+    """X86_TSC_INFO: ``mode`` (TSC_MODE_*), ``khz`` (guest TSC frequency in kHz), ``nsec``
+    (elapsed nanoseconds), ``incarnation`` and the reserved u32."""
+
     mode: int
     khz: int
     nsec: int
@@ -154,6 +175,8 @@ class TscInfo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HvmParams:
+    """HVM_PARAMS: the reserved u32 and the (index, value) pairs (``HVM_PARAM_*``)."""
+
     reserved: int
     params: list[tuple[int, int]]
 

@@ -96,6 +96,8 @@ class V2Checker:
     _static_data_end: bool = False
 
     def check(self, el: Element | XlHeader) -> None:
+        """Check one element in stream order; raises :class:`StreamMalformed` naming its
+        offset, record index and field (warnings for what only strict mode rejects)."""
         if isinstance(el, XlHeader):
             return  # the reader already matched the magic; xl checks nothing else we need
         if isinstance(el, LibxlHeader):
@@ -360,9 +362,12 @@ class VerifyReport:
 
     @property
     def valid(self) -> bool:
+        """True when the whole stream passed (no :attr:`error`)."""
         return self.error is None
 
     def to_json(self) -> dict[str, Any]:
+        """The report as ``xlpy verify --json`` prints it (the error with its offset,
+        record index and field)."""
         err = self.error
         return {
             "valid": self.valid,

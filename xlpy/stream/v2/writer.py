@@ -34,6 +34,7 @@ class V2Writer:
     """Writes v2 elements to a binary file object; :attr:`offset` counts bytes written."""
 
     def __init__(self, out: BinaryIO) -> None:
+        """Write to ``out`` (a file, pipe or BytesIO) from :attr:`offset` 0; never seeks."""
         self._out = out
         self.offset = 0
 
@@ -122,6 +123,7 @@ class V2Writer:
         self.page_data(page_entries(pfns, types), pages)
 
     def x86_pv_info(self, guest_width: int, pt_levels: int) -> None:
+        """X86_PV_INFO: guest width in bytes (4 or 8) and page-table levels (3 or 4)."""
         self.write_record(
             F.REC_TYPE_X86_PV_INFO, F.X86_PV_INFO_FORMAT.pack(guest_width, pt_levels, 0, 0)
         )
@@ -129,6 +131,8 @@ class V2Writer:
     def x86_pv_p2m_frames(
         self, start_pfn: int, end_pfn: int, pfns: Iterable[SupportsIndex]
     ) -> None:
+        """X86_PV_P2M_FRAMES: the pfn range the p2m covers (``end_pfn`` inclusive) and the
+        mfns of the p2m's frames, one u64 each."""
         self.write_record(
             F.REC_TYPE_X86_PV_P2M_FRAMES,
             F.X86_PV_P2M_FRAMES_FORMAT.pack(start_pfn, end_pfn),
@@ -139,26 +143,33 @@ class V2Writer:
         self.write_record(rec_type, F.X86_PV_VCPU_HDR_FORMAT.pack(vcpu_id, 0), context)
 
     def x86_pv_vcpu_basic(self, vcpu_id: int, context: Buffer) -> None:
+        """X86_PV_VCPU_BASIC: the vcpu's ``vcpu_guest_context`` (guest-width layout)."""
         self._vcpu(F.REC_TYPE_X86_PV_VCPU_BASIC, vcpu_id, context)
 
     def x86_pv_vcpu_extended(self, vcpu_id: int, context: Buffer) -> None:
+        """X86_PV_VCPU_EXTENDED: the extended context (``XEN_DOMCTL_get_ext_vcpucontext``)."""
         self._vcpu(F.REC_TYPE_X86_PV_VCPU_EXTENDED, vcpu_id, context)
 
     def x86_pv_vcpu_xsave(self, vcpu_id: int, context: Buffer) -> None:
+        """X86_PV_VCPU_XSAVE: the vcpu's xsave area (``XEN_DOMCTL_getvcpuextstate``)."""
         self._vcpu(F.REC_TYPE_X86_PV_VCPU_XSAVE, vcpu_id, context)
 
     def x86_pv_vcpu_msrs(self, vcpu_id: int, context: Buffer) -> None:
+        """X86_PV_VCPU_MSRS: the vcpu's MSRs (``xen_domctl_vcpu_msr`` entries, 16 bytes each)."""
         self._vcpu(F.REC_TYPE_X86_PV_VCPU_MSRS, vcpu_id, context)
 
     def shared_info(self, page: Buffer) -> None:
+        """SHARED_INFO: the guest's 4096-byte shared info page (PV)."""
         self.write_record(F.REC_TYPE_SHARED_INFO, page)
 
     def tsc_info(self, mode: int, khz: int, nsec: int, incarnation: int) -> None:
+        """X86_TSC_INFO: TSC mode, guest TSC frequency in kHz, elapsed ns, incarnation."""
         self.write_record(
             F.REC_TYPE_X86_TSC_INFO, F.X86_TSC_INFO_FORMAT.pack(mode, khz, nsec, incarnation, 0)
         )
 
     def hvm_context(self, blob: Buffer) -> None:
+        """HVM_CONTEXT: the hypervisor's HVM save record blob (``xc_domain_hvm_getcontext``)."""
         self.write_record(F.REC_TYPE_HVM_CONTEXT, blob)
 
     def hvm_params(self, params: Sequence[tuple[int, int]]) -> None:
@@ -167,12 +178,15 @@ class V2Writer:
         self.write_record(F.REC_TYPE_HVM_PARAMS, F.HVM_PARAMS_FORMAT.pack(len(params), 0), flat)
 
     def static_data_end(self) -> None:
+        """STATIC_DATA_END (image version 3): the static records (X86_PV_INFO ...) are done."""
         self.write_record(F.REC_TYPE_STATIC_DATA_END)
 
     def verify(self) -> None:
+        """VERIFY: the following PAGE_DATA re-sends pages for the receiver to compare."""
         self.write_record(F.REC_TYPE_VERIFY)
 
     def checkpoint(self) -> None:
+        """CHECKPOINT: the end of one checkpoint of a checkpointed (Remus/COLO) stream."""
         self.write_record(F.REC_TYPE_CHECKPOINT)
 
     def end(self) -> None:
@@ -204,11 +218,13 @@ class V2Writer:
     def emulator_context(
         self, blob: Buffer, *, emulator_id: int = F.EMULATOR_ID_UNKNOWN, index: int = 0
     ) -> None:
+        """EMULATOR_CONTEXT: the device model's saved state (QEMU's ``QEVM`` blob)."""
         self.write_record(
             F.REC_TYPE_EMULATOR_CONTEXT, F.EMULATOR_HEADER_FORMAT.pack(emulator_id, index), blob
         )
 
     def checkpoint_end(self) -> None:
+        """CHECKPOINT_END (libxl): the libxl records of a checkpoint are done."""
         self.write_record(F.REC_TYPE_CHECKPOINT_END)
 
 
