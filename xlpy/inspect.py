@@ -55,7 +55,7 @@ class CheckpointSummary:
             if self.qemu is None
             else {
                 "signature": self.qemu.signature.decode("ascii", "replace"),
-                "length": len(self.qemu.data),
+                "length": len(self.qemu.data) + self.qemu.skipped,
             },
         }
 
@@ -101,7 +101,10 @@ class Summary:
             "checkpoints": [c.to_json() for c in self.checkpoints],
             "trailer": None
             if self.trailer is None
-            else {"offset": self.trailer.offset, "length": len(self.trailer.data)},
+            else {
+                "offset": self.trailer.offset,
+                "length": len(self.trailer.data) + self.trailer.skipped,
+            },
             "end_offset": self.end_offset,
         }
 
@@ -115,7 +118,7 @@ def inspect_stream(
     (guest type undecidable and not given) propagates.  Page data is only counted,
     never read into memory (skipped in the kernel where the source allows).
     """
-    reader = LegacyReader(source, width=width, guest=guest)
+    reader = LegacyReader(source, width=width, guest=guest, keep_blobs=False)
     summary = Summary()
     cp: CheckpointSummary | None = None
     try:
@@ -184,11 +187,14 @@ def render_text(s: Summary) -> str:
             lines.append("  chunks: " + ", ".join(f"{k} {v}" for k, v in c.chunks.items()))
         if c.qemu is not None:
             sig = c.qemu.signature.decode("ascii", "replace").strip()
-            lines.append(f"  qemu: {sig}, {len(c.qemu.data)} bytes at offset {c.qemu.offset}")
+            n = len(c.qemu.data) + c.qemu.skipped
+            lines.append(f"  qemu: {sig}, {n} bytes at offset {c.qemu.offset}")
         if not c.tail:
             lines.append("  (no tail)")
     if s.trailer is not None:
-        lines.append(f"trailer: {len(s.trailer.data)} bytes at offset {s.trailer.offset}")
+        lines.append(
+            f"trailer: {len(s.trailer.data) + s.trailer.skipped} bytes at offset {s.trailer.offset}"
+        )
     if s.error is not None:
         lines.append(f"ERROR ({s.error.kind}): {s.error}")
     else:

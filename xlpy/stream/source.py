@@ -205,6 +205,15 @@ class ByteSource:
             if n == 0:
                 self._eof = True
 
+    @property
+    def end_offset(self) -> int | None:
+        """The offset at which the input ends, once its end has been seen (else ``None``).
+
+        After a :class:`StreamTruncated` it is always known, however far past the
+        current offset the look-ahead reached.
+        """
+        return self.offset + self._available() if self._eof else None
+
     def peek(self, n: int) -> bytes:
         """Up to ``n`` next bytes without consuming them (fewer only at EOF)."""
         if self._available() < n:
@@ -262,6 +271,15 @@ class ByteSource:
         like :meth:`readinto_exact`.
         """
         self._move(n, None, ((0, n),), field)
+
+    def skip_to_eof(self, *, field: str = "data") -> int:
+        """Consume everything up to EOF without keeping it; returns how many bytes that was."""
+        start = self.offset
+        while True:
+            try:
+                self.skip(MOVE_STEP, field=field)
+            except StreamTruncated:
+                return self.offset - start
 
     def transfer(
         self, out_fd: int, pieces: Sequence[tuple[int, int]], *, field: str = "data"

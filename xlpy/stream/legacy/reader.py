@@ -82,7 +82,6 @@ _XSAVE_HEAD = struct.Struct("<QQ")
 _U32_ALL_ONES = 0xFFFFFFFF
 #: ``struct tmem_oid`` of all-ones: ends a pool's page list early (§5.2).
 _TMEM_OID_END = ((1 << 64) - 1,) * 3
-_MAX_PAGE_BYTES = F.MAX_BATCH_SIZE * F.PAGE_SIZE
 #: Migration v2 image header: all-ones marker, then "XenF" (big-endian id).
 _V2_IHDR_START = b"\xff" * 8 + b"XenF"
 _QEMU_SIGNATURES = (F.QEMU_SIG_0002, F.QEMU_SIG_REMUS, F.QEMU_SIG_TO_EOF)
@@ -157,7 +156,9 @@ class LegacyReader:
     next element is read.
 
     A ``page_sink`` (:class:`PageSink`) may take page data of format-A batches
-    instead; ``PageBatch.data`` is then ``None``.
+    instead; ``PageBatch.data`` is then ``None``.  Without ``keep_blobs`` the blobs of
+    :class:`~xlpy.stream.legacy.records.BlobRecord` (toolstack data, HVM context, QEMU
+    data, trailer) are skipped as they arrive, so a hostile length costs no memory.
 
     ``framing`` is ``"bare"``, ``"xl"``, ``"xend"`` or, once its trailer has
     been read, ``"xenserver-classic"``.  ``compression_enabled`` and
@@ -171,6 +172,7 @@ class LegacyReader:
         width: int | None = None,
         guest: str | None = None,
         reuse_buffers: bool = False,
+        keep_blobs: bool = True,
     ) -> None:
         if width not in (None, 4, 8):
             raise UsageError(f"width must be 4 or 8 bytes, not {width}")
@@ -187,6 +189,7 @@ class LegacyReader:
         self.compression_enabled = False
         self.last_checkpoint = False
         self._reuse = reuse_buffers
+        self._keep_blobs = keep_blobs
         self._pages: bytearray | None = None
         self._index = 0
         self._start = source.offset
@@ -216,11 +219,26 @@ class LegacyReader:
         except StreamTruncated as e:
             raise self._truncated(e, field) from None
 
+    def _blob(self, n: int, field: str) -> tuple[bytes, int]:
+        """A blob of ``n`` bytes: ``(bytes, 0)``, or ``(b"", n)`` skipped without keeping it."""
+        if self._keep_blobs:
+            return self._read(n, field), 0
+        try:
+            self.source.skip(n, field=field)
+        except StreamTruncated as e:
+            raise self._truncated(e, field) from None
+        return b"", n
+
+    def _blob_to_eof(self, field: str) -> tuple[bytes, int]:
+        """Everything up to EOF, as :meth:`_blob`."""
+        if self._keep_blobs:
+            return self.source.read_to_eof(field=field), 0
+        return b"", self.source.skip_to_eof(field=field)
+
     def _truncated(self, e: StreamTruncated, field: str) -> StreamTruncated:
-        # The source is at EOF: whatever it still buffers is all there is.
-        end = self.source.offset + len(self.source.peek(_MAX_PAGE_BYTES))
+        end = self.source.end_offset
         return StreamTruncated(
-            f"{e.message}; the stream ends at offset {end}",
+            f"{e.message}; the stream ends at offset {end}" if end is not None else e.message,
             offset=self._start,
             record=self._index,
             field=field,
@@ -495,8 +513,8 @@ class LegacyReader:
             return CompressedData(offset=start, index=self._emit(), data=data)
         if chunk_id == F.XC_SAVE_ID_TOOLSTACK:
             n = self._u32("toolstack.length")
-            blob = self._read(n, "toolstack.data")
-            return Toolstack(offset=start, index=self._emit(), blob=blob)
+            blob, skipped = self._blob(n, "toolstack.data")
+            return Toolstack(offset=start, index=self._emit(), blob=blob, skipped=skipped)
         if chunk_id == F.XC_SAVE_ID_ENABLE_VERIFY_MODE:
             return EnableVerifyMode(offset=start, index=self._emit())
         if chunk_id == F.XC_SAVE_ID_LAST_CHECKPOINT:
@@ -642,7 +660,7 @@ class LegacyReader:
             self._read(_HVM_TAIL.size - 4, "hvm_tail.magic_pfns")
             + self._read(4, "hvm_tail.context_length")
         )
-        context = self._read(n, "hvm_tail.context")
+        context, skipped = self._blob(n, "hvm_tail.context")
         return HvmTail(
             offset=start,
             index=self._emit(),
@@ -650,6 +668,7 @@ class LegacyReader:
             bufioreq_pfn=bufioreq,
             store_pfn=store,
             context=context,
+            skipped=skipped,
         )
 
     # -- after the libxc image (§8.1) ------------------------------------------------
@@ -678,17 +697,16 @@ class LegacyReader:
             self._malformed(f"invalid QEMU signature {head!r}", "qemu.signature")
         self._read(len(sig), "qemu.signature")
         if sig == F.QEMU_SIG_TO_EOF:
-            try:
-                data = self.source.read_to_eof(field="qemu.data")
-            except StreamTruncated as e:
-                raise self._truncated(e, "qemu.data") from None
+            data, skipped = self._blob_to_eof("qemu.data")
         else:
             raw = self._read(4, "qemu.length")
             n = int.from_bytes(raw, "big" if sig == F.XENSERVER_QEMU_SIG else "little")
-            data = self._read(n, "qemu.data")
+            data, skipped = self._blob(n, "qemu.data")
             if sig == F.XENSERVER_QEMU_SIG:
                 self.framing = framing.FRAMING_XENSERVER_CLASSIC
-        return QemuRecord(offset=start, index=self._emit(), signature=sig, data=data)
+        return QemuRecord(
+            offset=start, index=self._emit(), signature=sig, data=data, skipped=skipped
+        )
 
     # -- the whole grammar ---------------------------------------------------------
 
@@ -739,8 +757,8 @@ class LegacyReader:
                     number += 1
                     continue
             start = self._begin()
-            data = self.source.read_to_eof(field="trailer")
-            yield Trailer(offset=start, index=self._emit(), data=data)
+            data, skipped = self._blob_to_eof("trailer")
+            yield Trailer(offset=start, index=self._emit(), data=data, skipped=skipped)
             return
 
 

@@ -29,6 +29,19 @@ class Record:
     index: int = field(default=-1, compare=False)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobRecord(Record):
+    """A record carrying one variable-length blob (toolstack data, HVM context, QEMU data,
+    trailer) that a reader may skip instead of keeping.
+
+    ``skipped`` is the number of blob bytes a reader created with ``keep_blobs=False``
+    (as inspect's) consumed without keeping; the blob field is then empty.  The wire
+    length of the blob is ``len(blob) + skipped``.
+    """
+
+    skipped: int = 0
+
+
 # --- framing around the libxc image (§8) -----------------------------------
 
 
@@ -258,7 +271,7 @@ class EnableCompression(Record):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Toolstack(Record):
+class Toolstack(BlobRecord):
     """XC_SAVE_ID_TOOLSTACK (-18): ``u32 n; u8 blob[n]`` (libxl: §8.4)."""
 
     blob: bytes
@@ -296,7 +309,7 @@ class PvTail(Record):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HvmTail(Record):
+class HvmTail(BlobRecord):
     """HVM tail: ioreq, buffered-ioreq, xenstore pfns (u64) and the HVM context blob."""
 
     ioreq_pfn: int
@@ -309,7 +322,7 @@ class HvmTail(Record):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class QemuRecord(Record):
+class QemuRecord(BlobRecord):
     """A QEMU device-model record.
 
     ``signature`` is one of ``QemuDeviceModelRecord`` (data to EOF),
@@ -322,7 +335,7 @@ class QemuRecord(Record):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Trailer(Record):
+class Trailer(BlobRecord):
     """Bytes after the libxc image that no legacy element describes (e.g. a handshake)."""
 
     data: bytes

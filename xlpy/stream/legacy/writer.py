@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from xlpy.stream.legacy import format as F
 from xlpy.stream.legacy.records import (
+    BlobRecord,
     CheckpointBegin,
     CompressedData,
     EnableCompression,
@@ -99,6 +100,8 @@ class LegacyWriter:
 
     def write(self, rec: Record) -> None:
         """Serialise one record (``CheckpointBegin`` writes nothing)."""
+        if isinstance(rec, BlobRecord) and rec.skipped:
+            raise ValueError(f"{type(rec).__name__}: its blob was skipped by the reader")
         match rec:
             case PageBatch():
                 self._page_batch(rec)
