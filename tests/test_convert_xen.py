@@ -211,3 +211,26 @@ def test_option_abbreviations_match_xens_converter(
             assert ours == xen_accepts, (word, err)
             checked += 1
     assert checked > 40
+
+
+@pytest.mark.parametrize("guest", ["pv", "hvm"])
+def test_remus_checkpoints_kept_where_xens_converter_keeps_one(
+    xen_tools: XenTools, tmp_path: Path, guest: str
+) -> None:
+    """The documented difference: Xen's tool keeps checkpoint 1 of a Remus stream (PV:
+    silently; HVM: then fails on checkpoint 2's bytes), ours keeps every checkpoint."""
+    src = tmp_path / "remus"
+    spec = GuestSpec(kind=guest, pages=256, seed=3)  # type: ignore[arg-type]
+    with open(src, "wb") as f:
+        generate(SenderProfile(sender="xen-4.3", mode="remus", checkpoints=3), spec, f)
+    theirs = xen_tools.convert_legacy_stream(src, tmp_path / "xen", "-w", "64", "-g", guest)
+    if guest == "pv":
+        assert theirs.returncode == 0, theirs.stderr
+        report = verify_stream(ByteSource(io.BytesIO((tmp_path / "xen").read_bytes())))
+        assert report.valid and report.checkpoints == 0
+    else:
+        assert theirs.returncode == 2 and b"Unrecognised Qemu sig" in theirs.stderr
+    out = io.BytesIO()
+    legacy_to_v2(ByteSource(io.BytesIO(src.read_bytes())), out)
+    report = verify_stream(ByteSource(io.BytesIO(out.getvalue())), strict=True)
+    assert report.valid and report.checkpoints == 3

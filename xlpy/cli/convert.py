@@ -70,9 +70,11 @@ Differences from Xen's tool:
   * -x works (Xen's fails "No xl header" on every stream under Python 3).
   * Remus streams, PV and HVM, are converted whole: each checkpoint ends with a
     CHECKPOINT record (and, with -f libxl, its libxl records and CHECKPOINT_END);
-    Xen's tool silently keeps checkpoint 1 only.  A receiver in plain mode
-    rejects such an image ("Found checkpoint in non-checkpointed stream"); a
-    Remus/COLO receiver restores the last checkpoint.  A last checkpoint cut
+    Xen's tool keeps checkpoint 1 only: silently for PV, while for HVM it then
+    fails on checkpoint 2 ("Unrecognised Qemu sig", exit 2).  A receiver in
+    plain mode rejects our image, as libxc does:
+      "Found checkpoint in non-checkpointed stream";
+    a Remus/COLO receiver restores its last checkpoint.  A last checkpoint cut
     short (the sender failed) is dropped and the output ended cleanly.
   * Compressed checkpoints are decoded; every QEMU record signature (xend, xl,
     Remus, XenServer classic) becomes the emulator record; the verify-mode

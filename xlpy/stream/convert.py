@@ -39,7 +39,8 @@ Deliberate differences from Xen's tool: a batch made only of bare XTAB entries
 gives no PAGE_DATA record (Xen's tool writes one with count 0, which libxc's
 receiver and verify-stream-v2 reject); Remus streams with several checkpoints,
 PV and HVM alike, are converted whole, with their CHECKPOINT records (Xen's
-tool silently keeps only the first).  So a receiver restoring the output as a
+tool keeps only the first: silently for PV; for HVM it then fails on the
+second, "Unrecognised Qemu sig", exit 2).  So a receiver restoring the output as a
 plain stream (``xl restore``, a plain migration) fails with libxc's "Found
 checkpoint in non-checkpointed stream", where Xen's tool's output restores
 checkpoint 1; a REMUS/COLO receiver restores the last committed checkpoint
