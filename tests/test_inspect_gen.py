@@ -17,6 +17,8 @@ from xlpy.errors import UsageError
 from xlpy.guest import MIN_PAGES, GuestSpec
 from xlpy.inspect import inspect_stream
 from xlpy.stream.legacy import format as F
+from xlpy.stream.legacy.reader import LegacyReader
+from xlpy.stream.legacy.records import CompressedData
 from xlpy.stream.legacy.senders import (
     FOREIGN_TRAILER,
     SENDERS,
@@ -106,3 +108,25 @@ def test_inspect_detects_what_the_sender_wrote(prof: SenderProfile, spec: GuestS
         assert s.trailer is not None and s.trailer.skipped == len(FOREIGN_TRAILER)  # not kept
     else:
         assert s.trailer is None
+
+
+def test_corrupt_compressed_payload_is_malformed() -> None:
+    """A -12 payload overwritten with 0x89 (SKIP 9 words, over and over) overshoots a page."""
+    buf = io.BytesIO()
+    generate(
+        SenderProfile(sender="xen-4.3", mode="remus", checkpoints=2, compress=True),
+        GuestSpec(kind="pv", pages=256, seed=3),
+        buf,
+    )
+    data = bytearray(buf.getvalue())
+    assert inspect_stream(ByteSource(io.BytesIO(bytes(data)))).complete
+    recs = list(LegacyReader(ByteSource(io.BytesIO(bytes(data)))).records())
+    chunk = next(r for r in recs if isinstance(r, CompressedData))
+    start = chunk.offset + 4 + 8
+    data[start : start + len(chunk.data)] = b"\x89" * len(chunk.data)
+    s = inspect_stream(ByteSource(io.BytesIO(bytes(data))))
+    assert not s.complete and s.error is not None
+    assert (s.error.kind, s.error.field) == ("malformed", "compressed_data.page")
+    assert s.error.offset == start + 114  # the marker that takes the page past 4096 bytes
+    assert s.error.record == chunk.index
+    assert "Invalid data in compression buffer" in str(s.error)

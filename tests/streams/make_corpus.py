@@ -76,6 +76,18 @@ def pv_parts(*, xcnt: int | None = 32, unmapped: tuple[int, ...] = (7,)) -> Part
     return p
 
 
+def remus_parts(payload: bytes, *, complete: bool) -> Parts:
+    """Checkpoint 1 (format A, -13), then checkpoint 2 in format B: pfns 1 and 2 sent as
+    one -12 chunk carrying ``payload``; with ``complete`` its end, tail and QEMU record."""
+    r = Parts().add("p2m", B.uw(B.HVM_P2M, W)).add("batch", B.batch([1], W))
+    r.add("vcpu", B.vcpu_info(0, [1])).add("comp", B.i32(-13)).add("end", B.i32(0))
+    r.add("tail", B.hvm_tail()).add("qemu", B.qemu_remus())
+    r.add("b2", B.batch([1, 2], W, data=False)).add("c2", B.compressed_data(payload, W))
+    if complete:
+        r.add("end2", B.i32(0)).add("tail2", B.hvm_tail()).add("qemu2", B.qemu_remus())
+    return r
+
+
 def _trunc(name: str, p: Parts, piece: str, keep: int, elem: str, field: str, **kw: object) -> Case:
     return Case(name, p.cut(piece, keep), "truncated", p.at[elem], field, **kw)  # type: ignore[arg-type]
 
@@ -409,10 +421,7 @@ def cases() -> list[Case]:
         )
     )
     # -- Remus: a second checkpoint in format B, cut inside its batch entries -----------
-    r = Parts().add("p2m", B.uw(B.HVM_P2M, W)).add("batch", B.batch([1], W))
-    r.add("vcpu", B.vcpu_info(0, [1])).add("comp", B.i32(-13)).add("end", B.i32(0))
-    r.add("tail", B.hvm_tail()).add("qemu", B.qemu_remus())
-    r.add("b2", B.batch([1, 2], W, data=False)).add("c2", B.compressed_data(b"\0\0", W))
+    r = remus_parts(b"\0\0", complete=False)
     out.append(
         Case(
             "truncated-remus-format-b-entries",
@@ -431,6 +440,18 @@ def cases() -> list[Case]:
             "compressed_data.data",
         )
     )
+    # -- bad compression runs (§6.4): found without the previous checkpoint's pages ----------
+    # (name, payload for pages 1 and 2, read pointer of the fault, page index)
+    for name, payload, pos, page in [
+        ("compressed-zero-length-run", b"\0" + b"\xff\x80", 2, 1),  # SKIP 127, then 0x80
+        ("compressed-run-overshoots-page", b"\x89" * 120, 114, 0),  # 114 x 36 B > 4096
+        ("compressed-run-beyond-buffer", b"\x7f" + b"\xaa" * 10, 1, 0),  # RUN 508 B, 10 left
+        ("compressed-full-page-cut", b"\x80" + b"\xaa" * 100, 0, 0),  # FULL, 100 of 4096 B
+        ("compressed-buffer-exhausted", b"\0", 1, 1),  # page 2 has no byte left
+    ]:
+        bad = remus_parts(payload, complete=True)
+        at = bad.at["c2"] + 4 + W + pos
+        out.append(Case(name, bad.data, "malformed", at, "compressed_data.page", value=page))
     # -- guest type that cannot be decided -------------------------------------------------
     out.append(
         Case("guest-undecidable", B.uw(0x20, W) + B.uw(0x12345, W) + b"\0" * 8, "usage", None, None)

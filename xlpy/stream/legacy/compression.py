@@ -202,6 +202,28 @@ def decompress(
     return out
 
 
+#: Pages decoded at a time by :func:`check_structure` (its scratch space: 4 MiB).
+_CHECK_PAGES = F.MAX_BATCH_SIZE
+
+
+def check_structure(data: bytes, pages: int, *, segments: Sequence[tuple[int, int]] = ()) -> None:
+    """Check that ``data`` (a checkpoint's -12 payloads) encodes ``pages`` pages.
+
+    Without the previous checkpoint's content: the pages are decoded into scratch
+    space (a SKIP leaves whatever is there), which follows exactly the path of
+    :meth:`CheckpointDecoder.decode_into`, so a bad run list fails with libxc's
+    message and offset as a receiver would; ``value`` is the page's index in the
+    checkpoint.
+    """
+    decoder = CheckpointDecoder(data, segments)
+    scratch = np.empty((min(pages, _CHECK_PAGES), PAGE), np.uint8)
+    done = 0
+    while done < pages:
+        n = min(pages - done, _CHECK_PAGES)
+        decoder.decode_into(scratch[:n], pfns=range(done, done + n))
+        done += n
+
+
 # --- encoder ---------------------------------------------------------------------------
 
 
