@@ -15,10 +15,8 @@ compressed 3-checkpoint Remus stream (figures only).
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,16 +28,6 @@ DECODE_TARGET_MBS = 1000.0
 GEN_TARGET_MBS = 300.0
 RSS_TARGET_MIB = 64
 DECODE_GUEST_MAX = 256 << 20
-
-
-def _measure() -> Any:
-    """``measure(ctx, cmd)`` from bench_inspect: wall time and peak RSS of a shell command."""
-    path = Path(__file__).with_name("bench_inspect.py")
-    spec = importlib.util.spec_from_file_location("bench_inspect", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.measure
 
 
 def _best(repeat: int, fn: Any) -> float:
@@ -124,7 +112,7 @@ def _decode_rows(ctx: Any) -> list[dict[str, Any]]:
     deltas = b"".join(compress_page(new[i], old[i]) for i in range(len(sub)))
     rows.append(_decode_row("all deltas", deltas, old, ctx.repeat, False))
     rows.append(_decode_row("all EMPTY", bytes(len(sub)), old, ctx.repeat, False))
-    n = 1024
+    n = min(1024, len(sub))  # small --size runs have fewer dirty pages
     worst_old = old[:n]
     flipped = worst_old.copy()
     flipped.view("<u4")[:, ::2] ^= 1
@@ -134,7 +122,7 @@ def _decode_rows(ctx: Any) -> list[dict[str, Any]]:
 
 
 def _gen_rows(ctx: Any) -> list[dict[str, Any]]:
-    measure = _measure()
+    helper = ctx.module("inspect")
     mem = f"{ctx.size >> 20}M"
     cases = [
         ("gen pv plain", f"--guest pv --sender xen-4.3 --memory {mem}", True),
@@ -150,7 +138,8 @@ def _gen_rows(ctx: Any) -> list[dict[str, Any]]:
     xlpy = " ".join(ctx.xlpy)
     for case, args, target in cases:
         gen = f"{xlpy} gen {args} --seed 1 -o -"
-        dt, rss = measure(ctx, f"{gen} | cat >/dev/null")
+        runs = [helper.run_once(ctx, f"{gen} | cat >/dev/null") for _ in range(max(1, ctx.repeat))]
+        dt, rss = min(t for t, _ in runs), max(r for _, r in runs)
         out = subprocess.run(
             ["/bin/sh", "-c", f"{gen} | wc -c"], capture_output=True, text=True, check=True
         )

@@ -172,7 +172,7 @@ def _alternate(
     rss = dict.fromkeys(cmds, 0.0)
     for _ in range(max(1, ctx.repeat)):
         for name, cmd in cmds.items():
-            t, r = helper._once(ctx, cmd)
+            t, r = helper.run_once(ctx, cmd)
             best[name], rss[name] = min(best[name], t), max(rss[name], r)
     return best, rss
 

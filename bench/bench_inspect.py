@@ -37,7 +37,7 @@ print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)
 """
 
 
-def _once(ctx: Any, cmd: str) -> tuple[float, float]:
+def run_once(ctx: Any, cmd: str) -> tuple[float, float]:
     """One run of ``cmd``: wall seconds and peak RSS in MiB."""
     out = subprocess.run(
         [ctx.python, "-c", _MEASURE, cmd], capture_output=True, text=True, check=True
@@ -55,15 +55,10 @@ def measure_pair(ctx: Any, base: str, cmd: str) -> tuple[float, float, float]:
     """
     best_base, best, rss = float("inf"), float("inf"), 0.0
     for _ in range(max(1, ctx.repeat)):
-        best_base = min(best_base, _once(ctx, base)[0])
-        t, r = _once(ctx, cmd)
+        best_base = min(best_base, run_once(ctx, base)[0])
+        t, r = run_once(ctx, cmd)
         best, rss = min(best, t), max(rss, r)
     return best_base, best, rss
-
-
-def _have_gen(ctx: Any) -> bool:
-    r = subprocess.run([*ctx.xlpy, "gen", "--help"], capture_output=True, check=False)
-    return r.returncode == 0
 
 
 def stream_file(ctx: Any, guest: str) -> Path:
@@ -73,19 +68,11 @@ def stream_file(ctx: Any, guest: str) -> Path:
     if path.exists():
         return path
     tmp = path.with_suffix(".tmp")
-    if _have_gen(ctx):
-        subprocess.run(
-            [*ctx.xlpy, "gen", "--guest", guest, "--sender", "xen-4.3", "--toolstack", "xl",
-             "--mode", "plain", "--memory", f"{mib}M", "--seed", "1", "-o", str(tmp)],
-            check=True,
-        )  # fmt: skip
-    else:  # until `xlpy gen` is registered: the same sender model through its API
-        from xlpy.guest import GuestSpec
-        from xlpy.stream.legacy.senders import SenderProfile, generate
-
-        spec = GuestSpec(kind=guest, pages=ctx.size // 4096, seed=1)  # type: ignore[arg-type]
-        with open(tmp, "wb") as f:
-            generate(SenderProfile(sender="xen-4.3", toolstack="xl"), spec, f)
+    subprocess.run(
+        [*ctx.xlpy, "gen", "--guest", guest, "--sender", "xen-4.3", "--toolstack", "xl",
+         "--mode", "plain", "--memory", f"{mib}M", "--seed", "1", "-o", str(tmp)],
+        check=True,
+    )  # fmt: skip
     tmp.rename(path)
     return path
 

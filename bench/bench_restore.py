@@ -16,7 +16,6 @@ image of the guest's size); in the timed runs each restore removes its domain di
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 import shutil
@@ -29,18 +28,8 @@ PIPE_TARGET = 0.7
 RSS_TARGET_MIB = 64
 
 
-def _inspect_bench(ctx: Any) -> Any:
-    """``bench_inspect``: its cached streams and its measuring helper."""
-    path = Path(ctx.root) / "bench" / "bench_inspect.py"
-    spec = importlib.util.spec_from_file_location("bench_inspect", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def run(ctx: Any) -> list[dict[str, Any]]:
-    helper = _inspect_bench(ctx)
+    helper = ctx.module("inspect")
     xlpy = " ".join(shlex.quote(a) for a in ctx.xlpy)
     rows: list[dict[str, Any]] = []
     for guest in ("hvm", "pv"):
@@ -69,10 +58,10 @@ def run(ctx: Any) -> list[dict[str, Any]]:
             base_s = file_s = s = float("inf")
             rss = 0.0
             for _ in range(max(1, ctx.repeat)):
-                base_s = min(base_s, helper._once(ctx, f"cat {f} | cat >/dev/null")[0])
+                base_s = min(base_s, helper.run_once(ctx, f"cat {f} | cat >/dev/null")[0])
                 copy = f"cat {f} | cat >{w}/copy && rm -f {w}/copy"
-                file_s = min(file_s, helper._once(ctx, copy)[0])
-                t, r = helper._once(ctx, cmd)
+                file_s = min(file_s, helper.run_once(ctx, copy)[0])
+                t, r = helper.run_once(ctx, cmd)
                 s, rss = min(s, t), max(rss, r)
         finally:
             shutil.rmtree(work, ignore_errors=True)

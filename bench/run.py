@@ -21,6 +21,10 @@ from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from xlpy.cli.common import size_arg  # noqa: E402 - needs ROOT on sys.path
 
 
 @dataclass
@@ -38,14 +42,6 @@ class Context:
     def module(self, name: str) -> ModuleType:
         """Another benchmark module (``bench/bench_NAME.py``), to reuse its streams and runners."""
         return load(self.root / "bench" / f"bench_{name}.py")
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
 
 
 def xlpy_command(python: str) -> list[str]:
@@ -84,7 +80,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--only", action="append", help="run only bench_NAME (repeatable)")
-    p.add_argument("--size", default="1G", help="guest/stream size (default 1G)")
+    p.add_argument("--size", type=size_arg, default="1G", help="guest/stream size (default 1G)")
     p.add_argument("--repeat", type=int, default=3, help="runs per measurement (best kept)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = p.parse_args(argv)
@@ -93,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         cache=ROOT / ".cache" / "bench",
         python=sys.executable,
         xlpy=xlpy_command(sys.executable),
-        size=parse_size(args.size),
+        size=args.size,
         repeat=args.repeat,
     )
     ctx.cache.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import pytest
 
 from xlpy.cli import gen as gen_cli
 from xlpy.cli import main
-from xlpy.cli.gen import parse_size
+from xlpy.cli.common import parse_size
 from xlpy.guest import GuestSpec
 from xlpy.stream.legacy.senders import SenderProfile, generate
 

@@ -35,10 +35,10 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import xlpy
+from xlpy.cli.common import width_arg
 from xlpy.cli.progress import make_progress
 from xlpy.errors import StreamError, UsageError, XlpyError
 from xlpy.outfile import fd_number, open_output
-from xlpy.stream.legacy.framing import parse_width
 from xlpy.stream.source import ByteSource, open_source
 
 # The sender model's names (xlpy.stream.legacy.senders), not imported: it costs
@@ -88,13 +88,6 @@ Differences from Xen's tool:
 Exit status: 0 ok, 1 stream error, 2 usage or program error."""
 
 
-def _width(text: str) -> int:
-    try:
-        return parse_width(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "convert",
@@ -112,7 +105,7 @@ def add_parser(subparsers: Any) -> None:
         "-o", "--out", dest="fout", default="-", metavar="FD|FILE", help="output (default: stdout)"
     )
     p.add_argument(
-        "-w", "--width", type=_width, help="legacy toolstack width 32|64 (default: detected)"
+        "-w", "--width", type=width_arg, help="legacy toolstack width 32|64 (default: detected)"
     )
     # libxl's --guest, like any unique prefix, is an abbreviation of --guest-type (as
     # with Xen's optparse); a second option string would make --gu ambiguous.

@@ -10,13 +10,12 @@ FIFO in place.  Impossible combinations
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
 
+from xlpy.cli.common import size_arg, width_arg
 from xlpy.errors import UsageError
 from xlpy.guest import GuestSpec
 from xlpy.outfile import open_output
-from xlpy.stream.legacy.framing import parse_width
 from xlpy.stream.legacy.senders import (
     MODES,
     SENDERS,
@@ -25,30 +24,6 @@ from xlpy.stream.legacy.senders import (
     SenderProfile,
     generate,
 )
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """``64M``, ``1G``, ``512K``, ``4096`` (bytes; suffixes are binary, ``iB``/``B`` allowed)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"bad size {text!r} (expected e.g. 64M, 1G)")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
-
-
-def _width(text: str) -> int:
-    try:
-        return parse_width(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_parser(subparsers: Any) -> None:
@@ -59,9 +34,11 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--guest", choices=["pv", "hvm"], required=True)
     p.add_argument(
-        "--guest-width", type=_width, default=8, help="PV guest width: 32 or 64 (default 64)"
+        "--guest-width", type=width_arg, default=8, help="PV guest width: 32 or 64 (default 64)"
     )
-    p.add_argument("--width", type=_width, default=8, help="toolstack width W: 64 (default) or 32")
+    p.add_argument(
+        "--width", type=width_arg, default=8, help="toolstack width W: 64 (default) or 32"
+    )
     p.add_argument("--sender", choices=SENDERS, required=True)
     p.add_argument("--toolstack", choices=TOOLSTACKS, default="bare")
     p.add_argument("--mode", choices=MODES, default="plain")
@@ -79,7 +56,7 @@ def add_parser(subparsers: Any) -> None:
         help="eof: the stream ends after the image; foreign: then xl's handshake text "
         "'domain is yours, you are cleared to unpause\\0', which libxc never reads",
     )
-    p.add_argument("--memory", type=_size, required=True, help="guest memory, e.g. 64M, 1G")
+    p.add_argument("--memory", type=size_arg, required=True, help="guest memory, e.g. 64M, 1G")
     p.add_argument("--vcpus", type=int, default=2)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file or '-'")

@@ -12,17 +12,10 @@ import json
 import sys
 from typing import Any
 
+from xlpy.cli.common import width_arg
 from xlpy.errors import UsageError
 from xlpy.inspect import inspect_stream, render_text
-from xlpy.stream.legacy.framing import parse_width
 from xlpy.stream.source import open_source
-
-
-def _width(text: str) -> int:
-    try:
-        return parse_width(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_parser(subparsers: Any) -> None:
@@ -34,7 +27,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("source", metavar="FILE", help="stream file, '-' for stdin, or fd:N")
     p.add_argument(
         "--width",
-        type=_width,
+        type=width_arg,
         help="toolstack width: 4 or 8 (bytes) or 32 or 64 (bits); default: detected",
     )
     p.add_argument("--guest", choices=["pv", "hvm"], help="guest type; default: detected")

@@ -23,13 +23,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xlpy.cli.common import width_arg
 from xlpy.cli.progress import make_progress
 from xlpy.errors import LibraryNotFound, UsageError
 from xlpy.receiver import restore
 from xlpy.receiver.backends import ProgressFn
 from xlpy.receiver.generations import GENERATIONS
 from xlpy.receiver.toolstacks import DEFAULT_TOOLSTACK, TOOLSTACKS
-from xlpy.stream.legacy.framing import parse_width
 from xlpy.stream.source import open_source
 
 if TYPE_CHECKING:
@@ -44,13 +44,6 @@ OPERATIONS = {
     "remus": "remus-receive",
     "colo": "colo-receive",
 }
-
-
-def _width(text: str) -> int:
-    try:
-        return parse_width(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _seconds(text: str) -> float:
@@ -127,7 +120,9 @@ def add_parser(subparsers: Any) -> None:
         metavar="SECONDS",
         help="libxc's select timeout after the first checkpoint (default 1)",
     )
-    p.add_argument("--width", type=_width, help="toolstack width (4/8 or 32/64); default detected")
+    p.add_argument(
+        "--width", type=width_arg, help="toolstack width (4/8 or 32/64); default detected"
+    )
     p.add_argument("--guest", choices=["pv", "hvm"], help="guest type; default detected")
 
 
