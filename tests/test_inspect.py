@@ -12,7 +12,9 @@ import pytest
 from streams import build as B
 
 from xlpy import cli
+from xlpy.guest import GuestSpec
 from xlpy.inspect import inspect_stream, render_text
+from xlpy.stream.legacy.senders import SenderProfile, generate
 from xlpy.stream.source import ByteSource
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,6 +131,26 @@ def test_cli_exit_codes(xlpy, tmp_path: Path) -> None:  # type: ignore[no-untype
     undecidable.write_bytes(B.uw(16, 8) + B.uw(0x12345, 8) + B.i32(0))
     rc, _, err = xlpy(str(undecidable))
     assert rc == 2 and "--guest" in err
+    rc, out, err = xlpy(str(undecidable), "--json")
+    assert rc == 2 and "--guest" in err
+    assert json.loads(out)["error"]["kind"] == "usage"
+    assert "--guest" in json.loads(out)["error"]["message"]
+
+
+@pytest.mark.parametrize("toolstack", ["bare", "xl"])
+@pytest.mark.parametrize("kind", ["pv", "hvm"])
+def test_given_guest_contradicting_the_stream_is_an_error(kind: str, toolstack: str) -> None:
+    buf = io.BytesIO()
+    generate(
+        SenderProfile(sender="xen-4.3", toolstack=toolstack), GuestSpec(kind=kind, pages=64), buf
+    )  # type: ignore[arg-type]
+    data = buf.getvalue()
+    assert inspect_stream(ByteSource(io.BytesIO(data)), guest=kind).complete
+    other = "pv" if kind == "hvm" else "hvm"
+    s = inspect_stream(ByteSource(io.BytesIO(data)), guest=other)
+    assert not s.complete and s.error is not None
+    assert (s.error.kind, s.error.field) == ("malformed", "header.guest")
+    assert f"guest is {kind.upper()}" in str(s.error)
 
 
 @pytest.mark.parametrize("flag,width", [("32", 4), ("4", 4), ("64", 8), ("8", 8)])

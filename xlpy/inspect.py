@@ -111,6 +111,20 @@ class Summary:
         }
 
 
+def _check_guest(reader: LegacyReader, header: StreamHeader) -> None:
+    """A guest type given by the caller must not contradict what the stream says."""
+    said = reader.stream_guest
+    if said is None or said == reader.guest:
+        return
+    raise StreamMalformed(
+        f"the stream says the guest is {said.upper()} (its toolstack config or the bytes "
+        f"after p2m_size), not {str(reader.guest).upper()} as given",
+        offset=header.offset + header.width,
+        record=header.index,
+        field="header.guest",
+    )
+
+
 class _CompressedPages:
     """One checkpoint's -12 payloads, checked page by page once its body is complete."""
 
@@ -186,6 +200,7 @@ def inspect_stream(
                 summary.guest = reader.guest
                 summary.p2m_size = rec.p2m_size
                 summary.guest_width = reader.guest_width
+                _check_guest(reader, rec)
             elif isinstance(rec, PvExtInfo):
                 summary.ext_info = tuple(b.block_id.decode("ascii", "replace") for b in rec.blocks)
                 summary.guest_width = reader.guest_width

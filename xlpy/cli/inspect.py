@@ -41,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot open {args.source}: {e}") from None
     try:
         summary = inspect_stream(source, width=args.width, guest=args.guest)
+    except UsageError as e:
+        if args.json:  # a JSON reader still gets one object (exit 2 all the same)
+            error = {"kind": "usage", "offset": None, "message": str(e)}
+            json.dump({"format": "legacy", "complete": False, "error": error}, sys.stdout)
+            sys.stdout.write("\n")
+        raise
     finally:
         if owned is not None:
             owned.close()

@@ -150,7 +150,7 @@ class LegacyReader:
     """Reads a legacy stream from a :class:`ByteSource`; never seeks.
 
     ``width`` (4/8) and ``guest`` ("pv"/"hvm") override detection.  After
-    ``read_header`` the attributes ``width``, ``guest``, ``p2m_size`` are set;
+    ``read_header`` the attributes ``width``, ``guest``, ``stream_guest``, ``p2m_size`` are set;
     after ``read_pv_ext_info`` also ``ext_info`` and ``guest_width``.
     With ``reuse_buffers`` page data of a batch is a view valid only until the
     next element is read.
@@ -181,6 +181,9 @@ class LegacyReader:
         self.source = source
         self.width: int | None = width
         self.guest: str | None = guest
+        #: What the stream itself says the guest is (set by ``read_header``; None: it
+        #: does not say), even when ``guest`` was given.
+        self.stream_guest: str | None = None
         self.p2m_size: int | None = None
         self.ext_info: PvExtInfo | None = None
         self.guest_width: int | None = None
@@ -331,18 +334,22 @@ class LegacyReader:
             self.width = framing.detect_width(head) or 8
         w = self.width
         p2m_size = self._uw("header.p2m_size")
+        self.stream_guest = self._guest_said(head[w:])
         if self.guest is None:
             self.guest = self._guess_guest(head[w:])
         self.p2m_size = p2m_size
         self.guest_width = w
         return StreamHeader(offset=start, index=self._emit(), p2m_size=p2m_size, width=w)
 
-    def _guess_guest(self, after: bytes) -> str:
+    def _guest_said(self, after: bytes) -> str | None:
+        """The guest type the toolstack config or the image's first bytes say, if any."""
         hdr = self.framing_header
         config = hdr.config if hdr is not None else None
         guest = framing.guest_from_config(config) if config else None
-        if guest is None:
-            guest = framing.guest_from_image(after, self._w)
+        return guest if guest is not None else framing.guest_from_image(after, self._w)
+
+    def _guess_guest(self, after: bytes) -> str:
+        guest = self.stream_guest
         if guest is None and len(after) < 4:
             raise StreamTruncated(
                 f"end of stream {len(after)} bytes after p2m_size, before anything that "
