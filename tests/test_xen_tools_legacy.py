@@ -26,18 +26,25 @@ from xlpy.stream.v2.verify import verify_stream
 
 pytestmark = pytest.mark.xen_tools
 
-SENDERS = ("xen-4.1", "xen-4.2", "xen-4.3", "xen-4.5")
+SENDERS = ("xen-4.0", "xen-4.1", "xen-4.2", "xen-4.3", "xen-4.5")
 
 
 def _cases() -> list[tuple[str, int, int, str, str, str]]:
-    """(guest, guest width, toolstack width, sender, framing, output format)."""
+    """(guest, guest width, toolstack width, sender, framing, output format).
+
+    xen-4.0 predates xl's save format (gen refuses ``--toolstack xl`` for it), and
+    its HVM images end in a to-EOF ``QemuDeviceModelRecord`` that the converter does
+    not take: its streams here are the bare PV ones.
+    """
     out = []
     for sender in SENDERS:
+        xl = sender != "xen-4.0"
         for gw, w in ((64, 64), (32, 64), (32, 32)):
             out.append(("pv", gw, w, sender, "bare", "libxc"))
-            out.append(("pv", gw, w, sender, "xl", "libxl"))
+            if xl:
+                out.append(("pv", gw, w, sender, "xl", "libxl"))
         out.append(("pv", 64, 64, sender, "bare", "libxl"))
-        for w in (64, 32):
+        for w in (64, 32) if xl else ():
             out.append(("hvm", 64, w, sender, "xl", "libxl"))
     return out
 
