@@ -45,6 +45,7 @@ class CheckpointSummary:
     qemu: QemuRecord | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """One element of the ``checkpoints`` list of ``xlpy inspect --json``."""
         return {
             "offset": self.offset,
             "batches": self.batches,

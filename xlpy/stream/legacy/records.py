@@ -25,6 +25,12 @@ if TYPE_CHECKING:  # numpy costs ~0.1 s to import: only entry_array() needs it
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Record:
+    """Base of every record: where it starts in the input and its place in the sequence.
+
+    Both are -1 for records built by hand (a writer's input) and do not take part in
+    equality.
+    """
+
     offset: int = field(default=-1, compare=False)
     index: int = field(default=-1, compare=False)
 
@@ -102,6 +108,7 @@ class PvExtInfo(Record):
 
     @property
     def vcpu_context(self) -> bytes | None:
+        """The "vcpu" block's data (a vcpu context of the guest's width), if present."""
         b = self._find(b"vcpu")
         return b.data if b else None
 
@@ -115,6 +122,8 @@ class PvExtInfo(Record):
 
     @property
     def extv(self) -> bool:
+        """True when an "extv" block is present: each PV vcpu context is followed by
+        its extended context (``xen_domctl_ext_vcpucontext``, 128 bytes)."""
         return self._find(b"extv") is not None
 
     @property
@@ -160,6 +169,7 @@ class PageBatch(Record):
 
     @property
     def count(self) -> int:
+        """Number of pfn entries in the batch (1..1024)."""
         return len(self.entries) // self.width
 
     def entry_array(self) -> np.ndarray:
@@ -183,6 +193,7 @@ class VcpuInfo(Record):
     online_map: tuple[int, ...]
 
     def online_vcpus(self) -> list[int]:
+        """Ids 0..max_vcpu_id whose bit is set in the online map, ascending."""
         return [
             i
             for i in range(self.max_vcpu_id + 1)
@@ -201,6 +212,8 @@ class HvmParamChunk(Record):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TmemPage:
+    """One tmem page of a pool: object id (three u64), index in the object, its bytes."""
+
     oid: tuple[int, int, int]
     index: int
     data: bytes
@@ -208,6 +221,9 @@ class TmemPage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TmemPool:
+    """One tmem pool of a -5 chunk: id, flags (page-size shift inside), page count, uuid
+    and the pages read (fewer than ``n_pages`` when the list ended early)."""
+
     pool_id: int
     flags: int
     n_pages: int
@@ -231,6 +247,8 @@ class Tmem(Record):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TmemExtraEntry:
+    """One -6 entry: the tmem page (pool, object id, index) to invalidate."""
+
     pool_id: int
     oid: tuple[int, int, int]
     index: int
@@ -287,12 +305,17 @@ class EndOfBody(Record):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class XsaveRecord:
+    """A PV vcpu's xsave record in the tail: the feature mask and the xsave area."""
+
     xfeature_mask: int
     data: bytes  # the u64 size field is len(data)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VcpuState:
+    """One online vcpu in the PV tail: its context, extended context (``extv``) and
+    xsave record (``xcnt``), the last two ``None`` when the stream has none."""
+
     vcpu_id: int
     context: bytes
     ext: bytes | None = None

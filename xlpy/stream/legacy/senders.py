@@ -113,11 +113,13 @@ class SenderProfile:
 
     @property
     def version(self) -> tuple[int, int]:
+        """The sender's Xen version as ``(major, minor)``, e.g. ``(4, 3)``."""
         major, minor = self.sender.removeprefix("xen-").split(".")
         return int(major), int(minor)
 
     @property
     def remus(self) -> bool:
+        """True in Remus mode: ``checkpoints`` body+tail pairs, later ones a dirty subset."""
         return self.mode == "remus"
 
     @property
