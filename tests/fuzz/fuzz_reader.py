@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Coverage-guided fuzzing (atheris) of the legacy reader through ``inspect``.
 
-The first input byte picks the ``--width``/``--guest`` overrides, the rest is
-the stream.  Any exception that is not an :class:`~xlpy.errors.XlpyError` is a
-bug (libFuzzer then writes the input as ``crash-*``): fix it and add the input
-to ``tests/streams/``.  Seeds: every crafted stream in ``tests/streams/`` plus
-complete generated images, written to the corpus folder on first use.
+The first input byte picks the target: below 0x80 it picks the
+``--width``/``--guest`` overrides and the rest is the stream for ``inspect`` (which
+checks compressed checkpoints with the compression decoder); from 0x80 on the
+second byte is a page count and the rest a compressed payload for the decoder
+itself (``check_structure``), where short inputs explore run lists quickly.
+Any exception that is not an :class:`~xlpy.errors.XlpyError` is a bug (libFuzzer
+then writes the input as ``crash-*``): fix it and add the input to ``tests/streams/``.
+Seeds: every crafted stream in ``tests/streams/`` plus complete generated images,
+written to the corpus folder on first use.
 
 Usage (``make fuzz`` does this): ``python tests/fuzz/fuzz_reader.py [libFuzzer flags]``;
 the corpus folder defaults to ``.cache/fuzz/reader``.
@@ -13,6 +17,7 @@ the corpus folder defaults to ``.cache/fuzz/reader``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -27,8 +32,11 @@ sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports():
-    from xlpy.errors import XlpyError
+    from xlpy.errors import StreamMalformed, XlpyError
     from xlpy.inspect import inspect_stream, render_text
+
+    # inspect imports the decoder lazily: import it here so that it is instrumented.
+    from xlpy.stream.legacy.compression import check_structure
     from xlpy.stream.source import ByteSource
 
 WIDTHS = (None, 4, 8)
@@ -39,6 +47,11 @@ def one_input(data: bytes) -> None:
     if not data:
         return
     mode = data[0]
+    if mode >= 0x80:
+        if len(data) > 1:
+            with contextlib.suppress(StreamMalformed):
+                check_structure(data[2:], data[1] % 16 + 1)
+        return
     width, guest = WIDTHS[mode % 3], GUESTS[(mode // 3) % 3]
     try:
         summary = inspect_stream(ByteSource(io.BytesIO(data[1:])), width=width, guest=guest)
@@ -64,6 +77,8 @@ def seeds() -> list[bytes]:
     images += generated()
     out = [b"\0" + img for img in images]
     out += [b"\0" + p.read_bytes() for p in sorted((TESTS / "streams").glob("*.bin"))]
+    # The decoder alone: EMPTY, FULL and run-list pages.
+    out += [b"\x80\x02\x00\x80" + bytes(4096), b"\x80\x00" + b"\x7f" + bytes(508) + b"\xff" * 7]
     return out
 
 
