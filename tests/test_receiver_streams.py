@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from xlpy.stream.legacy import format as F
 from xlpy.stream.legacy.compression import compress_page
+from xlpy.stream.legacy.pvcontext import write_context
 from xlpy.stream.legacy.records import (
     CompressedData,
     EnableCompression,
@@ -35,6 +36,14 @@ from xlpy.stream.legacy.writer import encode
 PAGE = F.PAGE_SIZE
 P2M = 16
 CTX = F.VCPU_CONTEXT_SIZE_64
+#: PV streams' page-table base: an all-zero L4 (so memory checks need not list it),
+#: sent typed in checkpoint 0; start info is pfn 0 (zero: xenstore/console frame 0).
+PV_L4 = P2M - 1
+
+
+def pv_context(fill: int) -> bytes:
+    """A context of ``fill`` bytes whose frame fields pass libxc's PV finish checks."""
+    return write_context(bytes([fill]) * CTX, 8, start_info_pfn=0, pt_base_pfn=PV_L4)
 
 
 def page(tag: int, pfn: int) -> bytes:
@@ -61,12 +70,15 @@ def build(
     vcpus: int = 1,
     p2m_size: int = P2M,
     trailer: bytes = b"",
+    context: bytes | None = None,
+    frame_list: tuple[int, ...] = (0,),
 ) -> bytes:
     """A bare (no toolstack header) 64-bit-toolstack stream of ``checkpoints``.
 
     ``last`` puts -9 in the (only) checkpoint; ``compress`` makes checkpoints >= 2
     format B (after -13 in the first); ``qemu`` is the QEMU record signature written
     after every HVM tail (``None``: none); ``trailer`` follows the last byte.
+    PV: ``context`` replaces every vcpu context, ``frame_list`` the p2m frame list.
     """
     recs: list[Record] = [StreamHeader(p2m_size=p2m_size, width=8)]
     if guest == "pv":
@@ -78,7 +90,10 @@ def build(
                 )
             )
         )
-        recs.append(P2mFrameList(entries=(0,)))
+        recs.append(P2mFrameList(entries=frame_list))
+    if guest == "pv" and checkpoints:
+        l4 = struct.pack("<Q", (4 << 28) | PV_L4)  # XEN_DOMCTL_PFINFO_L4TAB
+        recs.append(PageBatch(width=8, entries=l4, data=bytes(PAGE)))
     held: dict[int, bytes] = {}
     for k, cp in enumerate(checkpoints):
         pfns = sorted(cp)
@@ -103,7 +118,7 @@ def build(
                 PvTail(
                     unmapped=(),
                     vcpus=tuple(
-                        VcpuState(vcpu_id=v, context=bytes([k + 1]) * CTX, ext=bytes(128))
+                        VcpuState(vcpu_id=v, context=context or pv_context(k + 1), ext=bytes(128))
                         for v in range(vcpus)
                     ),
                     shared_info=bytes([k + 1]) * PAGE,

@@ -228,7 +228,7 @@ def _replay(records: list[Record], p2m_size: int) -> dict[int, bytes]:
     for r in records:
         if isinstance(r, PageBatch):
             e = r.entry_array()
-            data_pfns = [int(x) for x in e if x >> 28 != 0xF]
+            data_pfns = [int(x) & F.PFN_MASK for x in e if x >> 28 != 0xF]
             if r.data is None:
                 pending += data_pfns
             else:

@@ -12,8 +12,13 @@ Everything here is a pure function of the :class:`GuestSpec`:
   differ sparsely, as a running guest's pages do.  A page's content at epoch
   ``e`` is its base content overlaid with the spans of the last epoch ``<= e``
   that dirtied it.  About one page in eight is all zeroes at epoch 0.
-* vcpus (all online), PV contexts, shared info, HVM params, tail pfns, the
-  HVM context blob and QEMU device-model data (``QEVM`` magic).
+* a PV guest's special pages at the bottom of memory (:class:`PvLayout`): start info
+  (pointing at the xenstore and console pages), a GDT frame and a page-table tree
+  (x86_64: kernel and user L4, L3, L2, L1; PAE: L3, L2, L1) sent with their page types;
+  their contents are fixed, and later epochs never dirty them;
+* vcpus (all online), PV contexts whose frame fields (start info, GDT, cr3, user cr3)
+  point at those pages as a sender canonicalises them, shared info, HVM params, tail
+  pfns, the HVM context blob and QEMU device-model data (``QEVM`` magic).
 
 Contents are built in bulk with numpy from a 512 KiB pool drawn once from the
 seed and mixed per page with a 64-bit hash, so generating pages costs a gather
@@ -30,6 +35,7 @@ from typing import Literal
 import numpy as np
 
 from xlpy.stream.legacy import format as F
+from xlpy.stream.legacy import pvcontext
 
 PAGE = F.PAGE_SIZE
 _WORDS = PAGE // 8
@@ -38,8 +44,13 @@ _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 #: The legacy VGA hole an HVM guest leaves unpopulated.
 HVM_HOLE = range(0xA0, 0xC0)
-#: Fewest pages a generated guest may have (HVM keeps a few special pages on top).
-MIN_PAGES = {"pv": 1, "hvm": 16}
+#: Fewest pages a generated guest may have (HVM keeps a few special pages on top, PV
+#: its special pages below the p2m frames at pfn 16).
+MIN_PAGES = {"pv": 16, "hvm": 16}
+#: Present, writable, user, accessed, dirty: the flags of a generated PTE.
+_PTE_FLAGS = 0x67
+#: A PAE L3 entry may only have the present bit.
+_PAE_L3_FLAGS = 0x1
 #: Salts that keep the hash streams of different purposes apart.
 _SALT_ZERO, _SALT_KEY, _SALT_DIRTY, _SALT_SPAN, _SALT_OFF, _SALT_BYTES = range(1, 7)
 
@@ -108,6 +119,34 @@ class GuestSpec:
             raise ValueError(f"dirty fraction must be in [0, 1], not {self.dirty}")
 
 
+@dataclass(frozen=True, slots=True)
+class PvLayout:
+    """Where a PV guest's special pages are (pfns) and the page-table tree's types."""
+
+    start_info: int
+    store: int
+    console: int
+    gdt: int
+    #: Kernel page-table base (``ctrlreg[3]``): an L4 (x86_64) or the PAE L3.
+    pt_base: int
+    #: x86_64's user page-table base (``ctrlreg[1]``), ``None`` for PAE.
+    user_pt_base: int | None
+    #: Page-table pfn -> its level (1..4); each level's table maps the next one down.
+    tables: dict[int, int]
+
+    @staticmethod
+    def for_width(guest_width: int) -> PvLayout:
+        """The layout of a 4- or 8-byte guest: pfns 1..9 (x86_64) or 1..7 (PAE)."""
+        if guest_width == 8:
+            return PvLayout(1, 2, 3, 4, 5, 6, {5: 4, 6: 4, 7: 3, 8: 2, 9: 1})
+        return PvLayout(1, 2, 3, 4, 5, None, {5: 3, 6: 2, 7: 1})
+
+    @property
+    def end(self) -> int:
+        """One past the last special pfn."""
+        return max(self.tables) + 1
+
+
 class Guest:
     """Page contents and machine state of a :class:`GuestSpec`."""
 
@@ -141,8 +180,56 @@ class Guest:
         hit = _hash(self.seed, _SALT_DIRTY, epoch, pfns) < limit
         if self.spec.dirty >= 1.0:
             hit[:] = True
-        result: np.ndarray = hit & self.populated[pfns.astype(np.int64)]
+        idx = pfns.astype(np.int64)
+        result: np.ndarray = hit & self.populated[idx] & ~self._special[idx]
         return result
+
+    # -- PV special pages -------------------------------------------------------------
+
+    @cached_property
+    def pv_layout(self) -> PvLayout | None:
+        """The PV special pages (``None`` for HVM)."""
+        return PvLayout.for_width(self.spec.guest_width) if self.kind == "pv" else None
+
+    @cached_property
+    def _special(self) -> np.ndarray:
+        mask = np.zeros(self.p2m_size, dtype=bool)
+        if self.pv_layout is not None:
+            mask[1 : self.pv_layout.end] = True
+        return mask
+
+    @cached_property
+    def page_types(self) -> np.ndarray:
+        """Per pfn, the page-type nibble a sender puts in the batch entry (uint32)."""
+        types = np.zeros(self.p2m_size, dtype=np.uint32)
+        if self.pv_layout is not None:
+            for pfn, level in self.pv_layout.tables.items():
+                types[pfn] = level
+        return types
+
+    def _special_page(self, pfn: int) -> bytes | None:
+        """The fixed content of a special pfn (``None``: an ordinary page)."""
+        lay = self.pv_layout
+        if lay is None or not self._special[pfn]:
+            return None
+        gw = self.spec.guest_width
+        if pfn == lay.start_info:
+            return pvcontext.start_info_page(
+                gw, nr_pages=self.p2m_size, store_pfn=lay.store, console_pfn=lay.console
+            )
+        level = lay.tables.get(pfn)
+        if level is None:
+            return None  # store, console, GDT: ordinary-looking contents
+        # Each table maps the next level down; the L1 maps the first ordinary pages.
+        ptes = np.zeros(_WORDS, dtype="<u8")
+        if level == 1:
+            targets = np.arange(lay.end, min(self.p2m_size, lay.end + 64), dtype=np.uint64)
+            ptes[: len(targets)] = (targets << np.uint64(12)) | np.uint64(_PTE_FLAGS)
+        else:
+            lower = next(p for p, lv in lay.tables.items() if lv == level - 1)
+            flags = _PAE_L3_FLAGS if gw == 4 and level == 3 else _PTE_FLAGS
+            ptes[0] = (lower << 12) | flags
+        return ptes.tobytes()
 
     def versions(self, pfns: np.ndarray, epoch: int) -> np.ndarray:
         """For each pfn, the last epoch ``<= epoch`` that rewrote it (0: never)."""
@@ -166,6 +253,11 @@ class Guest:
             zero = (_hash(self.seed, _SALT_ZERO, p) & np.uint64(7)) == 0
             words[zero] = 0
         out = words.view(np.uint8).reshape(n, PAGE)
+        if self.pv_layout is not None:
+            for i in np.flatnonzero((p >= 1) & (p < self.pv_layout.end)).tolist():
+                special = self._special_page(int(p[i]))
+                if special is not None:
+                    out[i] = np.frombuffer(special, dtype=np.uint8)
         vers = np.asarray(versions, dtype=np.int64)
         sel = np.flatnonzero(vers > 0)
         if sel.size:
@@ -218,8 +310,20 @@ class Guest:
         return F.VCPU_CONTEXT_SIZE_64 if self.spec.guest_width == 8 else F.VCPU_CONTEXT_SIZE_32
 
     def vcpu_context(self, vcpu: int, epoch: int) -> bytes:
-        """A PV vcpu context: deterministic FPU area, everything else zero."""
-        return det_bytes(self.seed, 1, 512, vcpu, epoch) + bytes(self.context_size - 512)
+        """A PV vcpu context: deterministic FPU area, the frame fields pointing at the
+        special pages as a sender canonicalises them (``edx`` = start info on vcpu0),
+        everything else zero."""
+        base = det_bytes(self.seed, 1, 512, vcpu, epoch) + bytes(self.context_size - 512)
+        lay = self.pv_layout or PvLayout.for_width(self.spec.guest_width)
+        return pvcontext.write_context(
+            base,
+            self.spec.guest_width,
+            start_info_pfn=lay.start_info if vcpu == 0 else 0,
+            pt_base_pfn=lay.pt_base,
+            user_pt_pfn=lay.user_pt_base,
+            gdt_pfns=(lay.gdt,),
+            gdt_ents=32,
+        )
 
     def ext_vcpu_context(self, vcpu: int) -> bytes:
         """The 128-byte ``ext_vcpucontext`` (56 meaningful bytes, rest zero)."""

@@ -16,6 +16,9 @@ effect, and what libxc logs.
   and applied only when complete; any read failure commits the last complete one
   (R-fix44: destroys the domain instead).
 * Failures before completion, and any failure while applying, destroy the domain.
+* PV finish checks what libxc checks before loading the vcpus: vcpu0's start-info frame
+  and the xenstore/console frames in it, the GDT frames, the (user) page-table base
+  against the pfn's page type, then the p2m frame list (§3.3, §7.1, §11).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from xlpy.receiver.backends import Domain, DomainFull, RestoreRequest, RestoreRe
 from xlpy.receiver.generations import generation
 from xlpy.receiver.toolstacks import checkpointed_for, toolstack
 from xlpy.stream.legacy import format as F
+from xlpy.stream.legacy import pvcontext
 from xlpy.stream.legacy.compression import CheckpointDecoder
 from xlpy.stream.legacy.reader import LegacyReader, PagePlacement
 from xlpy.stream.legacy.records import (
@@ -193,7 +197,11 @@ class Restore:
         self.genid_addr: int | None = None
         self.tsc: dict[str, int] | None = None
         self.tmem: dict[str, int] = {}
-        self.pt_types: dict[int, int] = {}
+        #: libxc's ``pfn_type[]``: the type nibble of each pfn's last page, NOTAB (0) left out.
+        self.pfn_type: dict[int, int] = {}
+        #: A PV guest's xenstore and console pfns, from its start-info page.
+        self.pv_store_pfn: int | None = None
+        self.pv_console_pfn: int | None = None
         self.broken: set[int] = set()
         #: Pages HVM finish cleared (magic and console pfns).
         self.zeroed: list[int] = []
@@ -642,13 +650,16 @@ class Restore:
         self.pages += len(dpfns)
 
     def _track_types(self, pfns: np.ndarray, types: np.ndarray) -> None:
-        pt = (types & 7) != 0
-        if pt.any():
-            for p, t in zip(pfns[pt].tolist(), types[pt].tolist(), strict=True):
-                self.pt_types[int(p)] = int(t)
-        if self.pt_types and (~pt).any():
-            for p in pfns[~pt].tolist():
-                self.pt_types.pop(int(p), None)
+        """``pfn_type[pfn] = pagetype`` for every page applied (L1296)."""
+        typed = types != 0
+        if typed.any():
+            for p, t in zip(pfns[typed].tolist(), types[typed].tolist(), strict=True):
+                self.pfn_type[int(p)] = int(t)
+        if self.pfn_type:
+            plain = pfns[~typed]
+            keys = np.fromiter(self.pfn_type, dtype=np.uint64, count=len(self.pfn_type))
+            for p in plain[np.isin(plain, keys)].tolist():
+                del self.pfn_type[int(p)]
 
     def _decode(self, decoder: CheckpointDecoder, pfns: np.ndarray) -> memoryview:
         plist = pfns.tolist()
@@ -688,7 +699,7 @@ class Restore:
                 self.hvm_params["vm_generation_id_addr"] = addr
             else:
                 pfn = addr >> F.PAGE_SHIFT
-                if pfn >= self.p2m_size or pfn in self.pt_types:
+                if pfn >= self.p2m_size or pfn in self.pfn_type:
                     self._fatal(M.GENID_FRAME_BAD, "hvm_param.value", addr)
             self.genid_addr = addr
 
@@ -787,13 +798,15 @@ class Restore:
         tail = self.tailbuf.tail
         files: dict[str, bytes] = {}
         if isinstance(tail, PvTail):
-            fl = self.frame_list.entries if self.frame_list is not None else ()
-            for i, pfn in enumerate(fl):
-                if pfn >= self.p2m_size or pfn in self.pt_types:
-                    self._fatal(M.P2M_FRAME_BAD.format(i=i, pfn=pfn), "p2m_frame_list", pfn)
             # libxc indexes p2m with these unchecked; the simulation ignores wild ones.
             unmapped = np.array([p for p in tail.unmapped if p < self.p2m_size], dtype=np.uint64)
             self.domain.zero_pages(unmapped)
+            for v in tail.vcpus:
+                self._check_vcpu(v.vcpu_id, v.context)
+            fl = self.frame_list.entries if self.frame_list is not None else ()
+            for i, pfn in enumerate(fl):
+                if pfn >= self.p2m_size or pfn in self.pfn_type:
+                    self._fatal(M.P2M_FRAME_BAD.format(i=i, pfn=pfn), "p2m_frame_list", pfn)
             for v in tail.vcpus:
                 files[f"vcpu{v.vcpu_id}.ctx"] = v.context
                 if v.ext is not None:
@@ -822,6 +835,54 @@ class Restore:
             files["toolstack"] = self.tdata
         self.files = files
 
+    def _check_vcpu(self, vcpu_id: int, context: bytes) -> None:
+        """PV finish's checks of one vcpu context's canonical frame numbers (§7.1, §11).
+
+        The simulation has no mfns: it checks as libxc does but leaves the start-info
+        page and the context as the stream had them (libxc rewrites pfns to mfns).
+        """
+        gw = self.guest_width
+        ctx = pvcontext.read_context(context, gw)
+        p2m = self.p2m_size
+        if vcpu_id == 0:
+            pfn = ctx.edx
+            if pfn >= p2m or pfn in self.pfn_type:
+                self._fatal(M.SUSPEND_RECORD_BAD, "vcpu0.edx", pfn)
+            store, console = pvcontext.read_start_info(self.domain.read_page(pfn), gw)
+            # Off by one as in libxc: a frame equal to p2m_size passes.
+            if store > p2m:
+                self._fatal(M.SUSPEND_XENSTORE_BAD, "start_info.store_mfn", store)
+            if console > p2m:
+                self._fatal(M.SUSPEND_CONSOLE_BAD, "start_info.console_mfn", console)
+            self.pv_store_pfn, self.pv_console_pfn = store, console
+        if ctx.gdt_ents > pvcontext.MAX_GDT_ENTRIES:
+            self._fatal(M.GDT_COUNT, f"vcpu{vcpu_id}.gdt_ents", ctx.gdt_ents)
+        for j in range(-(-ctx.gdt_ents // pvcontext.GDT_ENTRIES_PER_FRAME)):
+            pfn = ctx.gdt_frames[j]
+            if pfn >= p2m or pfn in self.pfn_type:
+                self._fatal(M.GDT_FRAME_BAD.format(j=j, pfn=pfn), f"vcpu{vcpu_id}.gdt_frames", pfn)
+        self._check_pt_base(vcpu_id, pvcontext.cr3_to_pfn(ctx.cr3, gw), user="")
+        # x86_64 keeps the user page-table base in ctrlreg[1], bit 0 = valid.
+        if pvcontext.layout(gw).pt_levels == 4 and ctx.cr1 & 1:
+            self._check_pt_base(vcpu_id, pvcontext.cr3_to_pfn(ctx.cr1 & ~1, gw), user="User ")
+
+    def _check_pt_base(self, vcpu_id: int, pfn: int, *, user: str) -> None:
+        """The page-table base must be a top-level table: L4 (x86_64) or L3 (PAE)."""
+        field_name = f"vcpu{vcpu_id}.ctrlreg[{1 if user else 3}]"
+        if pfn >= self.p2m_size:
+            # libxc also prints pfn_type[pfn] here, read out of bounds: not reproducible.
+            msg = M.PT_BASE_RANGE.format(user=user, pfn=pfn, p2m_size=self.p2m_size)
+            if not user:
+                msg += " type=00000000"
+            self._fatal(msg, field_name, pfn)
+        want = pvcontext.layout(self.guest_width).pt_levels
+        got = self.pfn_type.get(pfn, 0)
+        if got & 7 != want:
+            msg = M.PT_BASE_TYPE.format(
+                user=user, pfn=pfn, p2m_size=self.p2m_size, type=got << 28, want=want << 28
+            )
+            self._fatal(msg, field_name, pfn)
+
     def _state(self, tail: PvTail | HvmTail, qemu: QemuRecord | None) -> dict[str, Any]:
         vi = self.vcpu_info
         online = vi.online_vcpus() if vi is not None else [0]
@@ -837,8 +898,8 @@ class Restore:
             "hvm_params": self.hvm_params,
             "tsc_info": self.tsc,
             "tmem": self.tmem or None,
-            "console_pfn": self.console_pfn,
-            "store_pfn": tail.store_pfn if isinstance(tail, HvmTail) else None,
+            "console_pfn": self.console_pfn if self.guest == "hvm" else self.pv_console_pfn,
+            "store_pfn": tail.store_pfn if isinstance(tail, HvmTail) else self.pv_store_pfn,
             "generation_id_addr": self.genid_addr,
             "unmapped_pfns": len(tail.unmapped) if isinstance(tail, PvTail) else None,
             "pv_ext_info": [b.block_id.decode("latin-1") for b in ext.blocks] if ext else None,

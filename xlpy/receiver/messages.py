@@ -103,6 +103,14 @@ GENID_FRAME_BAD = "generation id buffer frame is bad"
 ACPI_IOPORT = "Error, unknow acpi ioport location ({v})"
 IOREQ_INCONSISTENT = "Inconsistent IOREQ Server settings (nr={nr:x}, pfn={pfn:x})"
 P2M_FRAME_BAD = "PFN-to-MFN frame number {i} ({pfn:#x}) is bad"
+# PV finish, per vcpu (L2021-2109), in libxc's order.
+SUSPEND_RECORD_BAD = "Suspend record frame number is bad"
+SUSPEND_XENSTORE_BAD = "Suspend record xenstore frame number is bad"
+SUSPEND_CONSOLE_BAD = "Suspend record console frame number is bad"
+GDT_COUNT = "GDT entry count out of range"
+GDT_FRAME_BAD = "GDT frame number {j} ({pfn:#x}) is bad"
+PT_BASE_RANGE = "{user}PT base is bad: pfn={pfn} p2m_size={p2m_size}"
+PT_BASE_TYPE = "{user}PT base is bad. pfn={pfn} nr={p2m_size} type={type:08x} {want:08x}"
 TOOLSTACK_NO_CALLBACK = "toolstack data available but no callback provided\n"
 
 

@@ -12,7 +12,8 @@ compression, trailer, toolstack width) turns a deterministic guest
   the switch to the last iteration, then the pages dirtied meanwhile; later
   checkpoints never repeat ``-7``;
 * batches of at most 1024 entries in pfn order; unpopulated pfns as the bare
-  ``0xF0000000`` XTAB entry; no empty batch;
+  ``0xF0000000`` XTAB entry; a PV guest's page tables with their L1-L4 type; no
+  empty batch;
 * end-of-checkpoint list: ``-2``; HVM params each only if non-zero, in the
   version's order (4.0: ``-3 -4``; 4.1: ``-3 -4 -8 -10``; 4.2/4.3: ``-14 -3 -15
   -16 -17 -4 -8 -10 -11``; 4.5 adds ``-19 -20``); ``-18`` (xl toolstack, 4.2+);
@@ -263,8 +264,11 @@ class _Stream:
     # -- body ----------------------------------------------------------------------------
 
     def _entries(self, pfns: np.ndarray) -> np.ndarray:
-        pop = self.g.populated[pfns]
-        return np.where(pop, pfns, F.BARE_XTAB_ENTRY).astype(self.entry_dtype)
+        """Batch entries: pfn | page type << 28 (page tables typed), bare XTAB for holes."""
+        g = self.g
+        pop = g.populated[pfns]
+        typed = pfns.astype(np.uint64) | (g.page_types[pfns].astype(np.uint64) << np.uint64(28))
+        return np.where(pop, typed, np.uint64(F.BARE_XTAB_ENTRY)).astype(self.entry_dtype)
 
     def _batches(self, pfns: np.ndarray, epoch: int) -> Iterator[PageBatch]:
         """Format-A batches over ``pfns`` (ascending) with their pages at ``epoch``."""
