@@ -11,15 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import pydoc
-import re
-import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
-from test_binding_generations import _fake_source
+from restore_helpers import build_stand_in, feed, read_report
 from test_receiver_streams import (
     XENSERVER_QEMU,
     build,
@@ -32,7 +30,7 @@ import xlpy
 from xlpy.api import DEFAULT_SIM_GENERATION, Restored, default_sim_generation
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY
 from xlpy.binding.generations import by_name
-from xlpy.errors import RestoreRefused, UsageError, XenError, XenUnavailable
+from xlpy.errors import RestoreRefused, StreamTruncated, UsageError, XenError, XenUnavailable
 from xlpy.receiver.backends import RestoreResult
 from xlpy.toolstack import Operation, StreamType, Verdict
 
@@ -40,24 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 R, M, RE, C = "restore", "migrate-receive", "remus-receive", "colo-receive"
 
 
-def _feed(data: bytes) -> int:
-    """A pipe's read end with ``data`` written from a thread (pipes, not files)."""
-    r, w = os.pipe()
-
-    def send() -> None:
-        try:
-            os.write(w, data)
-        except BrokenPipeError:
-            pass
-        finally:
-            os.close(w)
-
-    threading.Thread(target=send, daemon=True).start()
-    return r
-
-
 def _sim(data: bytes, out: Path, gen: str, op: str, **kw: object) -> Restored:
-    fd = _feed(data)
+    fd = feed(data)
     try:
         return xlpy.restore(fd, operation=op, out=out, generation=gen, heartbeat=0.2, **kw)  # type: ignore[arg-type]
     finally:
@@ -135,7 +117,7 @@ def test_framing_turns_the_4_3_1_eat_cell_into_success(guest: str, tmp_path: Pat
 def xlpy_receiver_restore(data: bytes, out: Path, ts: str) -> RestoreResult:
     from xlpy.receiver import restore
 
-    fd = _feed(data)
+    fd = feed(data)
     try:
         return restore(fd, generation="xen-4.3.1", out=out, toolstack=ts, heartbeat=0.2)
     finally:
@@ -249,19 +231,7 @@ def test_import_xlpy_stays_cheap() -> None:
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4.2 libxenguest stand-in that reads io_fd to EOF (what 4.0-4.3.1 libxc does)."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("NO C COMPILER: cannot build a stand-in library")
-    d = tmp_path_factory.mktemp("api-4.2")
-    (d / "fake.c").write_text(_fake_source(by_name("4.2-4.3.1")))
-    lib = d / "libxenguest.so.4.2"
-    cmd = [cc, "-shared", "-fPIC", "-Wl,-soname,libxenguest.so.4.2", "-o", str(lib)]
-    subprocess.run([*cmd, str(d / "fake.c")], check=True)
-    return lib
-
-
-def _report(path: Path) -> dict[str, int]:
-    return {k: int(v) for k, v in re.findall(r"^(\w+)=(-?\d+)$", path.read_text(), re.M)}
+    return build_stand_in(by_name("4.2-4.3.1"), tmp_path_factory.mktemp("api-4.2"))
 
 
 @pytest.mark.parametrize("guest", ["pv", "hvm"])
@@ -272,7 +242,7 @@ def test_libxc_backend_frames_and_hands_back(
     monkeypatch.delenv(ENV_GENERATION, raising=False)
     monkeypatch.setenv("FAKE_REPORT", str(tmp_path / "report"))
     image = build(guest, PLAIN_CPS, qemu=None)
-    fd = _feed(image + XENSERVER_QEMU)
+    fd = feed(image + XENSERVER_QEMU)
     try:
         r = xlpy.restore(
             fd, operation=M, backend="libxc", domid=7, guest=guest, toolstack="xenserver-classic"
@@ -281,7 +251,7 @@ def test_libxc_backend_frames_and_hands_back(
     finally:
         os.close(fd)
     assert r.ok and r.backend == "libxc" and r.framed and r.domid == 7
-    report = _report(tmp_path / "report")
+    report = read_report(tmp_path / "report")
     assert report["bytes"] == len(image) and report["hvm"] == (guest == "hvm")
     assert rest == XENSERVER_QEMU
     assert r.store_mfn == 0x10000 + len(image) and r.console_mfn == 0x20000 + len(image)
@@ -299,7 +269,7 @@ def test_libxc_backend_without_hypervisor(
     monkeypatch.setenv(ENV_LIBRARY, str(libs[0]))
     monkeypatch.delenv(ENV_GENERATION, raising=False)
     data = build("pv", PLAIN_CPS)
-    fd = _feed(data)
+    fd = feed(data)
     try:
         with pytest.raises(XenUnavailable, match="/dev/xen/privcmd") as e:
             xlpy.restore(fd, operation=R, backend="libxc", domid=3)
@@ -342,3 +312,36 @@ def test_v2_generation_takes_every_operation(tmp_path: Path) -> None:
         r = _sim(remus, tmp_path / op, "xen-4.17", op)
         assert r.ok and r.sim is not None and r.sim.checkpointed == st, op
         assert r.committed_checkpoint == repro.REMUS_CHECKPOINTS - 1
+
+
+def _forwarders() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "xlpy-forwarder"]
+
+
+def test_framed_restore_of_a_truncated_input_reports_the_input(tmp_path: Path) -> None:
+    # The forwarder never passes on a half batch, so libxc only sees its pipe end after
+    # the header; the input's own error says where the input really ends.
+    data = build("hvm", [{p: page(0, p) for p in range(64)}])
+    cut = data[: len(data) // 2]
+    r = _sim(cut, tmp_path / "d", "xen-4.3.1", M)
+    assert not r.ok and r.framed and isinstance(r.error, StreamTruncated)
+    assert f"the stream ends at offset {len(cut)}" in str(r.error)
+    assert r.error.field == "batch.pages"
+    assert any("0-length read" in m for m in r.messages)  # libxc's own view stays
+    assert not (tmp_path / "d").exists()
+
+
+def test_failed_framed_restore_stops_the_forwarder(tmp_path: Path) -> None:
+    # libxc gives up on the header while the source stays open and silent before the
+    # tail: the forwarder, waiting on it, must not outlive the call (it would read from
+    # whatever file reuses the descriptor number once the caller closed it).
+    data = build("hvm", [{p: page(0, p) for p in range(4)}], p2m_size=1 << 29)
+    r_fd, w_fd = os.pipe()
+    try:
+        os.write(w_fd, data[:-8])
+        r = xlpy.restore(r_fd, operation=R, out=tmp_path / "d", generation="xen-4.3.1")
+        assert not r.ok and "memory alloc failed" in r.messages[0]
+        assert _forwarders() == []
+    finally:
+        os.close(w_fd)
+        os.close(r_fd)

@@ -11,101 +11,20 @@ headers is test_cdef_*'s job.)
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from restore_helpers import OUT_PARAMS, build_stand_in, read_report
 
 from xlpy.binding import RestoreRequest, restore_libxc
-from xlpy.binding.cdefcheck import function_declarations
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY, detect
-from xlpy.binding.generations import GENERATIONS, PLAIN, REMUS, Generation
+from xlpy.binding.generations import GENERATIONS, PLAIN, REMUS
 from xlpy.errors import UsageError
-
-_SONAME = {
-    "4.0": "4.0",
-    "4.1": "4.0",
-    "4.2-4.3.1": "4.2",
-    "4.3.2-4.4": "4.4",
-    "4.5-4.6": "4.5",
-    "4.7-4.9": "4.8",
-    "4.10-4.13": "4.12",
-    "4.14-4.21": "4.19",
-    "4.22": "4.22",
-}
-
-_COMMON_IMPL = """
-xc_interface *xc_interface_open(xentoollog_logger *l, xentoollog_logger *d, unsigned f)
-{ return (xc_interface *)calloc(1, 64); }
-int xc_interface_close(xc_interface *xch) { free(xch); return 0; }
-static xc_error last;
-const xc_error *xc_get_last_error(xc_interface *h) { return &last; }
-void xc_clear_last_error(xc_interface *h) { }
-xentoollog_logger_stdiostream *xtl_createlogger_stdiostream(FILE *f, xentoollog_level l,
-    unsigned fl) { return 0; }
-void xtl_logger_destroy(struct xentoollog_logger *l) { }
-"""
-_FD_IMPL = """
-int xc_interface_open(void) { return 3; }
-int xc_interface_close(int h) { return 0; }
-static xc_error last;
-const xc_error *xc_get_last_error(void) { return &last; }
-void xc_clear_last_error(void) { }
-"""
-_OUT = ("store_mfn", "console_mfn", "vm_generationid_addr")
-
-
-def _fake_source(gen: Generation) -> str:
-    texts = gen.cdef_text()
-    (decl,) = [d for t in texts for d in function_declarations(t) if "xc_domain_restore(" in d]
-    body = [
-        'FILE *f = fopen(getenv("FAKE_REPORT"), "w"); char buf[4096]; long n, total = 0;',
-        "while ((n = read(io_fd, buf, sizeof buf)) > 0) total += n;",
-        'fprintf(f, "bytes=%ld\\n", total);',
-    ]
-    for name in gen.params[1:]:
-        if name in _OUT:
-            body.append(f"*{name} = 0x{_OUT.index(name) + 1}0000UL + total;")
-        elif name != "callbacks":
-            body.append(f'fprintf(f, "{name}=%lld\\n", (long long){name});')
-    if "toolstack_restore" in gen.callback_slots:
-        guard = ' && !getenv("FAKE_CHECKPOINT")' if "checkpoint" in gen.callback_slots else ""
-        body.append(
-            f'if (callbacks->toolstack_restore{guard}) fprintf(f, "toolstack_restore=%d\\n",'
-            ' callbacks->toolstack_restore(dom, (const uint8_t *)"hi\\0x", 4, callbacks->data));'
-        )
-    if "checkpoint" in gen.callback_slots:
-        guard = ' && getenv("FAKE_CHECKPOINT")' if "toolstack_restore" in gen.callback_slots else ""
-        body.append(
-            f"if (callbacks->checkpoint{guard}) "
-            'fprintf(f, "checkpoint=%d\\n", callbacks->checkpoint(callbacks->data));'
-        )
-    body += ["fclose(f);", "return 0;"]
-    head = "#include <stdio.h>\n#include <stdint.h>\n#include <stdlib.h>\n#include <unistd.h>\n"
-    impl = _FD_IMPL if gen.handle_is_fd else _COMMON_IMPL
-    return head + "\n".join(texts) + impl + decl[:-1] + "\n{\n" + "\n".join(body) + "\n}\n"
 
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("NO C COMPILER: cannot build stand-in libraries")
-    built = {}
-    for gen in GENERATIONS:
-        d = tmp_path_factory.mktemp(gen.name)
-        soname = f"libxenguest.so.{_SONAME[gen.name]}"
-        (d / "fake.c").write_text(_fake_source(gen))
-        cmd = [cc, "-shared", "-fPIC", "-Wall", "-Werror", f"-Wl,-soname,{soname}"]
-        subprocess.run([*cmd, "-o", str(d / soname), str(d / "fake.c")], check=True)
-        built[gen.name] = d / soname
-    return built
-
-
-def _report(path: Path) -> dict[str, int]:
-    return {k: int(v) for k, v in re.findall(r"^(\w+)=(-?\d+)$", path.read_text(), re.M)}
+    return {g.name: build_stand_in(g, tmp_path_factory.mktemp(g.name)) for g in GENERATIONS}
 
 
 @pytest.mark.parametrize("out_of_process", [True, False], ids=["helper", "in-process"])
@@ -142,10 +61,10 @@ def test_arguments_reach_their_slots(
         result = restore_libxc(req, callbacks, out_of_process=out_of_process, timeout=20)
     finally:
         os.close(r)
-    report = _report(tmp_path / "report")
+    report = read_report(tmp_path / "report")
     expected = {"bytes": 1000}
     for p in gen.params[1:]:
-        if p in ("callbacks", *_OUT):
+        if p in ("callbacks", *OUT_PARAMS):
             continue
         if p in ("stream_type", "checkpointed_stream"):
             expected[p] = stream_type
@@ -187,4 +106,4 @@ def test_4_6_fills_slot_0_as_checkpoint(
             restore_libxc(req, {"toolstack_restore": lambda d, b: 0, "checkpoint": lambda: 1})
     finally:
         os.close(r)
-    assert _report(tmp_path / "report")["checkpoint"] == 2
+    assert read_report(tmp_path / "report")["checkpoint"] == 2

@@ -9,10 +9,10 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import threading
 from pathlib import Path
 
 import pytest
+from restore_helpers import feed
 from test_receiver_streams import PAGE, XENSERVER_QEMU, build, remus_checkpoints
 
 from xlpy.binding.forward import Forwarder
@@ -134,19 +134,6 @@ def test_release_spans() -> None:
 # --- what each rule prevents, on the simulated backend -------------------------------
 
 
-def _feed(data: bytes) -> int:
-    r, w = os.pipe()
-
-    def send() -> None:
-        try:
-            os.write(w, data)
-        finally:
-            os.close(w)
-
-    threading.Thread(target=send, daemon=True).start()
-    return r
-
-
 def _sim(fd: int, out: Path, gen: str, **kw: object) -> RestoreResult:
     try:
         return restore(ByteSource(fd), generation=gen, out=out, heartbeat=0.2, **kw)  # type: ignore[arg-type]
@@ -156,14 +143,15 @@ def _sim(fd: int, out: Path, gen: str, **kw: object) -> RestoreResult:
 
 def test_framing_turns_the_4_3_1_eat_cell_into_success(tmp_path: Path) -> None:
     data = build("pv", [{2: bytes(PAGE)}], qemu=None, trailer=XENSERVER_QEMU)
-    eaten = _sim(_feed(data), tmp_path / "direct", "xen-4.3.1")
+    eaten = _sim(feed(data), tmp_path / "direct", "xen-4.3.1")
     assert eaten.bytes_past_image == 4  # "Qemu" read as a batch size: EAT
     assert "Max batch size exceeded (1970103633)" in eaten.messages[0]
 
     assert check_operation(R, "4.3.1").framed
-    src = _feed(data)
+    src = feed(data)
     fwd = Forwarder(src)
-    framed = _sim(fwd.read_fd, tmp_path / "framed", "xen-4.3.1")
+    # The forwarder owns its pipe: result() closes it.
+    framed = restore(ByteSource(fwd.read_fd), generation="xen-4.3.1", out=tmp_path / "framed")
     done = fwd.result(timeout=10)
     rest = done.rest + os.read(src, 1 << 16)
     os.close(src)
@@ -171,19 +159,18 @@ def test_framing_turns_the_4_3_1_eat_cell_into_success(tmp_path: Path) -> None:
     assert framed.committed_checkpoint == 0
     assert done.image_bytes + len(rest) == len(data)
     assert rest == XENSERVER_QEMU  # handed back whole: the toolstack reads its record
-    qemu = LegacyReader(ByteSource(_feed(rest)), guest="hvm").read_qemu_record()
+    qemu = LegacyReader(ByteSource(feed(rest)), guest="hvm").read_qemu_record()
     assert qemu is not None and qemu.signature.startswith(b"QemuDeviceModelRecord")
 
 
 def test_framing_forwards_exactly_the_image(tmp_path: Path) -> None:
     for guest in ("pv", "hvm"):
         image = build(guest, [{2: bytes(PAGE)}])
-        src = _feed(image + b"after")
+        src = feed(image + b"after")
         fwd = Forwarder(src)
         got = bytearray()
         while chunk := os.read(fwd.read_fd, 1 << 16):
             got += chunk
-        os.close(fwd.read_fd)
         done = fwd.result(timeout=10)
         os.close(src)
         assert bytes(got) == image and done.rest == b"after", guest
@@ -191,9 +178,9 @@ def test_framing_forwards_exactly_the_image(tmp_path: Path) -> None:
 
 def test_remus_on_4_4_would_destroy_the_backup(tmp_path: Path) -> None:
     data = build("pv", remus_checkpoints(3))
-    on44 = _sim(_feed(data), tmp_path / "a", "xen-4.4", checkpointed=1)
+    on44 = _sim(feed(data), tmp_path / "a", "xen-4.4", checkpointed=1)
     assert on44.domain_destroyed and not on44.ok  # R-DIE44
-    on45 = _sim(_feed(data), tmp_path / "b", "xen-4.5", checkpointed=1)
+    on45 = _sim(feed(data), tmp_path / "b", "xen-4.5", checkpointed=1)
     assert on45.ok and on45.committed_checkpoint == 2
     with pytest.raises(RestoreRefused):
         check_operation(RE, "4.4")
@@ -203,9 +190,9 @@ def test_remus_on_4_4_would_destroy_the_backup(tmp_path: Path) -> None:
 def test_remus_without_argument_cannot_be_told(tmp_path: Path) -> None:
     # 4.3.1 has no checkpointed_stream: the toolstack's decision cannot reach libxc.
     with pytest.raises(UsageError, match="no checkpointed_stream argument"):
-        _sim(_feed(b""), tmp_path / "a", "xen-4.3.1", checkpointed=1)
+        _sim(feed(b""), tmp_path / "a", "xen-4.3.1", checkpointed=1)
     plain = build("pv", [{2: bytes(PAGE)}], last=True)  # an S-post plain stream
-    r = _sim(_feed(plain), tmp_path / "b", "xen-4.3.1")
+    r = _sim(feed(plain), tmp_path / "b", "xen-4.3.1")
     assert r.ok and r.committed_checkpoint == 0 and r.checkpointed is None
     with pytest.raises(RestoreRefused, match="cannot tell it this is Remus"):
         check_operation(RE, "4.3.1")

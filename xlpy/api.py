@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 from xlpy import binding
 from xlpy.binding.callbacks import Callback
 from xlpy.binding.forward import Forwarded, Forwarder
-from xlpy.errors import StreamError, UsageError, XenError, XlpyError
+from xlpy.errors import StreamError, StreamTruncated, UsageError, XenError, XlpyError
 from xlpy.receiver import restore as receiver_restore
 from xlpy.receiver.backends import ProgressFn
 from xlpy.receiver.backends import RestoreResult as SimResult
@@ -368,13 +368,16 @@ def _restore_sim(
         sim = receiver_restore(
             ByteSource(fwd.read_fd), toolstack=ts_name + CALLER_READS_AFTER, **common
         )
-    finally:
-        os.close(fwd.read_fd)
+    except BaseException:
+        fwd.stop()
+        raise
     sim = dataclasses.replace(sim, toolstack=ts_name)
     if not sim.ok:
-        # The forwarder is cut off (the pipe is closed) or still waiting on the source:
-        # its outcome adds nothing to libxc's failure, so it is not waited for.
-        return _from_sim(sim, decision, None, None)
+        input_error = fwd.stop()
+        # A receiver that met the end of its pipe was cut off by the forwarder failing on
+        # the input: the input's error (at the input's offset) is the one that happened.
+        cut_off = input_error is not None and isinstance(sim.error, StreamTruncated)
+        return _from_sim(sim, decision, None, input_error if cut_off else None)
     try:
         forwarded = fwd.result()
     except StreamError as e:
@@ -392,7 +395,7 @@ def _from_sim(
         rest=fwd.rest if fwd is not None else b"",
         framing=fwd.framing if fwd is not None else None,
         image_bytes=fwd.image_bytes if fwd is not None else None,
-        error=sim.error if sim.error is not None else fwd_error,
+        error=fwd_error if fwd_error is not None else sim.error,
         messages=tuple(sim.messages),
         out=sim.out,
         committed_checkpoint=sim.committed_checkpoint,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from xlpy.binding import Abi, Callback, RestoreRequest, RestoreResult, detect, restore_libxc
 from xlpy.binding.forward import Forwarded, Forwarder
 from xlpy.binding.generations import BY_NAME
-from xlpy.errors import RestoreRefused, UsageError
+from xlpy.errors import RestoreRefused, UsageError, XenError
 
 log = logging.getLogger("xlpy.toolstack")
 
@@ -263,7 +262,10 @@ def restore_libxc_operation(
     :class:`~xlpy.errors.RestoreRefused`), and on libxc without the argument a plain
     restore is framed: libxc reads the first checkpoint's image from a pipe fed from
     ``request.io_fd``.  ``libxc_reads_qemu``/``guest`` describe the stream for the
-    framing (upstream libxc reads the HVM QEMU record as part of its tail).
+    framing (upstream libxc reads the HVM QEMU record as part of its tail).  When a
+    framed restore fails because the input is truncated or malformed, the input's
+    :class:`~xlpy.errors.StreamError` is raised (from libxc's error), not libxc's view
+    of its pipe ending early; the forwarder thread has ended whenever this returns.
     """
     if request.stream_type != StreamType.PLAIN:
         raise UsageError("the stream type comes from the operation, not the request")
@@ -284,6 +286,10 @@ def restore_libxc_operation(
             out_of_process=out_of_process,
             timeout=timeout,
         )
-    finally:
-        os.close(fwd.read_fd)  # a libxc that stopped early must not block the forwarder
+    except BaseException as e:
+        input_error = fwd.stop()
+        # libxc only sees its pipe end early; the input's own error says where and why.
+        if input_error is not None and isinstance(e, XenError):
+            raise input_error from e
+        raise
     return LibxcRestore(decision, result, fwd.result())

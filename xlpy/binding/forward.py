@@ -13,24 +13,46 @@ forwarded, as a toolstack does before calling libxc.
 from __future__ import annotations
 
 import os
+import select
 import threading
 from dataclasses import dataclass
 
+from xlpy.errors import StreamError
 from xlpy.stream.legacy.reader import LegacyReader
 from xlpy.stream.legacy.records import EndOfBody, VcpuInfo, XendHeader, XlHeader
 from xlpy.stream.source import ByteSource
 
 
-class _Tap:
-    """The raw reader under the :class:`ByteSource`: keeps bytes until forwarded."""
+class _Stopped(Exception):
+    """The caller gave up on the restore (:meth:`Forwarder.stop`): read no more."""
 
-    def __init__(self, fd: int) -> None:
+
+class _Tap:
+    """The raw reader under the :class:`ByteSource`: keeps bytes until forwarded.
+
+    With ``stop_fd``, each read first waits for the source or for ``stop_fd`` to become
+    readable, so a forwarder blocked on a silent source can be stopped: otherwise it
+    would outlive the restore and read from whatever file reuses the descriptor number
+    once the caller closed it.
+    """
+
+    def __init__(self, fd: int, stop_fd: int | None = None) -> None:
         self.fd = fd
         self.pending = bytearray()
         #: Stream offset of ``pending[0]``.
         self.base = 0
+        self._poll: select.poll | None = None
+        self._stop_fd = stop_fd
+        if stop_fd is not None:
+            self._poll = select.poll()
+            self._poll.register(fd, select.POLLIN)
+            self._poll.register(stop_fd, select.POLLIN)
 
     def readinto(self, b: memoryview, /) -> int:
+        if self._poll is not None:
+            ready = {fd for fd, _ in self._poll.poll()}
+            if self._stop_fd in ready:
+                raise _Stopped
         n = os.readv(self.fd, [b])
         self.pending += b[:n]
         return n
@@ -70,6 +92,7 @@ def forward_first_checkpoint(
     libxc_reads_qemu: bool = True,
     guest: str | None = None,
     width: int | None = None,
+    stop_fd: int | None = None,
 ) -> Forwarded:
     """Copy the first checkpoint's libxc image from ``source_fd`` to ``sink_fd``, then
     close ``sink_fd``.
@@ -77,9 +100,10 @@ def forward_first_checkpoint(
     ``libxc_reads_qemu``: the receiving libxc reads an HVM QEMU record after the tail
     (upstream; XenServer-classic's patched libxc does not).  Stream errors propagate
     (as :class:`~xlpy.errors.StreamError`) after ``sink_fd`` is closed, so libxc sees
-    the image end where the input went wrong.
+    the image end where the input went wrong.  ``stop_fd`` becoming readable stops the
+    copy before the next read of ``source_fd``.
     """
-    tap = _Tap(source_fd)
+    tap = _Tap(source_fd, stop_fd)
     src = ByteSource(tap)
     reader = LegacyReader(src, guest=guest, width=width)
     forwarded = 0
@@ -120,8 +144,10 @@ def forward_first_checkpoint(
 class Forwarder:
     """:func:`forward_first_checkpoint` in a thread, feeding the pipe at :attr:`read_fd`.
 
-    Hand :attr:`read_fd` to libxc (or the simulated receiver) as its ``io_fd``, then
-    call :meth:`result`.
+    Hand :attr:`read_fd` to libxc (or the simulated receiver) as its ``io_fd``; when the
+    restore returns, call :meth:`result` if it succeeded or :meth:`stop` if it failed.
+    Both close :attr:`read_fd` (so a receiver that stopped reading early cannot block
+    the forwarder) and end the thread, so the caller may close ``source_fd`` after.
     """
 
     def __init__(
@@ -133,13 +159,19 @@ class Forwarder:
         width: int | None = None,
     ) -> None:
         self.read_fd, write_fd = os.pipe()
+        self._stop_r, self._stop_w = os.pipe()
         self._result: Forwarded | None = None
         self._error: BaseException | None = None
 
         def run() -> None:
             try:
                 self._result = forward_first_checkpoint(
-                    source_fd, write_fd, libxc_reads_qemu=libxc_reads_qemu, guest=guest, width=width
+                    source_fd,
+                    write_fd,
+                    libxc_reads_qemu=libxc_reads_qemu,
+                    guest=guest,
+                    width=width,
+                    stop_fd=self._stop_r,
                 )
             except BaseException as e:  # re-raised in result(), in the caller's thread
                 self._error = e
@@ -147,12 +179,37 @@ class Forwarder:
         self._thread = threading.Thread(target=run, name="xlpy-forwarder", daemon=True)
         self._thread.start()
 
-    def result(self, timeout: float | None = None) -> Forwarded:
-        """Wait for the forwarder; raises what it raised (e.g. a stream error)."""
+    def _join(self, timeout: float | None) -> None:
+        if self.read_fd >= 0:
+            os.close(self.read_fd)
+            self.read_fd = -1
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError("the forwarder is still copying the first checkpoint")
+        for fd in (self._stop_r, self._stop_w):
+            os.close(fd)
+        self._stop_r = self._stop_w = -1
+
+    def result(self, timeout: float | None = None) -> Forwarded:
+        """Wait for the forwarder; raises what it raised (e.g. a stream error)."""
+        self._join(timeout)
         if self._error is not None:
             raise self._error
         assert self._result is not None
         return self._result
+
+    def stop(self) -> StreamError | None:
+        """After a failed restore: stop reading the source and wait for the thread.
+
+        Returns the input's own error if the forwarder met one before it was stopped: a
+        truncated or malformed input, which the receiver only saw as its pipe ending
+        early.  A pipe the receiver closed, or the stop itself, is no error of the input.
+        """
+        os.write(self._stop_w, b"x")
+        self._join(None)
+        error = self._error
+        if error is None or isinstance(error, _Stopped | BrokenPipeError):
+            return None
+        if isinstance(error, StreamError):
+            return error
+        raise error
