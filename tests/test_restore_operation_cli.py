@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from restore_helpers import build_stand_in, read_report
 from test_receiver_streams import XENSERVER_QEMU, build, expected_memory, page, remus_checkpoints
 from test_restore_cli import REPO, xlpy
 
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY
+from xlpy.binding.generations import by_name
 
 PLAIN_CPS = [{2: page(0, 2)}]
 
@@ -148,3 +150,106 @@ def _xlpy_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[by
         timeout=60,
         check=False,
     )
+
+
+def test_unwritable_rest_out_is_a_usage_error_before_restoring(tmp_path: Path) -> None:
+    src = _stream(tmp_path, build("hvm", PLAIN_CPS, qemu=None, trailer=XENSERVER_QEMU))
+    p = xlpy(
+        "restore", src, "--operation", "migrate", "--receiver", "xen-4.3.1", "--toolstack",
+        "xenserver-classic", "--out", str(tmp_path / "k1"),
+        "--rest-out", str(tmp_path / "nonexistent" / "dir" / "rest.bin"),
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    assert b"cannot write" in p.stderr and b"rest.bin" in p.stderr
+    assert b"Traceback" not in p.stderr
+    assert not (tmp_path / "k1").exists()  # nothing restored
+
+
+def test_failed_framed_restore_writes_no_rest_out(tmp_path: Path) -> None:
+    data = build("hvm", [{n: page(0, n) for n in range(64)}], qemu=None, trailer=XENSERVER_QEMU)
+    rest = tmp_path / "rest.bin"
+    p = xlpy(
+        "restore", _stream(tmp_path, data[: len(data) // 2]), "--operation", "migrate",
+        "--receiver", "xen-4.3.1", "--toolstack", "xenserver-classic",
+        "--out", str(tmp_path / "d"), "--rest-out", str(rest),
+    )  # fmt: skip
+    assert p.returncode == 1
+    # The input's error, at the input's offset (not the forwarding pipe's).
+    assert f"the stream ends at offset {len(data) // 2}".encode() in p.stderr
+    assert not rest.exists() and os.listdir(tmp_path) == ["s.img"]
+
+
+def test_rest_out_of_a_restore_that_is_not_framed_warns(tmp_path: Path) -> None:
+    rest = tmp_path / "rest.bin"
+    p = xlpy(
+        "restore", _stream(tmp_path, build("pv", PLAIN_CPS, trailer=b"after")), "--operation",
+        "migrate", "--receiver", "xen-4.5", "--out", str(tmp_path / "d"), "--rest-out", str(rest),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert b"warning: --rest-out" in p.stderr and b"not framed" in p.stderr
+    assert not rest.exists()
+
+
+def test_json_on_refusal_and_forcing(tmp_path: Path) -> None:
+    src = _stream(tmp_path, build("pv", remus_checkpoints(2)))
+    args = ("restore", src, "--operation", "remus", "--receiver", "xen-4.4", "--heartbeat", "0.2")
+    p = xlpy(*args, "--out", str(tmp_path / "a"), "--json")
+    assert p.returncode == 1
+    doc = json.loads(p.stdout)
+    assert (doc["ok"], doc["verdict"], doc["forced"], doc["error_type"]) == (
+        False,
+        "refuse",
+        False,
+        "OperationRefused",
+    )
+    assert doc["release"] == "xen-4.4" and "destroys the backup" in doc["reason"]
+    p = xlpy(*args, "--out", str(tmp_path / "b"), "--json", "--force")
+    doc = json.loads(p.stdout)
+    assert p.returncode == 1 and (doc["verdict"], doc["forced"]) == ("refuse", True)
+
+
+def test_json_without_libxenguest(tmp_path: Path) -> None:
+    env = {ENV_LIBRARY: str(tmp_path / "libxenguest.so.4.17")}
+    p = _xlpy_env(
+        env, "restore", _stream(tmp_path, b""), "--operation", "migrate", "--backend", "libxc",
+        "--domid", "3", "--json",
+    )  # fmt: skip
+    assert p.returncode == 2
+    doc = json.loads(p.stdout)
+    assert doc["ok"] is False and doc["error_type"] == "LibraryNotFound"
+    assert "libxenmisc4.17" in doc["error"] and doc["stream_type"] == "PLAIN"
+
+
+@pytest.fixture(scope="module")
+def lib419(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_stand_in(by_name("4.14-4.21"), tmp_path_factory.mktemp("cli-4.19"))
+
+
+def test_libxc_remus_secondary_answers_checkpoints(lib419: Path, tmp_path: Path) -> None:
+    env = {ENV_LIBRARY: str(lib419), "FAKE_REPORT": str(tmp_path / "report")}
+    common = ("restore", _stream(tmp_path, b"v2 image"), "--backend", "libxc", "--domid", "3")
+    p = _xlpy_env(env, *common, "--operation", "remus")
+    assert p.returncode == 0, p.stderr
+    report = read_report(tmp_path / "report")
+    assert report["stream_type"] == 1 and report["checkpoint"] == 1  # XGR_CHECKPOINT_SUCCESS
+    p = _xlpy_env(env, *common, "--operation", "colo")
+    assert p.returncode == 2 and b"cannot act as a COLO secondary" in p.stderr
+
+
+def test_libxc_timeout_kills_a_hung_restore(lib419: Path, tmp_path: Path) -> None:
+    # The stand-in reads its stream to EOF; this one never ends: libxc hangs.
+    env = {ENV_LIBRARY: str(lib419), "FAKE_REPORT": str(tmp_path / "report")}
+    r_fd, w_fd = os.pipe()
+    try:
+        full = {k: v for k, v in os.environ.items() if k not in (ENV_LIBRARY, ENV_GENERATION)}
+        full.update(env, PYTHONPATH=str(REPO))
+        p = subprocess.run(
+            [sys.executable, "-m", "xlpy", "restore", "-", "--operation", "migrate",
+             "--backend", "libxc", "--domid", "3", "--timeout", "0.5"],
+            stdin=r_fd, capture_output=True, env=full, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(w_fd)
+        os.close(r_fd)
+    assert p.returncode == 1 and b"hung" in p.stderr and b"Traceback" not in p.stderr
+    assert xlpy("restore", "-", "--timeout", "0").returncode == 2

@@ -25,6 +25,7 @@ from xlpy.stream.source import ByteSource
 from xlpy.toolstack import (
     RULES,
     Operation,
+    OperationRefused,
     StreamType,
     Verdict,
     check_operation,
@@ -113,10 +114,12 @@ def test_every_rule_is_reachable() -> None:
 
 def test_force_overrides_refusal_but_not_impossibility(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="xlpy.toolstack")
-    with pytest.raises(RestoreRefused, match="destroys the backup"):
+    with pytest.raises(OperationRefused, match="destroys the backup") as refused:
         check_operation(RE, "4.4")
+    assert refused.value.decision == decide(RE, "4.4")
     d = check_operation(RE, "4.4", force=True)
-    assert (d.verdict, d.forced, d.stream_type) == (Verdict.ALLOW, True, StreamType.REMUS)
+    # The original verdict stays: a report shows both the refusal and the forcing.
+    assert (d.verdict, d.forced, d.stream_type) == (Verdict.REFUSE, True, StreamType.REMUS)
     assert "forced by the caller" in caplog.text
     d = check_operation(RE, "4.3.1", force=True)
     assert d.forced and not d.framed  # framing would cut a Remus stream short

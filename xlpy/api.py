@@ -230,7 +230,11 @@ def restore(
             argument: pass ``guest="hvm"`` for an HVM domain there.
         heartbeat: sim only: libxc's 1 s wait for the next checkpoint.
         store_evtchn, console_evtchn, store_domid, console_domid: libxc's arguments.
-        timeout: libxc only: seconds before a hung helper is killed.
+        timeout: libxc only: seconds without a word from the helper (a result or a
+            callback) before it is killed and :class:`~xlpy.errors.LibxcCrashed` is
+            returned.  ``None`` (the default) waits: a plain restore sends no word until
+            it ends, and how long that takes grows with the domain's memory, so only the
+            caller can pick a bound (``xlpy restore --timeout``).
 
     Example (a XenServer-style toolstack receiving on a 4.3.1 host)::
 
@@ -433,7 +437,7 @@ def _restore_libxc(
         # check_operation made, without logging it twice.
         decision = decide(operation, abi.release)
         if decision.verdict is Verdict.REFUSE:
-            decision = dataclasses.replace(decision, verdict=Verdict.ALLOW, forced=True)
+            decision = dataclasses.replace(decision, forced=True)
         return Restored(
             ok=False,
             backend="libxc",

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from xlpy.binding import Abi, Callback, RestoreRequest, RestoreResult, detect, restore_libxc
 from xlpy.binding.forward import Forwarded, Forwarder
-from xlpy.binding.generations import BY_NAME
+from xlpy.binding.generations import BY_NAME, REQUIRED_CALLBACKS
 from xlpy.errors import RestoreRefused, UsageError, XenError
 
 log = logging.getLogger("xlpy.toolstack")
@@ -142,13 +142,21 @@ class Decision:
     stream_type: StreamType
     verdict: Verdict
     reason: str
-    #: The caller forced a :attr:`Verdict.REFUSE` through.
+    #: The caller forced a :attr:`Verdict.REFUSE` through (the verdict stays REFUSE).
     forced: bool = False
 
     @property
     def framed(self) -> bool:
         """xlpy must frame the first checkpoint for libxc (plain, no argument)."""
         return self.verdict is Verdict.FRAME
+
+
+class OperationRefused(RestoreRefused):
+    """:class:`~xlpy.errors.RestoreRefused` with the :class:`Decision` that refused."""
+
+    def __init__(self, message: str, decision: Decision) -> None:
+        super().__init__(message)
+        self.decision = decision
 
 
 def stream_type_for(operation: Operation | str) -> StreamType:
@@ -215,8 +223,9 @@ def decide(operation: Operation | str, generation: str) -> Decision:
 def check_operation(operation: Operation | str, generation: str, force: bool = False) -> Decision:
     """Decide ``operation`` on libxc ``generation`` (a release such as ``"4.4"``,
     ``"4.3.1"``, ``"xen-4.3.1"``, or an ABI generation name) and log it; raises
-    :class:`~xlpy.errors.RestoreRefused` for an unsafe one unless ``force`` (which
-    never overrides :attr:`Verdict.IMPOSSIBLE`).
+    :class:`OperationRefused` (a :class:`~xlpy.errors.RestoreRefused`) for an unsafe
+    one unless ``force`` (which never overrides :attr:`Verdict.IMPOSSIBLE`); a forced
+    decision keeps its :attr:`Verdict.REFUSE` with ``forced`` set.
     """
     stream_type_for(operation)  # logs the stream type and why
     decision = decide(operation, generation)
@@ -224,12 +233,49 @@ def check_operation(operation: Operation | str, generation: str, force: bool = F
     if verdict is Verdict.IMPOSSIBLE or (verdict is Verdict.REFUSE and not force):
         hint = "" if verdict is Verdict.IMPOSSIBLE else " (force=True / --force to proceed)"
         log.warning("refusing %s on libxc %s: %s", op.value, generation, reason)
-        raise RestoreRefused(f"{op.value} refused on libxc {generation}: {reason}{hint}")
+        raise OperationRefused(
+            f"{op.value} refused on libxc {generation}: {reason}{hint}", decision
+        )
     if verdict is Verdict.REFUSE:
         log.warning("%s on libxc %s forced by the caller despite: %s", op.value, generation, reason)
-        return dataclasses.replace(decision, verdict=Verdict.ALLOW, forced=True)
+        return dataclasses.replace(decision, forced=True)
     log.info("%s on libxc %s: %s (%s)", op.value, generation, verdict.value, reason)
     return decision
+
+
+#: ``checkpoint``'s "checkpoint applied, keep receiving" (``XGR_CHECKPOINT_SUCCESS``).
+XGR_CHECKPOINT_SUCCESS = 1
+
+
+def _checkpoint_received() -> int:
+    return XGR_CHECKPOINT_SUCCESS
+
+
+def secondary_callbacks(operation: Operation | str, abi: Abi) -> dict[str, Callback]:
+    """The callbacks a secondary receiving a bare libxc stream needs on ``abi``.
+
+    A Remus secondary's ``checkpoint`` is called by libxc after each complete
+    checkpoint; libxl's (``libxl__remus_domain_restore_checkpoint_callback``) reads its
+    own records that follow in the libxl stream, then answers "keep receiving".  A bare
+    libxc stream has no such records, so this one just answers
+    :data:`XGR_CHECKPOINT_SUCCESS`; libxc then fails over when the stream ends.  Only
+    the slots ``abi`` has are returned (4.0-4.5 libxc handles Remus without one).
+
+    A COLO secondary cannot be defaulted: its ``suspend``/``postcopy``/
+    ``wait_checkpoint``/``restore_results`` must drive the secondary's QEMU and answer
+    the primary over the back channel, which only a real toolstack can do; raises
+    :class:`~xlpy.errors.UsageError`.
+    """
+    st = stream_type_for(operation)
+    if st is StreamType.COLO:
+        raise UsageError(
+            "no default COLO secondary: COLO needs a toolstack's suspend, postcopy, "
+            "wait_checkpoint and restore_results callbacks (driving the secondary's QEMU) "
+            "and a back channel to the primary; pass them to xlpy.restore(callbacks=...)"
+        )
+    defaults: dict[str, Callback] = {"checkpoint": _checkpoint_received}
+    wanted = REQUIRED_CALLBACKS[int(st)] & abi.generation.callbacks_for(abi.release)
+    return {name: defaults[name] for name in wanted}
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,8 @@ If the helper dies before its last frame, the parent raises
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -145,6 +147,26 @@ def restore_out_of_process(
     """
     validate(abi.generation, abi.release, request, callbacks)
     bridge = CallbackBridge(callbacks)
+    # The helper's 0-2 are its own (stdin is /dev/null, stderr libxc's log), so a stream
+    # on standard input would reach libxc as /dev/null: those go over above 2; others
+    # keep their numbers.
+    moved = {fd: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in (request.io_fd,
+             request.send_back_fd) if 0 <= fd <= 2}  # fmt: skip
+    try:
+        request = dataclasses.replace(
+            request,
+            io_fd=moved.get(request.io_fd, request.io_fd),
+            send_back_fd=moved.get(request.send_back_fd, request.send_back_fd),
+        )
+        return _run_helper(abi, request, bridge, timeout)
+    finally:
+        for fd in moved.values():
+            os.close(fd)
+
+
+def _run_helper(
+    abi: Abi, request: RestoreRequest, bridge: CallbackBridge, timeout: float | None
+) -> RestoreResult:
     parent, child = socket.socketpair()
     fds = {child.fileno(), request.io_fd} | ({request.send_back_fd} - {-1})
     env = dict(os.environ)
@@ -167,7 +189,7 @@ def restore_out_of_process(
     try:
         parent.settimeout(timeout)
         _send(parent, {"abi": _abi_to_wire(abi), "request": request.to_json(),
-                       "callbacks": sorted(callbacks)})  # fmt: skip
+                       "callbacks": sorted(bridge.callbacks)})  # fmt: skip
         while (message := _recv(parent)) is not None:
             if "callback" in message:
                 ret = bridge.invoke(message["callback"], _decode_args(message["args"]))

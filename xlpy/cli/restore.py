@@ -10,22 +10,31 @@ regressions reproduce).  With ``--operation`` the restore goes through
 :func:`xlpy.restore` as a toolstack using xlpy would run it: the stream type comes from
 the operation, unsafe operations are refused (``--force`` for the refusable ones), a
 plain restore on 4.0-4.3.1 is framed; ``--backend libxc`` uses the installed
-libxenguest on domain ``--domid``.
+libxenguest on domain ``--domid`` (a Remus secondary answers each checkpoint "keep
+receiving", as libxl's does for a bare libxc stream; COLO needs a real toolstack).
+
+``--rest-out FILE`` receives what follows the libxc image of a *framed* restore (the
+QEMU record, a toolstack trailer), written only when that restore succeeded.  FILE is
+opened before the restore (an unwritable one is a usage error then).  A restore that is
+not framed leaves FILE alone, with a warning: there libxc itself read the stream, and
+what it left is still in SOURCE for the toolstack.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
-import os
+import shutil
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xlpy.cli.common import width_arg
 from xlpy.cli.progress import make_progress
-from xlpy.errors import LibraryNotFound, UsageError
+from xlpy.errors import LibraryNotFound, RestoreRefused, UsageError, XenUnavailable
+from xlpy.outfile import open_output
 from xlpy.receiver import restore
 from xlpy.receiver.backends import ProgressFn
 from xlpy.receiver.generations import GENERATIONS
@@ -33,6 +42,7 @@ from xlpy.receiver.toolstacks import DEFAULT_TOOLSTACK, TOOLSTACKS
 from xlpy.stream.source import open_source
 
 if TYPE_CHECKING:
+    from xlpy.api import Restored
     from xlpy.toolstack import Operation
 
 BACKENDS = ["sim", "libxc"]
@@ -52,7 +62,7 @@ def _seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if v <= 0:
-        raise argparse.ArgumentTypeError("the heartbeat must be positive")
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
     return v
 
 
@@ -88,7 +98,15 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--rest-out",
         metavar="FILE",
-        help="framed restores: write what follows the libxc image (QEMU record) to FILE",
+        help="framed restores: write what follows the libxc image (QEMU record) to FILE "
+        "(only on success; ignored with a warning when the restore is not framed)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="libxc: kill the restore helper after SECONDS without a word from it "
+        "(default: wait; a large domain's restore takes as long as it takes)",
     )
     p.add_argument(
         "--checkpointed",
@@ -220,18 +238,56 @@ def _source_fd(spec: str) -> int | str:
     return spec
 
 
+class _Unwritten(Exception):
+    """Leave ``--rest-out`` unwritten (``open_output`` then removes its temporary file)."""
+
+    def __init__(self, result: Restored) -> None:
+        super().__init__()
+        self.result = result
+
+
 def _run_operation(args: argparse.Namespace) -> int:
     """As a toolstack using :func:`xlpy.restore` would restore."""
-    from xlpy.api import restore as api_restore
-
     # The refusal is printed as the error, the forcing below: not again by logging's
     # last-resort handler.
     logging.getLogger("xlpy.toolstack").addHandler(logging.NullHandler())
     op = _operation(args)
     source = _source_fd(args.source)
+    try:
+        with contextlib.ExitStack() as stack:
+            # Opened first: an unwritable FILE is a usage error before anything is restored.
+            rest_out = (
+                None if args.rest_out is None else stack.enter_context(open_output(args.rest_out))
+            )
+            result = _restore(args, op, source)
+            if rest_out is not None:
+                if not (result.ok and result.framed):
+                    raise _Unwritten(result)
+                rest_out.write(result.rest)
+                if isinstance(source, int):  # a path was read to its end by xlpy.restore
+                    shutil.copyfileobj(io.FileIO(source, "rb", closefd=False), rest_out)
+    except _Unwritten as e:
+        result = e.result
+        if result.ok and not args.quiet:
+            print(
+                f"xlpy restore: warning: --rest-out {args.rest_out} not written: the restore "
+                "was not framed (libxc read the stream itself; the rest is still in SOURCE)",
+                file=sys.stderr,
+            )
+    except (RestoreRefused, XenUnavailable) as e:
+        if not args.json:
+            raise
+        _print_json(_refusal_json(args, op, e), False)
+        return 2 if isinstance(e, LibraryNotFound) else 1
+    return _report(args, op, result)
+
+
+def _restore(args: argparse.Namespace, op: Operation, source: int | str) -> Restored:
+    from xlpy.api import restore as api_restore
+
     sim = args.backend == "sim"
     try:
-        result = api_restore(
+        return api_restore(
             source,
             operation=op,
             out=args.out,
@@ -239,21 +295,57 @@ def _run_operation(args: argparse.Namespace) -> int:
             backend=args.backend,
             generation=args.receiver,
             force=args.force,
+            callbacks=None if sim else _secondary_callbacks(op),
             toolstack=args.toolstack,
             progress=_progress(args, source if isinstance(source, int) else None) if sim else None,
             guest=args.guest,
             width=args.width,
             heartbeat=args.heartbeat,
+            timeout=args.timeout,
         )
     except LibraryNotFound as e:
+        if args.json:
+            raise
         raise UsageError(str(e)) from None
-    if args.rest_out is not None and result.framed:
-        rest = result.rest
-        if isinstance(source, int):  # a path was read to its end by xlpy.restore
-            rest += _read_to_eof(source)
-        _write_atomically(Path(args.rest_out), rest)
+
+
+def _secondary_callbacks(op: Operation) -> dict[str, Any]:
+    """What the CLI's secondary answers libxc (see :func:`xlpy.toolstack.secondary_callbacks`)."""
+    from xlpy.binding import detect
+    from xlpy.toolstack import StreamType, secondary_callbacks, stream_type_for
+
+    if stream_type_for(op) is StreamType.PLAIN:
+        return {}
+    try:
+        return secondary_callbacks(op, detect())
+    except UsageError as e:
+        raise UsageError(f"xlpy restore cannot act as a COLO secondary: {e}") from None
+
+
+def _refusal_json(args: argparse.Namespace, op: Operation, error: Exception) -> dict[str, Any]:
+    """The ``--json`` object when nothing was restored: refused, or no libxc at all."""
+    from xlpy.toolstack import OperationRefused, stream_type_for
+
+    decision = error.decision if isinstance(error, OperationRefused) else None
+    return {
+        "ok": False,
+        "backend": args.backend,
+        "operation": op.value,
+        "stream_type": stream_type_for(op).name,
+        "release": decision.release if decision is not None else None,
+        "verdict": decision.verdict.value if decision is not None else None,
+        "reason": decision.reason if decision is not None else None,
+        "forced": False,
+        "framed": False,
+        "error": str(error),
+        "error_type": type(error).__name__,
+    }
+
+
+def _report(args: argparse.Namespace, op: Operation, result: Restored) -> int:
     if args.json:
         return _print_json(result.to_json(), result.ok)
+    sim = result.sim is not None
     if not args.quiet:
         if result.decision.forced:
             print(
@@ -262,7 +354,7 @@ def _run_operation(args: argparse.Namespace) -> int:
         for line in result.messages:
             print(line, file=sys.stderr)
     if not result.ok:
-        gone = "; domain destroyed" if result.sim is not None else ""
+        gone = "; domain destroyed" if sim else ""
         print(f"xlpy restore: failed ({result.error or 'restore failed'}){gone}", file=sys.stderr)
         return 1
     where = f"domain {result.domid}" if result.out is None else str(result.out)
@@ -277,16 +369,3 @@ def _run_operation(args: argparse.Namespace) -> int:
             f"{len(result.rest)} bytes after it handed back"
         )
     return 0
-
-
-def _read_to_eof(fd: int) -> bytes:
-    out = bytearray()
-    while chunk := os.read(fd, 1 << 16):
-        out += chunk
-    return bytes(out)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
