@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY, debian_package, detect
 from xlpy.errors import LibraryNotFound, UsageError, XenUnavailable
+from xlpy.toolstack import Verdict, decide
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -169,13 +171,23 @@ def test_4_3_is_ambiguous_without_override(
     lib = _stand_in(cc, tmp_path, "libxenguest.so.4.3")
     monkeypatch.setenv(ENV_LIBRARY, str(lib))
     monkeypatch.delenv(ENV_GENERATION, raising=False)
-    with pytest.raises(XenUnavailable, match=f"{ENV_GENERATION}=4.3.2-4.4"):
+    with pytest.raises(XenUnavailable) as e:
         detect()
-    monkeypatch.setenv(ENV_GENERATION, "4.3.2")
-    abi = detect()
-    assert (abi.generation.name, abi.release, abi.overridden) == ("4.3.2-4.4", "4.3.2", True)
-    monkeypatch.setenv(ENV_GENERATION, "4.2-4.3.1")
-    assert detect().generation.name == "4.2-4.3.1"
+    # The suggested values are releases, so the rules see a 4.3 release, not 4.4.
+    suggested = re.findall(rf"{ENV_GENERATION}=(\S+)", str(e.value))
+    assert suggested == ["4.3.1", "4.3.2"]
+    for value, gen in zip(suggested, ("4.2-4.3.1", "4.3.2-4.4"), strict=True):
+        monkeypatch.setenv(ENV_GENERATION, value)
+        abi = detect()
+        assert (abi.generation.name, abi.release, abi.overridden) == (gen, value, True)
+    # A generation name stands for the 4.3 release it contains, not the generation's newest.
+    for value, release in (("4.3.2-4.4", "4.3.2"), ("4.2-4.3.1", "4.3.0")):
+        monkeypatch.setenv(ENV_GENERATION, value)
+        assert detect().release == release, value
+    # ...so Remus is not refused for 4.4's failover bug, which 4.3.2-4.3.4 do not have.
+    assert decide("remus-receive", detect().release).verdict is Verdict.REFUSE  # 4.3.0
+    monkeypatch.setenv(ENV_GENERATION, "4.3.2-4.4")
+    assert decide("remus-receive", detect().release).verdict is Verdict.ALLOW
 
 
 def test_override_must_name_a_generation(

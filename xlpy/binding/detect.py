@@ -170,6 +170,19 @@ def _symbol_version(lib: ctypes.CDLL, major: int, minor: int) -> str | None:
     return None
 
 
+def _overridden_release(override: str, generation: Generation, soname_release: str) -> str:
+    """The release an override stands for: the release it names, else the generation's
+    first release of the soname's ``major.minor`` (``.so.4.3`` as ``4.3.2-4.4`` is 4.3.2,
+    not 4.4, whose Remus failover bug 4.3.2-4.3.4 lack), else the generation's newest.
+    """
+    if override in generation.releases:
+        return override
+    if soname_release in generation.releases:
+        return soname_release
+    same = [r for r in generation.releases if r.startswith(soname_release + ".")]
+    return same[0] if same else generation.releases[-1]
+
+
 def detect(env: Mapping[str, str] | None = None) -> Abi:
     """Load libxenguest and tell its ABI generation; raises :class:`XenUnavailable`."""
     env = os.environ if env is None else env
@@ -188,10 +201,7 @@ def detect(env: Mapping[str, str] | None = None) -> Abi:
             generation = by_name(override)
         except UsageError as e:
             raise UsageError(f"{ENV_GENERATION}: {e}") from None
-        if override in generation.releases:
-            release = override
-        elif release not in generation.releases:
-            release = generation.releases[-1]
+        release = _overridden_release(override, generation, release)
         return Abi(path, soname, symbol_version, generation, release, overridden=True)
     versioned = re.search(r"_(\d+)\.(\d+)\.0$", symbol_version or "")
     if versioned and (int(versioned[1]), int(versioned[2])) != (major, minor):
@@ -205,7 +215,7 @@ def detect(env: Mapping[str, str] | None = None) -> Abi:
         raise XenUnavailable(
             f"{path} ({soname}) is Xen 4.3.0/4.3.1 (no checkpointed_stream argument) or "
             f"4.3.2-4.3.4 (with it) and the binary cannot tell which: set "
-            f"{ENV_GENERATION}=4.2-4.3.1 or {ENV_GENERATION}=4.3.2-4.4"
+            f"{ENV_GENERATION}=4.3.1 or {ENV_GENERATION}=4.3.2 (the release you run)"
         )
     try:
         generation = by_name(release)
