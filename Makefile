@@ -45,6 +45,11 @@ fuzz: venv
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# tox -e cdef-check's check, in the project venv: the 4.14-4.21 declarations compiled in
+# cffi API mode against Debian's libxen-dev 4.17 headers from the xen cache.
+cdef-check: venv xen-cache
+	$(PY) -m xlpy.binding.cdefcheck --generation 4.14-4.21 --xen-root $(XEN_CACHE)
+
 # The suite under integration/, run inside a real Xen 4.17 dom0 booted in QEMU
 # (root; see integration/README.md for prerequisites, exit codes and timings).
 integration:

@@ -118,3 +118,14 @@ def test_function_declarations_are_extracted_verbatim() -> None:
         restore = [d for d in decls if "xc_domain_restore(" in d]
         assert len(restore) == 1, gen.name
         assert restore[0].count(",") + 1 == len(gen.params), gen.name
+
+
+def test_make_cdef_check_runs_the_check() -> None:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("NO make")
+    repo = Path(__file__).resolve().parent.parent
+    dry = subprocess.run(
+        [make, "-n", "-C", str(repo), "cdef-check"], capture_output=True, text=True, check=True
+    )
+    assert "-m xlpy.binding.cdefcheck --generation 4.14-4.21 --xen-root" in dry.stdout

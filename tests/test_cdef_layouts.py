@@ -6,6 +6,8 @@ The expected values are typed in from the spec's tables, not derived from
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from xlpy.binding.cdefcheck import function_declarations
@@ -107,16 +109,39 @@ def test_stream_enum_values_and_sizes(name: str) -> None:
     assert ffi.sizeof("xc_error") == 1028
 
 
-@pytest.mark.parametrize(
-    ("name", "domid_type"),
-    [("4.7-4.9", "domid_t"), ("4.10-4.13", "uint32_t"), ("4.2-4.3.1", "domid_t")],
-)
-def test_domid_width(name: str, domid_type: str) -> None:
+#: abi.md §1/§7: no domid arguments before 4.2, ``domid_t`` (16-bit) in 4.2-4.9,
+#: ``uint32_t`` from 4.10 (5b42c82f55).  Every generation is listed (checked below).
+DOMID_WIDTH: dict[str, int | None] = {
+    "4.0": None,
+    "4.1": None,
+    "4.2-4.3.1": 2,
+    "4.3.2-4.4": 2,
+    "4.5-4.6": 2,
+    "4.7-4.9": 2,
+    "4.10-4.13": 4,
+    "4.14-4.21": 4,
+    "4.22": 4,
+}
+
+
+def test_domid_width_table_covers_every_generation() -> None:
+    assert set(DOMID_WIDTH) == {g.name for g in GENERATIONS}
+
+
+@pytest.mark.parametrize("name", list(DOMID_WIDTH))
+def test_domid_width(name: str) -> None:
+    gen = by_name(name)
     (decl,) = [
-        d
-        for t in by_name(name).cdef_text()
-        for d in function_declarations(t)
-        if "xc_domain_restore(" in d
+        d for t in gen.cdef_text() for d in function_declarations(t) if "xc_domain_restore(" in d
     ]
-    assert f"{domid_type} store_domid" in decl
-    assert (domid_type == "domid_t") == ("store_domid" in by_name(name).domid16)
+    ffi = build_ffi(name)
+    width = DOMID_WIDTH[name]
+    for param in ("store_domid", "console_domid"):
+        m = re.search(rf"(\w+)\s+{param}\b", decl)
+        if width is None:
+            assert m is None and param not in gen.params, (name, param)
+            continue
+        assert m is not None, (name, param)
+        # The declared type as cffi resolves it (a typedef drift changes this too).
+        assert ffi.sizeof(m[1]) == width, (name, param, m[1])
+        assert (param in gen.domid16) == (width == 2), (name, param)

@@ -15,6 +15,7 @@ import pytest
 from restore_helpers import feed
 from test_receiver_streams import PAGE, XENSERVER_QEMU, build, remus_checkpoints
 
+from xlpy.binding.detect import Abi
 from xlpy.binding.forward import Forwarder
 from xlpy.binding.generations import by_name
 from xlpy.errors import RestoreRefused, UsageError
@@ -31,6 +32,7 @@ from xlpy.toolstack import (
     check_operation,
     decide,
     release_span,
+    secondary_callbacks,
     stream_type_for,
 )
 
@@ -207,3 +209,23 @@ def test_colo_before_4_7_has_no_stream_type() -> None:
     assert StreamType.COLO in by_name("4.7-4.9").stream_types
     with pytest.raises(RestoreRefused):
         check_operation(C, "4.5")
+
+
+@pytest.mark.parametrize(
+    ("gen", "release", "slots"),
+    [
+        ("4.3.2-4.4", "4.3.2", set()),  # libxc handles Remus itself: no slot
+        ("4.5-4.6", "4.5", set()),  # slot 0 is toolstack_restore in 4.5
+        ("4.5-4.6", "4.6", {"checkpoint"}),
+        ("4.14-4.21", "4.17", {"checkpoint"}),
+    ],
+)
+def test_secondary_callbacks(gen: str, release: str, slots: set[str]) -> None:
+    abi = Abi("libxenguest", "libxenguest.so.4", None, by_name(gen), release, overridden=False)
+    callbacks = secondary_callbacks(RE, abi)
+    assert set(callbacks) == slots
+    if slots:
+        assert callbacks["checkpoint"]() == 1  # XGR_CHECKPOINT_SUCCESS: keep receiving
+    assert secondary_callbacks(M, abi) == {}
+    with pytest.raises(UsageError, match="no default COLO secondary"):
+        secondary_callbacks(C, abi)
