@@ -8,6 +8,7 @@ through a real pipe) and against Debian's real 4.17 library (no hypervisor here)
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pydoc
@@ -31,7 +32,9 @@ from xlpy.api import DEFAULT_SIM_GENERATION, Restored, default_sim_generation
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY
 from xlpy.binding.generations import by_name
 from xlpy.errors import RestoreRefused, StreamTruncated, UsageError, XenError, XenUnavailable
+from xlpy.guest import GuestSpec
 from xlpy.receiver.backends import RestoreResult
+from xlpy.stream.legacy.senders import SenderProfile, generate
 from xlpy.toolstack import Operation, StreamType, Verdict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -345,3 +348,46 @@ def test_failed_framed_restore_stops_the_forwarder(tmp_path: Path) -> None:
     finally:
         os.close(w_fd)
         os.close(r_fd)
+
+
+def _sender_stream(sender: str, toolstack: str) -> bytes:
+    profile = SenderProfile(sender=sender, toolstack=toolstack, mode="remus", checkpoints=2)
+    out = io.BytesIO()
+    generate(profile, GuestSpec(kind="pv", pages=64, seed=1), out)
+    return out.getvalue()
+
+
+# Forced Remus where libxc cannot be told (legacy-stream.md §12, S-post/S-pre Remus rows):
+# what the backup does is the sender's doing.  xl 4.3 writes its toolstack chunk (-18)
+# into every checkpoint; 4.0 (R-pre) and 4.1 (no -18 yet) die on it and lose the backup,
+# while the same receivers take xend 4.0's stream.  4.2-4.3.1 (R-bug) take both senders
+# modelled here: there the rule only records that the operation cannot reach libxc.
+WITHOUT_ARGUMENT = {
+    # receiver: (xl-4.3 sender, xend-4.0 sender) -> None: R-OK, else libxc's error
+    "xen-4.0": ("Max batch size exceeded (-18)", None),
+    "xen-4.1": ("Max batch size exceeded (-18)", None),
+    "xen-4.2": (None, None),
+    "xen-4.3.1": (None, None),
+}
+
+
+@pytest.mark.parametrize("gen", list(WITHOUT_ARGUMENT))
+def test_remus_without_argument_forced_is_up_to_the_sender(gen: str, tmp_path: Path) -> None:
+    senders = (("xen-4.3", "xl"), ("xen-4.0", "xend"))
+    for (sender, ts), dies in zip(senders, WITHOUT_ARGUMENT[gen], strict=True):
+        data = _sender_stream(sender, ts)
+        with pytest.raises(RestoreRefused, match="cannot tell it this is Remus"):
+            _sim(data, tmp_path / "refused", gen, RE)
+        assert not (tmp_path / "refused").exists()
+        out = tmp_path / f"{sender}-{ts}"
+        r = _sim(data, out, gen, RE, force=True)
+        assert r.decision.forced and r.decision.verdict is Verdict.REFUSE and not r.framed
+        if dies is None:
+            assert r.ok and r.committed_checkpoint == 1, (gen, sender, r.messages)
+        else:  # the backup is lost before its first checkpoint
+            assert not r.ok and r.committed_checkpoint is None and not out.exists()
+            assert dies in r.messages[0], (gen, sender, r.messages)
+    # Told it is Remus, a receiver with the argument takes both senders' streams.
+    for sender, ts in senders:
+        r = _sim(_sender_stream(sender, ts), tmp_path / f"4.5-{ts}", "xen-4.5", RE)
+        assert r.ok and r.committed_checkpoint == 1, (sender, r.messages)
