@@ -183,8 +183,17 @@ def test_remus_without_argument_refused_forced_is_not_framed(tmp_path: Path) -> 
 
 
 def test_colo_refused_even_forced(tmp_path: Path) -> None:
+    from test_receiver_v2 import v2_stream
+
+    colo = v2_stream("remus", "pv", "libxc")  # a checkpointed v2 stream, as COLO sends
     with pytest.raises(RestoreRefused, match=r"COLO needs libxc 4\.7"):
-        _sim(b"", tmp_path / "a", "xen-4.5", C, force=True)
+        _sim(colo, tmp_path / "a", "xen-4.5", C, force=True)
+    # What it prevents: the closest 4.5 can be told (checkpointed, i.e. Remus) cannot
+    # even read the stream, and the secondary is gone.
+    closest = _sim(colo, tmp_path / "b", "xen-4.5", RE)
+    assert not closest.ok and closest.committed_checkpoint is None
+    assert closest.sim is not None and closest.sim.domain_destroyed
+    assert _sim(colo, tmp_path / "c", "xen-4.17", C).ok
 
 
 def test_default_sim_generation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
