@@ -7,7 +7,7 @@ XLPY   := $(VENV)/bin/xlpy
 XEN_CACHE := .cache/xen-4.17
 export XLPY_XEN_CACHE := $(CURDIR)/$(XEN_CACHE)
 
-.PHONY: run test venv xen-cache lint typecheck unit fuzz bench cdef-check integration clean
+.PHONY: run test venv xen-cache lint typecheck unit fuzz bench cdef-check integration integration-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,16 @@ cdef-check: venv xen-cache
 # (root; see integration/README.md for prerequisites, exit codes and timings).
 integration:
 	integration/vm/run-vm.sh
+
+# What `make integration` needs on a fresh Debian host (root), installed only when
+# missing; the harness itself names anything still missing (exit 10).
+VM_DEPS := qemu-system-x86 debootstrap e2fsprogs git
+integration-deps:
+	@missing=$$(for p in $(VM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
