@@ -130,7 +130,7 @@ class _CompressedPages:
     """One checkpoint's -12 payloads, checked page by page once its body is complete."""
 
     def __init__(self) -> None:
-        self.payloads: list[bytes] = []
+        self.payloads: list[bytes | bytearray] = []
         self.segments: list[tuple[int, int]] = []
         self.records: list[int] = []
         self.size = 0

@@ -19,8 +19,8 @@ Beyond it:
   libxl format, by that checkpoint's libxl records and CHECKPOINT_END, the
   layering libxl's stream reader follows; after the last complete checkpoint
   come the libxc END and the libxl END.  A checkpoint from the second on is
-  spooled (:class:`tempfile.SpooledTemporaryFile`) until its tail and QEMU
-  record are complete: when the input then ends or breaks, as it does at a
+  spooled (in one unlinked temporary file, rewritten by each checkpoint) until
+  its tail and QEMU record are complete: when the input then ends or breaks, as it does at a
   Remus failover, that abandoned checkpoint is dropped, as libxc's receiver
   drops it, and the stream is ended cleanly (:attr:`ConvertReport.abandoned`);
 * compressed checkpoints (format B) are decoded.  A RUN/SKIP/EMPTY page is a
@@ -47,13 +47,21 @@ checkpoint 1; a REMUS/COLO receiver restores the last committed checkpoint
 (tests/test_receiver_v2.py pins both).
 
 Memory: a plain stream is converted one batch at a time (one 4 MiB page
-buffer, reused).  A Remus stream adds one checkpoint's spooled records (RAM up
-to 16 MiB, then an unlinked temporary file), and a compressed one the 32 MiB
-delta cache and one checkpoint's compressed payloads.
+buffer, reused).  When the output is a descriptor (a file object straight over
+one) and the input a pipe or file, page data of batches written straight to the
+output do not pass through Python at all: the PAGE_DATA header and entries are
+written and flushed, then the source moves the page bytes, verbatim, in the
+kernel (splice).  A Remus stream adds one checkpoint's spooled records (in the
+temporary file: page cache, not the process's RAM), and a compressed one the
+32 MiB delta cache and one checkpoint's compressed payloads.
 """
 
 from __future__ import annotations
 
+import errno
+import io
+import os
+import stat
 import struct
 import tempfile
 import time
@@ -71,7 +79,7 @@ from xlpy.stream.hvm_params import (
     HVM_PARAM_STORE_PFN,
 )
 from xlpy.stream.legacy import format as LF
-from xlpy.stream.legacy.reader import LegacyReader
+from xlpy.stream.legacy.reader import LegacyReader, PagePlacement
 from xlpy.stream.legacy.records import (
     CheckpointBegin,
     CompressedData,
@@ -104,8 +112,6 @@ FORMATS = ("libxc", "libxl")
 
 #: ``xen_minor`` of converted images: Xen's converter writes its ``__version__``.
 CONVERTED_XEN_MINOR = 1
-#: Checkpoints spooled in RAM up to this size, then in a temporary file.
-SPOOL_RAM = 16 << 20
 #: Pages of the compressed checkpoints kept in RAM (the sender's delta cache size).
 STORE_RAM_PAGES = LF.DELTA_CACHE_SIZE
 _COPY_SIZE = 1 << 20
@@ -283,6 +289,49 @@ class _PageStore:
         self._lru.clear()
 
 
+def _output_fd(out: BinaryIO) -> int | None:
+    """The descriptor under ``out`` when nothing but a plain write buffer stands between
+    (a compressing or encoding wrapper may also have a ``fileno``: it gets no raw bytes)."""
+    raw = out.raw if isinstance(out, io.BufferedWriter) else out
+    return raw.fileno() if isinstance(raw, io.FileIO) else None
+
+
+def _copies_at_once(fd: int) -> bool:
+    """The kernel copies (or drops) bytes sent to ``fd`` before ``sendfile`` returns."""
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode):
+        return True
+    try:
+        null = os.stat(os.devnull)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == null.st_rdev
+
+
+class _ForwardPages:
+    """PageSink of the converter: a batch bound for the output (not a spooled
+    checkpoint) gets its PAGE_DATA header and entries written and the output
+    flushed, then the source forwards its page bytes to the output descriptor."""
+
+    def __init__(self, conv: _Converter, fd: int) -> None:
+        self.conv = conv
+        self.fd = fd
+        #: The page bytes of the batch just placed (its PageBatch then has no data).
+        self.placed = 0
+
+    def place(self, entries: bytes, width: int, nbytes: int) -> PagePlacement | None:
+        conv = self.conv
+        if conv.w is not conv.out:
+            return None
+        ent = v2_entries(entries, width)
+        conv.out.write_record_head(
+            F.REC_TYPE_PAGE_DATA, nbytes, F.PAGE_DATA_HDR_FORMAT.pack(len(ent) // 8, 0), ent
+        )
+        conv._raw.flush()
+        self.placed = nbytes
+        return PagePlacement(self.fd, ((None, nbytes),))
+
+
 class _Converter:
     def __init__(
         self,
@@ -311,9 +360,13 @@ class _Converter:
         self.progress = Throttle(progress)
         self.log = log
         self.report = ConvertReport()
+        fd = _output_fd(out) if source.kernel_moves else None
+        self._forward = None if fd is None else _ForwardPages(self, fd)
         self._static_done = False
         self._pv_info_done = False
         # per checkpoint
+        #: Where checkpoints 2.. are spooled (created at the first), and the one in progress.
+        self._spool_file: IO[bytes] | None = None
         self._spool: IO[bytes] | None = None
         self._hvm_params: list[int] = []
         self._xenstore = b""
@@ -340,15 +393,14 @@ class _Converter:
     # -- driver -----------------------------------------------------------------------
 
     def run(self) -> ConvertReport:
-        records = self.reader.records()
+        records = self.reader.records(page_sink=self._forward)
         number = -1
         try:
             for rec in records:
                 if isinstance(rec, CheckpointBegin):
                     if rec.number > 0:
                         self._commit(final=False)
-                        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_RAM)  # noqa: SIM115
-                        self.w = V2Writer(self._spool)  # type: ignore[arg-type]
+                        self._spool_to()
                     number = rec.number
                     self._start_checkpoint()
                 else:
@@ -376,8 +428,7 @@ class _Converter:
             self._raw_qemu(self._committed_qemu)
             if self.libxl:
                 self.out.end()
-        if self._store is not None:
-            self._store.close()
+        self.close()
         r = self.report
         r.width = self.reader.width or 0
         r.guest = self.reader.guest or ""
@@ -387,11 +438,29 @@ class _Converter:
         self._tick("done", force=True)
         return r
 
+    def _spool_to(self) -> None:
+        """Write the checkpoint starting now into the spool file, over the previous one's.
+
+        Rewriting the same file (never truncated) reuses its page cache: each
+        checkpoint costs one copy in and one kernel copy out.
+        """
+        if self._spool_file is None:
+            self._spool_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self._spool_file.seek(0)
+        self._spool = self._spool_file
+        self.w = V2Writer(self._spool)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Release the delta cache and the spool file."""
+        if self._store is not None:
+            self._store.close()
+        if self._spool_file is not None:
+            self._spool_file.close()
+            self._spool_file = None
+
     def _abandon(self, error: StreamError) -> None:
         """Remus failover: drop the incomplete checkpoint, keep the committed ones."""
-        if self._spool is not None:
-            self._spool.close()
-            self._spool = None
+        self._spool = None
         self.w = self.out
         self.report.abandoned = error
         self.report.warnings.append(f"incomplete last checkpoint dropped: {error}")
@@ -407,10 +476,7 @@ class _Converter:
     def _commit(self, *, final: bool) -> None:
         """The checkpoint just read is complete: emit it, then END or CHECKPOINT."""
         if self._spool is not None:
-            self._spool.seek(0)
-            while chunk := self._spool.read(_COPY_SIZE):
-                self._emit_raw(chunk)
-            self._spool.close()
+            self._unspool(self._spool)
             self._spool = None
         self.w = self.out
         self.report.checkpoints += 1
@@ -447,6 +513,33 @@ class _Converter:
             return
         self._emit_raw(LF.QEMU_SIG_0002 + _U32.pack(len(qemu.data)) + qemu.data)
 
+    def _unspool(self, spool: IO[bytes]) -> None:
+        """Copy the spooled checkpoint to the output: in the kernel when it takes the
+        bytes at once (a file, the null device).  Not into a pipe or socket: they would
+        hold references to the spool's pages, which the next checkpoint overwrites."""
+        size = spool.tell()
+        spool.flush()
+        done = 0
+        fd = _output_fd(self._raw)
+        if fd is not None and _copies_at_once(fd):
+            self._raw.flush()
+            try:
+                while done < size:
+                    n = os.sendfile(fd, spool.fileno(), done, min(size - done, _COPY_SIZE))
+                    if n == 0:
+                        break  # the spool is shorter than written: the loop below says so
+                    done += n
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+            self.out.offset += done
+        while done < size:
+            chunk = os.pread(spool.fileno(), min(size - done, _COPY_SIZE), done)
+            if not chunk:
+                raise OSError(errno.EIO, "the checkpoint spool file lost its data")
+            self._emit_raw(chunk)
+            done += len(chunk)
+
     def _emit_raw(self, data: bytes) -> None:
         """Bytes that are no v2 record of their own (spooled records, a raw QEMU record)."""
         mv = memoryview(data)
@@ -461,6 +554,11 @@ class _Converter:
         w = self.w
         match rec:
             case PageBatch():
+                if rec.data is None and self._forward is not None and self._forward.placed:
+                    self.report.pages += self._forward.placed // LF.PAGE_SIZE
+                    self._forward.placed = 0
+                    self._tick("pages")
+                    return
                 if rec.data is None:
                     self._pending.append(v2_entries(rec.entries, rec.width))
                     return
@@ -677,6 +775,5 @@ def legacy_to_v2(
         return conv.run()
     except BaseException:
         conv._tick("failed", force=True)
-        if conv._store is not None:
-            conv._store.close()
+        conv.close()
         raise

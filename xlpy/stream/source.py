@@ -18,6 +18,8 @@ and :meth:`ByteSource.transfer` drain the look-ahead buffer, then move the rest 
 ``splice`` (pipes) or ``sendfile`` / ``copy_file_range`` (regular files, always from the
 current position, so the input is consumed exactly as ``read`` would).  Other sources
 (sockets, file objects) are read and written in chunks; the results are the same.
+:meth:`ByteSource.transfer` also forwards bytes to a pipe, socket or device, at the
+output's own position (a converter's page data, input to output without a copy in Python).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ FILL_SIZE = 1 << 16
 GROW_STEP = 1 << 22
 #: Largest single kernel move (splice, sendfile, copy_file_range) or fallback chunk.
 MOVE_STEP = 1 << 20
+#: :meth:`ByteSource.read_append` grows its buffer by at most this much per step: one
+#: step for payloads up to 16 MiB (libxc's largest compressed chunk), no re-allocations.
+APPEND_STEP = 1 << 24
+#: Zeros the buffer grows with (untouched memory: reading it costs no RAM).
+_ZEROS = memoryview(bytes(APPEND_STEP))
 #: errno values meaning "this descriptor pair has no kernel path": use read + write.
 _NO_KERNEL_PATH = frozenset(
     {errno.EINVAL, errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.ESPIPE}
@@ -72,11 +79,28 @@ def _enlarge_pipe(fd: int) -> None:
         pass  # not permitted (pipe-max-size): keep the default
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+def _pwrite_all(fd: int, data: memoryview, offset: int | None) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd`` (``None``: at its current position)."""
     while len(data):
-        k = os.pwrite(fd, data, offset)
+        if offset is None:
+            try:
+                k = os.write(fd, data)
+            except BlockingIOError:  # a non-blocking output that is full
+                _wait_writable(fd)
+                continue
+        else:
+            k = os.pwrite(fd, data, offset)
+            offset += k
         data = data[k:]
-        offset += k
+
+
+def _wait_writable(fd: int) -> None:
+    while True:
+        try:
+            select.select([], [fd], [])
+            return
+        except InterruptedError:
+            continue
 
 
 class _EndOfStream(Exception):
@@ -150,6 +174,11 @@ class ByteSource:
     def fileno(self) -> int | None:
         """The underlying descriptor, if any."""
         return self._fd
+
+    @property
+    def kernel_moves(self) -> bool:
+        """True when :meth:`skip` and :meth:`transfer` move bytes in the kernel (for now)."""
+        return self._kind is not None
 
     def _wait_readable(self, timeout: float | None, field: str) -> None:
         if self._fd is None:
@@ -237,10 +266,57 @@ class ByteSource:
                     offset=self.offset,
                     field=field,
                 )
-        out = bytes(self._buf[self._pos : self._pos + n])
+        with memoryview(self._buf) as mv:
+            out = bytes(mv[self._pos : self._pos + n])  # one copy, not a slice and a copy
         self._pos += n
         self.offset += n
         return out
+
+    def read_append(self, buf: bytearray, n: int, *, field: str = "data") -> None:
+        """Append exactly ``n`` bytes to ``buf``, read straight into it (one copy).
+
+        ``buf`` grows by at most :data:`APPEND_STEP` ahead of the bytes that arrived, so
+        a hostile length costs memory only as far as the stream backs it.  Truncation
+        raises :class:`StreamTruncated` at the offset the read starts, like
+        :meth:`readinto_exact`, and leaves ``buf`` as it was.
+        """
+        if n < 0:
+            raise ValueError("negative read")
+        start = self.offset
+        base = len(buf)
+        take = min(self._available(), n)
+        if take:
+            with memoryview(self._buf) as mv:
+                buf += mv[self._pos : self._pos + take]
+            self._pos += take
+        done = take
+        try:
+            while done < n:
+                end = len(buf)
+                k = min(n - done, APPEND_STEP)
+                buf += _ZEROS[:k]
+                with memoryview(buf) as mv:
+                    while k:
+                        got = 0
+                        if not self._eof:
+                            # released even when the read raises (the traceback holds it)
+                            with mv[end : end + k] as part:
+                                got = self._raw_readinto(part, field)
+                        if got == 0:
+                            self._eof = True
+                            raise StreamTruncated(
+                                f"end of stream: {field} needs {n} bytes, {done} left",
+                                offset=start,
+                                field=field,
+                            )
+                        end += got
+                        done += got
+                        k -= got
+        except BaseException:
+            del buf[base:]
+            self.offset = start + done
+            raise
+        self.offset = start + n
 
     def readinto_exact(self, mv: memoryview, *, field: str = "data") -> None:
         """Fill ``mv`` completely: buffered bytes first, then straight from the source."""
@@ -282,20 +358,23 @@ class ByteSource:
                 return self.offset - start
 
     def transfer(
-        self, out_fd: int, pieces: Sequence[tuple[int, int]], *, field: str = "data"
+        self, out_fd: int, pieces: Sequence[tuple[int | None, int]], *, field: str = "data"
     ) -> None:
         """Write the next bytes into ``out_fd``: ``(offset, length)`` piece by piece.
 
         The pieces cover consecutive input bytes; each lands at its own offset of
-        ``out_fd`` (a regular file).  Look-ahead bytes are written with ``pwrite``, the
-        rest moved by the kernel from a pipe or regular file, read and written in
-        chunks otherwise.  Truncation raises :class:`StreamTruncated` at the offset the
-        transfer starts, like :meth:`readinto_exact` (bytes before it were written).
+        ``out_fd`` (a regular file), or with offset ``None`` at the output's current
+        position (a pipe, socket, device or file: the bytes follow what was written to
+        the descriptor before; flush any buffered writer on it first).  Look-ahead bytes
+        are written with ``pwrite`` / ``write``, the rest moved by the kernel from a pipe
+        or regular file, read and written in chunks otherwise.  Truncation raises
+        :class:`StreamTruncated` at the offset the transfer starts, like
+        :meth:`readinto_exact` (bytes before it were written).
         """
         self._move(sum(length for _, length in pieces), out_fd, pieces, field)
 
     def _move(
-        self, total: int, out_fd: int | None, pieces: Sequence[tuple[int, int]], field: str
+        self, total: int, out_fd: int | None, pieces: Sequence[tuple[int | None, int]], field: str
     ) -> None:
         """``skip`` (``out_fd`` None) or ``transfer`` of ``total`` bytes."""
         if total < 0 or any(length < 0 for _, length in pieces):
@@ -320,9 +399,10 @@ class ByteSource:
         self.offset = start + total
 
     def _move_piece(
-        self, out_fd: int | None, null: int | None, out_off: int, length: int, field: str
+        self, out_fd: int | None, null: int | None, out_off: int | None, length: int, field: str
     ) -> int:
-        """Move ``length`` bytes to ``out_fd`` at ``out_off`` (nowhere if ``None``)."""
+        """Move ``length`` bytes to ``out_fd`` at ``out_off`` (nowhere if ``out_fd`` is None;
+        at its current position if ``out_off`` is)."""
         take = min(self._available(), length)
         if take:
             if out_fd is not None:
@@ -334,14 +414,15 @@ class ByteSource:
         while done < length:
             n = None
             if not self._eof:
-                n = self._kernel_move(out_fd, null, out_off + done, length - done, field)
+                at = None if out_off is None else out_off + done
+                n = self._kernel_move(out_fd, null, at, length - done, field)
             if n is None and not self._eof:
                 if scratch is None:
                     scratch = bytearray(min(length - done, MOVE_STEP))
                 with memoryview(scratch) as mv:
                     n = self._raw_readinto(mv[: length - done], field)
                     if n and out_fd is not None:
-                        _pwrite_all(out_fd, mv[:n], out_off + done)
+                        _pwrite_all(out_fd, mv[:n], None if out_off is None else out_off + done)
             if not n:
                 self._eof = True
                 raise _EndOfStream(done)
@@ -349,7 +430,7 @@ class ByteSource:
         return done
 
     def _kernel_move(
-        self, out_fd: int | None, null: int | None, out_off: int, n: int, field: str
+        self, out_fd: int | None, null: int | None, out_off: int | None, n: int, field: str
     ) -> int | None:
         """One kernel-side move of at most ``n`` bytes (0 at EOF); ``None``: no such path.
 
@@ -369,13 +450,19 @@ class ByteSource:
                     if kind == "pipe":
                         return os.splice(fd, null, n)
                     return os.sendfile(null, fd, None, n)
+                if out_off is None:
+                    if kind == "pipe":
+                        return os.splice(fd, out_fd, n)
+                    return os.sendfile(out_fd, fd, None, n)
                 if kind == "pipe":
                     return os.splice(fd, out_fd, n, offset_dst=out_off)
                 return os.copy_file_range(fd, out_fd, n, offset_dst=out_off)
             except InterruptedError:
                 continue
-            except BlockingIOError:  # non-blocking descriptor with nothing to read yet
+            except BlockingIOError:  # non-blocking input with nothing to read yet, or output full
                 self._wait_readable(self.timeout, field)
+                if out_fd is not None:
+                    _wait_writable(out_fd)
             except OSError as e:
                 if e.errno not in _NO_KERNEL_PATH:
                     raise

@@ -90,6 +90,8 @@ class CheckpointDecoder:
             raise ValueError("pages must be C-contiguous")
         dst = pages.reshape(-1).data.cast("B")
         buf = self.data
+        # slices of a view copy once, into the page (a bytes slice would copy twice)
+        src = memoryview(buf).cast("B")
         size = len(buf)
         pos = self.pos
         base = 0
@@ -106,7 +108,7 @@ class CheckpointDecoder:
                         pos,
                         _page_id(i, pfns),
                     )
-                dst[base : base + PAGE] = buf[pos + 1 : pos + FULL_PAGE_SIZE]
+                dst[base : base + PAGE] = src[pos + 1 : pos + FULL_PAGE_SIZE]
                 pos += FULL_PAGE_SIZE
             elif m < 0:
                 self.pos = pos
@@ -117,7 +119,7 @@ class CheckpointDecoder:
                     _page_id(i, pfns),
                 )
             else:
-                pos = self._run_list(dst, base, buf, pos, size, i, pfns)
+                pos = self._run_list(dst, base, buf, src, pos, size, i, pfns)
             base += PAGE
         self.pos = pos
 
@@ -126,6 +128,7 @@ class CheckpointDecoder:
         dst: memoryview,
         base: int,
         buf: bytes,
+        src: memoryview,
         pos: int,
         size: int,
         page: int,
@@ -156,7 +159,7 @@ class CheckpointDecoder:
                         pos,
                         _page_id(page, pfns),
                     )
-                dst[d : d + n] = buf[pos : pos + n]
+                dst[d : d + n] = src[pos : pos + n]
                 pos += n
                 d += n
             else:

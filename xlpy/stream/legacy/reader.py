@@ -115,11 +115,12 @@ class PagePlacement:
     """Where a batch's page data go instead of a buffer.
 
     ``fd`` None: nowhere (skipped).  Otherwise ``pieces`` are ``(file offset, length)``
-    of ``fd``, in stream order, covering exactly the batch's page bytes.
+    of ``fd``, in stream order, covering exactly the batch's page bytes; offset ``None``
+    writes at ``fd``'s current position (a pipe or a sequentially written output).
     """
 
     fd: int | None
-    pieces: Sequence[tuple[int, int]] = ()
+    pieces: Sequence[tuple[int | None, int]] = ()
 
 
 class PageSink(Protocol):
@@ -516,8 +517,13 @@ class LegacyReader:
             return self._read_tmem_extra()
         if chunk_id == F.XC_SAVE_ID_COMPRESSED_DATA:
             n = self._uw("compressed_data.length")
-            data = self._read(n, "compressed_data.data")
-            return CompressedData(offset=start, index=self._emit(), data=data)
+            # up to 16 MiB per chunk: read straight into its buffer (one copy)
+            payload = bytearray()
+            try:
+                self.source.read_append(payload, n, field="compressed_data.data")
+            except StreamTruncated as e:
+                raise self._truncated(e, "compressed_data.data") from None
+            return CompressedData(offset=start, index=self._emit(), data=payload)
         if chunk_id == F.XC_SAVE_ID_TOOLSTACK:
             n = self._u32("toolstack.length")
             blob, skipped = self._blob(n, "toolstack.data")

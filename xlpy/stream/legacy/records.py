@@ -280,7 +280,7 @@ class LastCheckpoint(Record):
 class CompressedData(Record):
     """XC_SAVE_ID_COMPRESSED_DATA (-12): W-sized length + compressed page stream (§6)."""
 
-    data: bytes
+    data: bytes | bytearray
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -93,6 +93,22 @@ class V2Writer:
         if pad:
             self._write(_ZEROS[:pad])
 
+    def write_record_head(self, rec_type: int, tail: int, *parts: Buffer) -> None:
+        """The header and leading ``parts`` of a record whose last ``tail`` bytes the caller
+        writes to the output itself, right after (flushing any buffered writer first).
+
+        :attr:`offset` counts them as written.  The body must need no padding (PAGE_DATA
+        whose pages follow its entries).
+        """
+        length = sum(memoryview(p).nbytes for p in parts) + tail
+        if F.padding_for(length):
+            raise ValueError(f"record body of {length} bytes needs padding: write it whole")
+        self._write(F.RHDR_FORMAT.pack(rec_type, length))
+        for p in parts:
+            if len(p):
+                self._write(p)
+        self.offset += tail
+
     def page_data(self, entries: npt.ArrayLike, pages: Buffer) -> None:
         """A PAGE_DATA batch from v2 pfn entries (see :func:`page_entries`) and the pages.
 
