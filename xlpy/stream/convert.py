@@ -371,8 +371,14 @@ class _Converter:
         self._hvm_params: list[int] = []
         self._xenstore = b""
         self._qemu_rec: QemuRecord | None = None
-        self._compressed: list[CompressedData] = []
+        #: The checkpoint's -12 payloads back to back (libxc's compbuf), as each arrives:
+        #: ``_comp_len`` bytes of ``_compbuf``, reused by every checkpoint (warm memory).
+        self._compbuf = bytearray()
+        self._comp_len = 0
+        self._comp_segments: list[tuple[int, int]] = []
         self._pending: list[bytes] = []
+        #: Pages of the batch being decoded (reused: no fresh memory per batch).
+        self._decoded: np.ndarray | None = None
         self._store: _PageStore | None = None
         #: The QEMU record of the last committed checkpoint (libxc format appends it).
         self._committed_qemu: QemuRecord | None = None
@@ -470,7 +476,8 @@ class _Converter:
         self._hvm_params = []
         self._xenstore = b""
         self._qemu_rec = None
-        self._compressed = []
+        self._comp_len = 0
+        self._comp_segments = []
         self._pending = []
 
     def _commit(self, *, final: bool) -> None:
@@ -573,7 +580,7 @@ class _Converter:
                     self.report.pages += len(rec.data) // LF.PAGE_SIZE
                 self._tick("pages")
             case CompressedData():
-                self._compressed.append(rec)
+                self._add_payload(rec)
             case TscInfo():
                 w.tsc_info(rec.tsc_mode, rec.khz, rec.nsec, rec.incarnation)
             case HvmParamChunk():
@@ -686,6 +693,21 @@ class _Converter:
 
     # -- compressed checkpoints -----------------------------------------------------------
 
+    def _add_payload(self, rec: CompressedData) -> None:
+        start = self._comp_len
+        data = memoryview(rec.data)
+        room = len(self._compbuf) - start  # never negative: the buffer only grows
+        self._compbuf[start : start + min(room, len(data))] = data[:room]
+        if room < len(data):
+            try:
+                self._compbuf += data[room:]  # realloc: large blocks move without a copy
+            except BufferError:  # a decoder's view of it survived an error: a new one
+                self._compbuf = self._compbuf[:start] + data
+        end = start + len(data)
+        # the payload starts after the chunk id and the W-sized length
+        self._comp_segments.append((start, rec.offset + 4 + (self.reader.width or 8)))
+        self._comp_len = end
+
     def _decode_compressed(self) -> None:
         """Decode the checkpoint's pages against the stored copies, write PAGE_DATA."""
         import numpy as np
@@ -697,14 +719,9 @@ class _Converter:
         if self._store is None:
             self._store = _PageStore()
         store = self._store
-        data = b"".join(c.data for c in self._compressed)
-        segments: list[tuple[int, int]] = []
-        pos = 0
-        for c in self._compressed:
-            # the payload starts after the chunk id and the W-sized length
-            segments.append((pos, c.offset + 4 + (self.reader.width or 8)))
-            pos += len(c.data)
-        dec = CheckpointDecoder(data, segments)
+        dec = CheckpointDecoder(memoryview(self._compbuf)[: self._comp_len], self._comp_segments)
+        if self._decoded is None:
+            self._decoded = np.empty((LF.MAX_BATCH_SIZE, LF.PAGE_SIZE), dtype=np.uint8)
         decode_s = time.perf_counter() - t0
         for ent in self._pending:
             t0 = time.perf_counter()
@@ -717,7 +734,8 @@ class _Converter:
                     value=int(pfns.max()),
                 )
             pfn_list = pfns.tolist()
-            pages = np.zeros((len(pfn_list), LF.PAGE_SIZE), dtype=np.uint8)
+            pages = self._decoded[: len(pfn_list)]
+            pages.fill(0)
             store.fill(pfn_list, pages)
             dec.decode_into(pages, pfns=pfn_list)
             store.store(pfn_list, pagetable, pages)
@@ -734,7 +752,8 @@ class _Converter:
         # decoding only: spooling the records is the checkpoint buffering's cost
         self.report.decode_seconds += decode_s
         self._pending = []
-        self._compressed = []
+        self._comp_len = 0
+        self._comp_segments = []
 
 
 def legacy_to_v2(

@@ -51,7 +51,11 @@ class CheckpointDecoder:
     """
 
     def __init__(
-        self, data: bytes, segments: Sequence[tuple[int, int]] = (), *, pos: int = 0
+        self,
+        data: bytes | bytearray | memoryview,
+        segments: Sequence[tuple[int, int]] = (),
+        *,
+        pos: int = 0,
     ) -> None:
         self.data = data
         self.segments = tuple(segments)
@@ -127,7 +131,7 @@ class CheckpointDecoder:
         self,
         dst: memoryview,
         base: int,
-        buf: bytes,
+        buf: bytes | bytearray | memoryview,
         src: memoryview,
         pos: int,
         size: int,
