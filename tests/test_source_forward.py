@@ -20,6 +20,7 @@ import pytest
 from xlpy.errors import StreamTruncated
 from xlpy.guest import GuestSpec
 from xlpy.stream.convert import legacy_to_v2
+from xlpy.stream.legacy.reader import PayloadBuffer
 from xlpy.stream.legacy.senders import SenderProfile, generate
 from xlpy.stream.source import ByteSource
 
@@ -172,3 +173,24 @@ def test_convert_forwarded_equals_buffered(
         assert got[0] == want.getvalue(), profile
         assert report.bytes_out == len(want.getvalue())
         assert report.checkpoints == profile.checkpoints
+
+
+@pytest.mark.parametrize("in_kind", ["pipe", "file", "bytesio"])
+def test_payload_buffer_reuses_and_grows(in_kind: str, tmp_path: Path) -> None:
+    """Payloads back to back; after ``clear`` a refill overwrites the kept memory and
+    grows past it; a truncated payload raises with the source's end known."""
+    data = _data(300_000)
+    with _source(in_kind, data, tmp_path) as src:
+        pb = PayloadBuffer()
+        pb.read(src, 1000, "compressed_data.data")
+        pb.read(src, 50_000, "compressed_data.data")
+        assert pb.view() == data[:51_000]
+        pb.clear()
+        pb.read(src, 20_000, "compressed_data.data")
+        pb.read(src, 100_000, "compressed_data.data")  # partly into kept memory, partly grown
+        assert pb.view() == data[51_000:171_000]
+        assert src.offset == 171_000
+        with pytest.raises(StreamTruncated):
+            pb.read(src, 200_000, "compressed_data.data")
+        assert pb.used == 120_000
+        assert src.end_offset == 300_000

@@ -79,7 +79,7 @@ from xlpy.stream.hvm_params import (
     HVM_PARAM_STORE_PFN,
 )
 from xlpy.stream.legacy import format as LF
-from xlpy.stream.legacy.reader import LegacyReader, PagePlacement
+from xlpy.stream.legacy.reader import LegacyReader, PagePlacement, PayloadBuffer
 from xlpy.stream.legacy.records import (
     CheckpointBegin,
     CompressedData,
@@ -349,7 +349,10 @@ class _Converter:
         if fmt not in FORMATS:
             raise ValueError(f"format must be libxc or libxl, not {fmt!r}")
         self.source = source
-        self.reader = LegacyReader(source, guest=guest, reuse_buffers=True)
+        #: The checkpoint's -12 payloads back to back (libxc's compbuf), read straight
+        #: into memory reused by every checkpoint.
+        self._payloads = PayloadBuffer()
+        self.reader = LegacyReader(source, guest=guest, reuse_buffers=True, payloads=self._payloads)
         self.want_width = width
         self._raw = out
         self.out = V2Writer(out)
@@ -371,9 +374,7 @@ class _Converter:
         self._hvm_params: list[int] = []
         self._xenstore = b""
         self._qemu_rec: QemuRecord | None = None
-        #: The checkpoint's -12 payloads back to back (libxc's compbuf), as each arrives:
-        #: ``_comp_len`` bytes of ``_compbuf``, reused by every checkpoint (warm memory).
-        self._compbuf = bytearray()
+        #: The checkpoint's -12 payloads up to ``_comp_len`` and where each came from.
         self._comp_len = 0
         self._comp_segments: list[tuple[int, int]] = []
         self._pending: list[bytes] = []
@@ -478,6 +479,7 @@ class _Converter:
         self._qemu_rec = None
         self._comp_len = 0
         self._comp_segments = []
+        self._payloads.clear()
         self._pending = []
 
     def _commit(self, *, final: bool) -> None:
@@ -694,19 +696,10 @@ class _Converter:
     # -- compressed checkpoints -----------------------------------------------------------
 
     def _add_payload(self, rec: CompressedData) -> None:
-        start = self._comp_len
-        data = memoryview(rec.data)
-        room = len(self._compbuf) - start  # never negative: the buffer only grows
-        self._compbuf[start : start + min(room, len(data))] = data[:room]
-        if room < len(data):
-            try:
-                self._compbuf += data[room:]  # realloc: large blocks move without a copy
-            except BufferError:  # a decoder's view of it survived an error: a new one
-                self._compbuf = self._compbuf[:start] + data
-        end = start + len(data)
+        """The reader appended the payload to ``_payloads``: note where it came from."""
         # the payload starts after the chunk id and the W-sized length
-        self._comp_segments.append((start, rec.offset + 4 + (self.reader.width or 8)))
-        self._comp_len = end
+        self._comp_segments.append((self._comp_len, rec.offset + 4 + (self.reader.width or 8)))
+        self._comp_len = self._payloads.used
 
     def _decode_compressed(self) -> None:
         """Decode the checkpoint's pages against the stored copies, write PAGE_DATA."""
@@ -719,7 +712,7 @@ class _Converter:
         if self._store is None:
             self._store = _PageStore()
         store = self._store
-        dec = CheckpointDecoder(memoryview(self._compbuf)[: self._comp_len], self._comp_segments)
+        dec = CheckpointDecoder(self._payloads.view(), self._comp_segments)
         if self._decoded is None:
             self._decoded = np.empty((LF.MAX_BATCH_SIZE, LF.PAGE_SIZE), dtype=np.uint8)
         decode_s = time.perf_counter() - t0
@@ -754,6 +747,7 @@ class _Converter:
         self._pending = []
         self._comp_len = 0
         self._comp_segments = []
+        self._payloads.clear()
 
 
 def legacy_to_v2(

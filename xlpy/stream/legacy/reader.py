@@ -142,6 +142,34 @@ _SKIP = PagePlacement(None)
 SKIP_PAGES: PageSink = _SkipPages()
 
 
+class PayloadBuffer:
+    """Where a reader puts -12 payloads instead of a new buffer each: back to back, as
+    libxc's ``compbuf``, read straight from the source into memory kept across
+    checkpoints (the caller calls :meth:`clear` when a checkpoint's are decoded)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        #: Bytes of ``buf`` in use (it never shrinks, so refilling it finds warm memory).
+        self.used = 0
+
+    def view(self) -> memoryview:
+        """The payloads so far, back to back."""
+        return memoryview(self.buf)[: self.used]
+
+    def clear(self) -> None:
+        self.used = 0
+
+    def read(self, source: ByteSource, n: int, field: str) -> None:
+        """Append the next ``n`` bytes of ``source``; growth as :meth:`ByteSource.read_append`."""
+        take = min(len(self.buf) - self.used, n)
+        if take:
+            with memoryview(self.buf) as mv:
+                source.readinto_exact(mv[self.used : self.used + take], field=field)
+        if take < n:
+            source.read_append(self.buf, n - take, field=field)
+        self.used += n
+
+
 def _uwords(raw: bytes, width: int) -> tuple[int, ...]:
     """Little-endian W-sized words."""
     return struct.unpack(f"<{len(raw) // width}{'I' if width == 4 else 'Q'}", raw)
@@ -160,6 +188,8 @@ class LegacyReader:
     instead; ``PageBatch.data`` is then ``None``.  Without ``keep_blobs`` the blobs of
     :class:`~xlpy.stream.legacy.records.BlobRecord` (toolstack data, HVM context, QEMU
     data, trailer) are skipped as they arrive, so a hostile length costs no memory.
+    With ``payloads`` (:class:`PayloadBuffer`) -12 payloads are appended there and
+    ``CompressedData.data`` is empty (``payloads.used`` grew by the payload's length).
 
     ``framing`` is ``"bare"``, ``"xl"``, ``"xend"`` or, once its trailer has
     been read, ``"xenserver-classic"``.  ``compression_enabled`` and
@@ -174,6 +204,7 @@ class LegacyReader:
         guest: str | None = None,
         reuse_buffers: bool = False,
         keep_blobs: bool = True,
+        payloads: PayloadBuffer | None = None,
     ) -> None:
         if width not in (None, 4, 8):
             raise UsageError(f"width must be 4 or 8 bytes, not {width}")
@@ -194,6 +225,7 @@ class LegacyReader:
         self.last_checkpoint = False
         self._reuse = reuse_buffers
         self._keep_blobs = keep_blobs
+        self._payloads = payloads
         self._pages: bytearray | None = None
         self._index = 0
         self._start = source.offset
@@ -520,7 +552,10 @@ class LegacyReader:
             # up to 16 MiB per chunk: read straight into its buffer (one copy)
             payload = bytearray()
             try:
-                self.source.read_append(payload, n, field="compressed_data.data")
+                if self._payloads is not None:
+                    self._payloads.read(self.source, n, "compressed_data.data")
+                else:
+                    self.source.read_append(payload, n, field="compressed_data.data")
             except StreamTruncated as e:
                 raise self._truncated(e, "compressed_data.data") from None
             return CompressedData(offset=start, index=self._emit(), data=payload)
