@@ -75,10 +75,10 @@ print(json.dumps({"pages": r.pages, "decoded": r.decoded_pages, "decode_s": r.de
 
 def _stripped(ctx: Any, helper: Any, guest: str) -> Path:
     """The cached stream of ``guest`` without its xl header (generated once)."""
-    src = helper.stream_file(ctx, guest)
     path = ctx.cache / f"convert-{guest}-{ctx.size >> 20}M.bin"
-    if path.exists():
+    if path.exists():  # the source stream may have been removed since: not needed
         return path
+    src = helper.stream_file(ctx, guest)
     with open(src, "rb") as f:
         head = f.read(48)
         assert head.startswith(XL_MAGIC), src
@@ -96,10 +96,10 @@ def _no_room(ctx: Any) -> str | None:
     """Why the streams of ``ctx.size`` cannot be made on this disk, or None."""
     need = 0
     for guest in ("hvm", "pv"):
-        for path in (
-            ctx.cache / f"convert-{guest}-{ctx.size >> 20}M.bin",
-            ctx.cache / f"inspect-{guest}-{ctx.size >> 20}M.bin",
-        ):
+        stripped = ctx.cache / f"convert-{guest}-{ctx.size >> 20}M.bin"
+        if stripped.exists():
+            continue  # made from the inspect stream, which is then not needed
+        for path in (stripped, ctx.cache / f"inspect-{guest}-{ctx.size >> 20}M.bin"):
             if not path.exists():
                 need += ctx.size + (ctx.size >> 6)  # pages plus headers and batch entries
     if need == 0:
