@@ -20,9 +20,9 @@ Beyond it:
   layering libxl's stream reader follows; after the last complete checkpoint
   come the libxc END and the libxl END.  A checkpoint from the second on is
   spooled (in one unlinked temporary file, rewritten by each checkpoint) until
-  its tail and QEMU record are complete: when the input then ends or breaks, as it does at a
-  Remus failover, that abandoned checkpoint is dropped, as libxc's receiver
-  drops it, and the stream is ended cleanly (:attr:`ConvertReport.abandoned`);
+  its tail and QEMU record are complete: when the input then ends or breaks, as
+  it does at a Remus failover, that abandoned checkpoint is dropped, as libxc's
+  receiver drops it, and the stream is ended cleanly (:attr:`ConvertReport.abandoned`);
 * compressed checkpoints (format B) are decoded.  A RUN/SKIP/EMPTY page is a
   delta against the receiver's copy, and libxc's sender only makes one against
   a page in its own delta cache (an LRU of 8192 pages that starts empty at the

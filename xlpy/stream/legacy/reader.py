@@ -157,6 +157,7 @@ class PayloadBuffer:
         return memoryview(self.buf)[: self.used]
 
     def clear(self) -> None:
+        """Start over (the next checkpoint's payloads), keeping the memory."""
         self.used = 0
 
     def read(self, source: ByteSource, n: int, field: str) -> None:
