@@ -83,6 +83,7 @@ from xlpy.stream.legacy.reader import LegacyReader, PagePlacement, PayloadBuffer
 from xlpy.stream.legacy.records import (
     CheckpointBegin,
     CompressedData,
+    EnableCompression,
     EndOfBody,
     HvmParamChunk,
     HvmTail,
@@ -583,6 +584,10 @@ class _Converter:
                 self._tick("pages")
             case CompressedData():
                 self._add_payload(rec)
+            case EnableCompression():
+                # Compressed checkpoints follow: numpy's import (a one-off ~0.1 s) and the
+                # delta cache now, not in the first of them (a live Remus receiver waits).
+                self._decoding_store()
             case TscInfo():
                 w.tsc_info(rec.tsc_mode, rec.khz, rec.nsec, rec.incarnation)
             case HvmParamChunk():
@@ -701,6 +706,11 @@ class _Converter:
         self._comp_segments.append((self._comp_len, rec.offset + 4 + (self.reader.width or 8)))
         self._comp_len = self._payloads.used
 
+    def _decoding_store(self) -> _PageStore:
+        if self._store is None:
+            self._store = _PageStore()  # imports numpy
+        return self._store
+
     def _decode_compressed(self) -> None:
         """Decode the checkpoint's pages against the stored copies, write PAGE_DATA."""
         import numpy as np
@@ -709,9 +719,7 @@ class _Converter:
 
         t0 = time.perf_counter()
         p2m = self.reader.p2m_size or 0
-        if self._store is None:
-            self._store = _PageStore()
-        store = self._store
+        store = self._decoding_store()
         dec = CheckpointDecoder(self._payloads.view(), self._comp_segments)
         if self._decoded is None:
             self._decoded = np.empty((LF.MAX_BATCH_SIZE, LF.PAGE_SIZE), dtype=np.uint8)
