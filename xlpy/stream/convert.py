@@ -265,8 +265,21 @@ class _PageStore:
     def store(self, pfns: list[int], pagetable: list[bool], pages: np.ndarray) -> None:
         """The sender's cache update for the pages just sent, in send order."""
         lru, free = self._lru, self._free
+        if not any(pagetable):  # the common case, in one tight loop
+            get, move, evict = lru.get, lru.move_to_end, lru.popitem
+            slots = []
+            for pfn in pfns:
+                slot = get(pfn)
+                if slot is None:
+                    slot = free.pop() if free else evict(last=False)[1]
+                    lru[pfn] = slot
+                else:
+                    move(pfn)
+                slots.append(slot)
+            self._slab[slots] = pages
+            return
         rows: list[int] = []
-        slots: list[int] = []
+        slots = []
         for i, pfn in enumerate(pfns):
             slot = lru.get(pfn)
             if pagetable[i]:
