@@ -32,6 +32,7 @@ FAKE_C = r"""
  * On success the out-params encode the arguments so tests see which slot got what.
  */
 #include <assert.h>
+#include <stdio.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -95,6 +96,12 @@ int xc_domain_restore(xc_interface *xch, int io_fd, uint32_t dom, unsigned int s
             break;
         case 'e':
             return fail(xch, 3, EINVAL, "fake: bad page");
+        case 'E':  /* as 4.17 does: the cause is logged, the last error is a summary */
+            fprintf(stderr, "xc: error: Found checkpoint in non-checkpointed stream: "
+                            "Internal error\n");
+            fprintf(stderr, "xc: info: unrelated\n");
+            fprintf(stderr, "xc: error: Restore failed (0 = Success): Internal error\n");
+            return fail(xch, 1, 0, "Restore failed (0 = Success)");
         case 'a':
             assert(!"fake assert");
             break;
@@ -236,6 +243,17 @@ def test_libxc_error_is_copied(fake_env: Path, out_of_process: bool) -> None:
         _restore(b"e", out_of_process)
     assert (info.value.code, info.value.xc_errno) == (3, errno.EINVAL)
     assert info.value.message == "fake: bad page"
+
+
+def test_out_of_process_xen_error_carries_what_libxc_logged_before_it(fake_env: Path) -> None:
+    with pytest.raises(XenError) as info:
+        _restore(b"E", True)
+    assert info.value.message == "Restore failed (0 = Success)"
+    assert info.value.log == (
+        "xc: error: Found checkpoint in non-checkpointed stream: Internal error",
+        "xc: error: Restore failed (0 = Success): Internal error",
+    )
+    assert "Found checkpoint in non-checkpointed stream" in str(info.value)
 
 
 def test_no_hypervisor_is_xen_unavailable(

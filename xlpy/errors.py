@@ -8,6 +8,8 @@ know ``ValueError``/``OSError`` still catch them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class XlpyError(Exception):
     """Base of every error xlpy raises deliberately."""
@@ -81,16 +83,25 @@ class UsageError(XlpyError, ValueError):
 
 
 class XenError(XlpyError, OSError):
-    """An error reported by libxc (``xc_get_last_error()``), copied at once."""
+    """An error reported by libxc (``xc_get_last_error()``), copied at once.
 
-    def __init__(self, code: int, errno_: int, message: str) -> None:
+    ``log`` holds the error lines libxc logged during the call, in order, where they
+    could be captured (the out-of-process helper): ``xc_get_last_error()`` keeps only
+    the last one, often a summary such as ``Restore failed``, while the cause
+    (``Found checkpoint in non-checkpointed stream``) was logged before it.
+    """
+
+    def __init__(self, code: int, errno_: int, message: str, log: Sequence[str] = ()) -> None:
         super().__init__(errno_, message)
         self.code = code
         self.xc_errno = errno_
         self.message = message
+        self.log = tuple(log)
 
     def __str__(self) -> str:
-        return f"libxc error {self.code} (errno {self.xc_errno}): {self.message}"
+        text = f"libxc error {self.code} (errno {self.xc_errno}): {self.message}"
+        earlier = [line for line in self.log if self.message not in line]
+        return f"{text} (libxc logged: {' | '.join(earlier)})" if earlier else text
 
 
 class XenUnavailable(XlpyError, OSError):

@@ -125,11 +125,14 @@ def _error_from_wire(wire: Mapping[str, Any]) -> XlpyError:
     return _ERRORS[wire["type"]](wire["message"])
 
 
-def _drain(stream: IO[bytes], tail: deque[str]) -> None:
-    """Log the helper's stderr (libxc's own logger writes there) and keep its tail."""
+def _drain(stream: IO[bytes], tail: deque[str], errors: deque[str]) -> None:
+    """Log the helper's stderr (libxc's own logger writes there), keep its tail and
+    libxc's error lines (its stdio logger's ``error:`` level)."""
     for raw in stream:
         line = raw.decode("utf-8", "replace").rstrip("\n")
         tail.append(line)
+        if ": error: " in line:
+            errors.append(line)
         log.info("libxc: %s", line)
 
 
@@ -183,7 +186,8 @@ def _run_helper(
     child.close()
     assert proc.stderr is not None
     tail: deque[str] = deque(maxlen=20)
-    drain = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
+    errors: deque[str] = deque(maxlen=50)
+    drain = threading.Thread(target=_drain, args=(proc.stderr, tail, errors), daemon=True)
     drain.start()
     final: dict[str, Any] | None = None
     try:
@@ -229,6 +233,8 @@ def _run_helper(
         return RestoreResult(**final["result"])
     else:
         error = _error_from_wire(final["error"])
+        if isinstance(error, XenError):
+            error = XenError(error.code, error.xc_errno, error.message, errors)
     bridge.reraise(cause=error)
     raise error
 
