@@ -39,7 +39,6 @@ typecheck: venv
 test: lint typecheck unit
 
 fuzz: venv
-	$(PY) -m pip install --quiet -e '.[fuzz]'
 	$(PY) tests/fuzz/fuzz_reader.py -max_total_time=$${FUZZ_SECONDS:-60} $(FUZZ_ARGS)
 
 bench: venv
