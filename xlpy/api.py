@@ -304,7 +304,7 @@ def restore(
                 timeout=timeout,
             )
         if owned is not None and result.framed:
-            result = dataclasses.replace(result, rest=result.rest + _read_to_eof(fd))
+            result = dataclasses.replace(result, rest=result.rest + ByteSource(fd).read_to_eof())
         return result
     finally:
         if owned is not None:
@@ -327,13 +327,6 @@ def _open(source: Source) -> tuple[int, BinaryIO | None]:
         return source.fileno(), None
     except (AttributeError, OSError, ValueError) as e:
         raise UsageError(f"source {source!r} has no file descriptor ({e})") from None
-
-
-def _read_to_eof(fd: int) -> bytes:
-    out = bytearray()
-    while chunk := os.read(fd, 1 << 16):
-        out += chunk
-    return bytes(out)
 
 
 def _restore_sim(
