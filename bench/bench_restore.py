@@ -3,7 +3,7 @@
 For a 1 GiB (``ctx.size``) plain HVM and PV stream (the same cached ``xlpy gen`` files
 as ``bench_inspect``), side by side in one run:
 
-* ``cat FILE | xlpy restore - --receiver xen-4.5 --toolstack xl-4.4 --out DIR -q``
+* ``cat FILE | xlpy restore - --release xen-4.5 --toolstack xl-4.4 --out DIR -q``
   vs ``cat FILE | cat >/dev/null`` (target >= 0.7x pipe throughput);
 * for context, vs ``cat FILE | cat >OUT`` (the pipe plus writing a 1 GiB file: the
   simulated domain's ``memory`` has to land in the page cache too);
@@ -40,7 +40,7 @@ def run(ctx: Any) -> list[dict[str, Any]]:
         try:
             w = shlex.quote(str(work))
             check = subprocess.run(
-                [*ctx.xlpy, "restore", str(path), "--receiver", "xen-4.5", "--toolstack",
+                [*ctx.xlpy, "restore", str(path), "--release", "xen-4.5", "--toolstack",
                  "xl-4.4", "--out", str(work / "check"), "--json"],
                 capture_output=True, check=False,
             )  # fmt: skip
@@ -52,7 +52,7 @@ def run(ctx: Any) -> list[dict[str, Any]]:
             # Each run removes what it wrote, so dirty pages never pile up across runs.
             cmd = (
                 f"D=$(mktemp -u -p {w} dom.XXXXXX) && cat {f} | {xlpy} restore - "
-                f'--receiver xen-4.5 --toolstack xl-4.4 -q --out "$D" && rm -rf "$D"'
+                f'--release xen-4.5 --toolstack xl-4.4 -q --out "$D" && rm -rf "$D"'
             )
             # The three take turns, run by run, so load from elsewhere weighs on all alike.
             base_s = file_s = s = float("inf")

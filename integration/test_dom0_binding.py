@@ -36,7 +36,7 @@ def test_binding_opens_a_real_xc_interface() -> None:
     "Failed to get domain info"), which must surface as a ``XenError``.
     """
     try:
-        from xlpy.binding import RestoreRequest, restore_libxc
+        from xlpy.binding import RestoreArgs, restore_libxc
         from xlpy.errors import XenError
     except ImportError as e:
         pytest.skip(f"xlpy.binding has no restore_libxc yet (issue 4): {e}")
@@ -44,7 +44,7 @@ def test_binding_opens_a_real_xc_interface() -> None:
     os.close(write_end)  # an empty stream: libxc must not get past the domain check
     try:
         with pytest.raises(XenError) as failure:
-            restore_libxc(RestoreRequest(io_fd=read_end, dom=NO_SUCH_DOMID), timeout=120)
+            restore_libxc(RestoreArgs(io_fd=read_end, dom=NO_SUCH_DOMID), timeout=120)
     finally:
         os.close(read_end)
     message = str(failure.value)

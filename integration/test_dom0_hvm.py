@@ -108,7 +108,7 @@ def test_paused_hvm_restore_matches_the_simulated_restore_page_for_page(
     finally:
         saved.guest.destroy()
     try:
-        sim = xlpy.restore(saved.image, operation="restore", out=out, generation="xen-4.17")
+        sim = xlpy.restore(saved.image, operation="restore", out=out, release="xen-4.17")
         assert sim.ok, sim.error
         compared, differ = dom0lib.pages_differing(core, out / "memory")
     finally:

@@ -125,7 +125,7 @@ def test_xend_toolstack_restores_the_xl_save_image(
     saved: Saved, toolstack: object, cleanup: None
 ) -> None:
     from xlpy import xend
-    from xlpy.toolstack import StreamType
+    from xlpy.operation import StreamType
 
     mark = dom0lib.console_mark(saved.guest)
     done = xend.restore_xl_image(saved.image, toolstack=toolstack, timeout=600)  # type: ignore[arg-type]
@@ -169,7 +169,7 @@ def test_plain_restore_of_a_checkpointed_stream_fails_in_libxc(
     assert PLAIN_CHECKPOINT_ERROR in str(done.error)
     # item 5: the simulated 4.17 receiver rejects it the same way.
     sim: Any = _sim(
-        remus_stream, saved.workdir / "sim-plain", operation="restore", generation="xen-4.17"
+        remus_stream, saved.workdir / "sim-plain", operation="restore", release="xen-4.17"
     )
     print(sim.error, sim.messages)
     assert not sim.ok
@@ -227,7 +227,7 @@ def test_remus_receive_commits_the_last_complete_checkpoint(
         raise
     # item 5: the simulated 4.17 receiver commits the same checkpoint (0-based 1).
     sim: Any = _sim(
-        remus_stream, saved.workdir / "sim-remus", operation="remus-receive", generation="xen-4.17"
+        remus_stream, saved.workdir / "sim-remus", operation="remus-receive", release="xen-4.17"
     )
     print(sim.error, sim.messages, sim.committed_checkpoint)
     assert sim.ok, sim.error
@@ -315,7 +315,7 @@ def test_legacy_round_trip_restores_with_xl(
     # item 5: the legacy stream itself, through xlpy's legacy receiver of that sender's
     # era, is accepted as the converted one is by real libxc below.
     sim: Any = _sim(
-        legacy, saved.workdir / "sim-legacy", operation="restore", generation=sender, guest="pv"
+        legacy, saved.workdir / "sim-legacy", operation="restore", release=sender, guest="pv"
     )
     print(sim.error, sim.messages)
     assert sim.ok, sim.error
@@ -403,7 +403,7 @@ def test_paused_restore_matches_the_simulated_restore_page_for_page(
     out = saved.workdir / "sim-core"
     import xlpy
 
-    sim = xlpy.restore(saved.image, operation="restore", out=out, generation="xen-4.17")
+    sim = xlpy.restore(saved.image, operation="restore", out=out, release="xen-4.17")
     try:
         assert sim.ok, sim.error
         compared, differ = dom0lib.pages_differing(core, out / "memory")

@@ -20,7 +20,7 @@ import pytest
 
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY, debian_package, detect
 from xlpy.errors import LibraryNotFound, UsageError, XenUnavailable
-from xlpy.toolstack import Verdict, decide
+from xlpy.operation import Verdict, decide
 
 REPO = Path(__file__).resolve().parent.parent
 

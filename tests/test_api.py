@@ -28,23 +28,24 @@ from test_receiver_streams import (
 )
 
 import xlpy
-from xlpy.api import DEFAULT_SIM_GENERATION, Restored, default_sim_generation
+from xlpy.backends import RestoreResult
+from xlpy.backends.sim import DEFAULT_SIM_RELEASE, default_sim_release
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY
 from xlpy.binding.generations import by_name
 from xlpy.errors import RestoreRefused, StreamTruncated, UsageError, XenError, XenUnavailable
 from xlpy.guest import GuestSpec
-from xlpy.receiver.backends import RestoreResult
+from xlpy.operation import Operation, StreamType, Verdict
+from xlpy.receiver.domains import Outcome
 from xlpy.stream.legacy.senders import SenderProfile, generate
-from xlpy.toolstack import Operation, StreamType, Verdict
 
 REPO = Path(__file__).resolve().parent.parent
 R, M, RE, C = "restore", "migrate-receive", "remus-receive", "colo-receive"
 
 
-def _sim(data: bytes, out: Path, gen: str, op: str, **kw: object) -> Restored:
+def _sim(data: bytes, out: Path, gen: str, op: str, **kw: object) -> RestoreResult:
     fd = feed(data)
     try:
-        return xlpy.restore(fd, operation=op, out=out, generation=gen, heartbeat=0.2, **kw)  # type: ignore[arg-type]
+        return xlpy.restore(fd, operation=op, out=out, release=gen, heartbeat=0.2, **kw)  # type: ignore[arg-type]
     finally:
         os.close(fd)
 
@@ -117,7 +118,7 @@ def test_framing_turns_the_4_3_1_eat_cell_into_success(guest: str, tmp_path: Pat
     assert r.sim is not None and r.sim.toolstack == ts
 
 
-def xlpy_receiver_restore(data: bytes, out: Path, ts: str) -> RestoreResult:
+def xlpy_receiver_restore(data: bytes, out: Path, ts: str) -> Outcome:
     from xlpy.receiver import restore
 
     fd = feed(data)
@@ -143,7 +144,7 @@ def test_rest_from_a_path_is_read_to_the_end(tmp_path: Path) -> None:
         src,
         operation=R,
         out=tmp_path / "d",
-        generation="xen-4.3.1",
+        release="xen-4.3.1",
         toolstack="xenserver-classic",
         heartbeat=0.2,
     )
@@ -153,7 +154,7 @@ def test_rest_from_a_path_is_read_to_the_end(tmp_path: Path) -> None:
             f,
             operation=R,
             out=tmp_path / "e",
-            generation="xen-4.3.1",
+            release="xen-4.3.1",
             toolstack="xenserver-classic",
             heartbeat=0.2,
         )
@@ -196,11 +197,11 @@ def test_colo_refused_even_forced(tmp_path: Path) -> None:
     assert _sim(colo, tmp_path / "c", "xen-4.17", C).ok
 
 
-def test_default_sim_generation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_default_sim_release(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(ENV_LIBRARY, str(tmp_path / "libxenguest.so.4.17"))
-    assert default_sim_generation() == DEFAULT_SIM_GENERATION  # nothing there
+    assert default_sim_release() == DEFAULT_SIM_RELEASE  # nothing there
     r = _sim(build("pv", PLAIN_CPS), tmp_path / "d", None, R)  # type: ignore[arg-type]
-    assert r.ok and r.sim is not None and r.sim.generation == DEFAULT_SIM_GENERATION
+    assert r.ok and r.sim is not None and r.sim.generation == DEFAULT_SIM_RELEASE
 
 
 def test_usage_errors(tmp_path: Path) -> None:
@@ -220,9 +221,9 @@ def test_usage_errors(tmp_path: Path) -> None:
 
 def test_help_documents_the_entry_point() -> None:
     text = pydoc.plain(pydoc.render_doc(xlpy.restore))
-    for word in ("remus-receive", "RestoreRefused", "force", "framed", "Restored", "domid"):
+    for word in ("remus-receive", "RestoreRefused", "force", "framed", "RestoreResult", "domid"):
         assert word in text, word
-    assert "rest" in (Restored.__doc__ or "")
+    assert "rest" in (RestoreResult.__doc__ or "")
 
 
 def test_import_xlpy_stays_cheap() -> None:
@@ -351,7 +352,7 @@ def test_failed_framed_restore_stops_the_forwarder(tmp_path: Path) -> None:
     r_fd, w_fd = os.pipe()
     try:
         os.write(w_fd, data[:-8])
-        r = xlpy.restore(r_fd, operation=R, out=tmp_path / "d", generation="xen-4.3.1")
+        r = xlpy.restore(r_fd, operation=R, out=tmp_path / "d", release="xen-4.3.1")
         assert not r.ok and "memory alloc failed" in r.messages[0]
         assert _forwarders() == []
     finally:

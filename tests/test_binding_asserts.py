@@ -106,7 +106,7 @@ def test_colo_with_the_required_callbacks_passes_asserts(xen_tools: object) -> N
 def test_restore_libxc_without_hypervisor_is_xen_unavailable(
     xen_tools: object, monkeypatch: pytest.MonkeyPatch, out_of_process: bool
 ) -> None:
-    from xlpy.binding import RestoreRequest, restore_libxc
+    from xlpy.binding import RestoreArgs, restore_libxc
     from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY
     from xlpy.errors import XenUnavailable
 
@@ -116,7 +116,7 @@ def test_restore_libxc_without_hypervisor_is_xen_unavailable(
     r, w = os.pipe()
     try:
         with pytest.raises(XenUnavailable, match="/dev/xen/privcmd") as info:
-            restore_libxc(RestoreRequest(io_fd=r, dom=1), out_of_process=out_of_process)
+            restore_libxc(RestoreArgs(io_fd=r, dom=1), out_of_process=out_of_process)
     finally:
         os.close(r)
         os.close(w)
@@ -128,11 +128,11 @@ def test_real_library_never_sees_what_it_would_assert_on(
     xen_tools: object, monkeypatch: pytest.MonkeyPatch, stream_type: int
 ) -> None:
     # In-process on purpose: an abort here would kill pytest itself.
-    from xlpy.binding import RestoreRequest, restore_libxc
+    from xlpy.binding import RestoreArgs, restore_libxc
     from xlpy.binding.detect import ENV_LIBRARY
     from xlpy.errors import UsageError
 
     lib_dir = xen_tools.lib_dirs[0]  # type: ignore[attr-defined]
     monkeypatch.setenv(ENV_LIBRARY, str(lib_dir / "libxenguest.so.4.17"))
     with pytest.raises(UsageError):
-        restore_libxc(RestoreRequest(io_fd=0, dom=1, stream_type=stream_type), out_of_process=False)
+        restore_libxc(RestoreArgs(io_fd=0, dom=1, stream_type=stream_type), out_of_process=False)

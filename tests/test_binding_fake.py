@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from xlpy.binding import RestoreRequest, detect, restore_libxc
+from xlpy.binding import RestoreArgs, detect, restore_libxc
 from xlpy.binding.detect import ENV_LIBRARY
 from xlpy.binding.generations import COLO, PLAIN, REMUS
 from xlpy.errors import LibxcCrashed, UsageError, XenError, XenUnavailable
@@ -166,7 +166,7 @@ def _script(data: bytes) -> int:
 def _restore(script: bytes, out_of_process: bool, callbacks=None, **kw):  # type: ignore[no-untyped-def]
     fd = _script(script)
     try:
-        request = RestoreRequest(io_fd=fd, **{"dom": 7, **kw})
+        request = RestoreArgs(io_fd=fd, **{"dom": 7, **kw})
         return restore_libxc(request, callbacks, out_of_process=out_of_process, timeout=20)
     finally:
         os.close(fd)
@@ -276,7 +276,7 @@ def test_hang_is_killed_after_timeout(fake_env: Path) -> None:
     fd = _script(b"h")
     try:
         with pytest.raises(LibxcCrashed, match="hung"):
-            restore_libxc(RestoreRequest(io_fd=fd, dom=1), timeout=1)
+            restore_libxc(RestoreArgs(io_fd=fd, dom=1), timeout=1)
     finally:
         os.close(fd)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from restore_helpers import OUT_PARAMS, build_stand_in, read_report
 
-from xlpy.binding import RestoreRequest, restore_libxc
+from xlpy.binding import RestoreArgs, restore_libxc
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY, detect
 from xlpy.binding.generations import GENERATIONS, PLAIN, REMUS
 from xlpy.errors import UsageError
@@ -57,7 +57,7 @@ def test_arguments_reach_their_slots(
     values = dict(dom=70000, store_evtchn=5, store_domid=3, console_evtchn=6, console_domid=4,
                   hvm=True, pae=False, superpages=True, no_incr_generationid=True)  # fmt: skip
     try:
-        req = RestoreRequest(io_fd=r, stream_type=stream_type, send_back_fd=-1, **values)  # type: ignore[arg-type]
+        req = RestoreArgs(io_fd=r, stream_type=stream_type, send_back_fd=-1, **values)  # type: ignore[arg-type]
         result = restore_libxc(req, callbacks, out_of_process=out_of_process, timeout=20)
     finally:
         os.close(r)
@@ -100,7 +100,7 @@ def test_4_6_fills_slot_0_as_checkpoint(
     r, w = os.pipe()
     os.close(w)
     try:
-        req = RestoreRequest(io_fd=r, dom=1, stream_type=REMUS)
+        req = RestoreArgs(io_fd=r, dom=1, stream_type=REMUS)
         restore_libxc(req, {"checkpoint": lambda: 2}, out_of_process=False)
         with pytest.raises(UsageError, match="no restore callback toolstack_restore"):
             restore_libxc(req, {"toolstack_restore": lambda d, b: 0, "checkpoint": lambda: 1})

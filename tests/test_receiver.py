@@ -21,7 +21,7 @@ from test_receiver_streams import (
 
 from xlpy.errors import StreamMalformed, StreamTimeout, StreamTruncated, UsageError
 from xlpy.receiver import restore
-from xlpy.receiver.backends import RestoreResult
+from xlpy.receiver.domains import Outcome
 from xlpy.stream.legacy import format as F
 from xlpy.stream.source import ByteSource
 
@@ -56,7 +56,7 @@ def feed(
     return b, t, done
 
 
-def run(data: bytes, out: Path, gen: str, *, linger: float = 0.0, **kw: object) -> RestoreResult:
+def run(data: bytes, out: Path, gen: str, *, linger: float = 0.0, **kw: object) -> Outcome:
     sock, t, done = feed(data, linger=linger)
     try:
         return restore(ByteSource(sock), generation=gen, out=out, heartbeat=HB, **kw)  # type: ignore[arg-type]

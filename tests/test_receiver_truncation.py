@@ -2,7 +2,7 @@
 or restores exactly the last checkpoint whose body *and* tail were complete (§10.5a).
 
 Every byte offset of a small 3-checkpoint stream is tried, restoring into an in-memory
-domain (:class:`~xlpy.receiver.backends.mem.MemDomain`) so one cut costs a state-machine
+domain (:class:`~xlpy.receiver.domains.mem.MemDomain`) so one cut costs a state-machine
 run, not a directory; random cuts of a larger generated stream go through directories.
 """
 
@@ -19,8 +19,8 @@ from test_receiver_streams import build, expected_memory, page
 
 from xlpy.guest import Guest, GuestSpec
 from xlpy.receiver import restore
-from xlpy.receiver.backends import RestoreRequest
-from xlpy.receiver.backends.mem import MemDomain
+from xlpy.receiver.domains import ReceiveRequest
+from xlpy.receiver.domains.mem import MemDomain
 from xlpy.receiver.machine import Restore
 from xlpy.stream.legacy import format as F
 from xlpy.stream.legacy.reader import LegacyReader
@@ -60,7 +60,7 @@ def test_cut_at_every_offset(guest: str, compress: bool) -> None:
     data = build(guest, cps, compress=compress, qemu=F.QEMU_SIG_REMUS)
     ends = checkpoint_ends(data)
     assert len(ends) == 3 and ends[-1] == len(data)
-    request = RestoreRequest(generation=GEN, out=Path("unused"), guest=guest)
+    request = ReceiveRequest(generation=GEN, out=Path("unused"), guest=guest)
     memory = [expected_memory(cps, k) for k in range(3)]
     for cut in range(len(data) + 1):
         dom = MemDomain()

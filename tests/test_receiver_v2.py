@@ -20,7 +20,7 @@ import pytest
 from xlpy import repro
 from xlpy.guest import Guest
 from xlpy.receiver import restore
-from xlpy.receiver.backends import RestoreResult
+from xlpy.receiver.domains import Outcome
 from xlpy.stream.convert import legacy_to_v2
 from xlpy.stream.legacy import format as LF
 from xlpy.stream.source import ByteSource
@@ -41,7 +41,7 @@ def v2_stream(mode: str, guest: str, fmt: str) -> bytes:
     return out.getvalue()
 
 
-def run(data: bytes, out: Path, cs: int = 0) -> RestoreResult:
+def run(data: bytes, out: Path, cs: int = 0) -> Outcome:
     return restore(ByteSource(io.BytesIO(data)), generation=GEN, out=out, checkpointed=cs)
 
 
@@ -195,7 +195,7 @@ def _pv_prefix(w: V2Writer, *, max_pfn: int = 15) -> None:
     w.x86_pv_p2m_frames(0, max_pfn, np.arange(max_pfn // fpp + 1, dtype=np.uint64))
 
 
-def _restore_bytes(tmp_path: Path, build: object, cs: int = 0) -> RestoreResult:
+def _restore_bytes(tmp_path: Path, build: object, cs: int = 0) -> Outcome:
     buf = io.BytesIO()
     w = V2Writer(buf)
     build(w)  # type: ignore[operator]
@@ -334,7 +334,7 @@ def test_cli_restores_xl_save_file_from_a_pipe(tmp_path: Path) -> None:
     buf.write(v2_stream("plain", "hvm", "libxl"))
     out = tmp_path / "dom"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "xlpy", "restore", "-", "--receiver", GEN, "--out", str(out)]
+    cmd = [sys.executable, "-m", "xlpy", "restore", "-", "--release", GEN, "--out", str(out)]
     p = subprocess.run(
         [*cmd, "--json"], input=buf.getvalue(), capture_output=True, env=env, timeout=60
     )
@@ -401,7 +401,7 @@ def test_verify_mode_compares_instead_of_writing(tmp_path: Path) -> None:
 
 
 def test_hvm_pfn_beyond_the_domain(tmp_path: Path) -> None:
-    from xlpy.receiver.backends.sim import MAX_SIM_P2M_SIZE
+    from xlpy.receiver.domains.sim import MAX_SIM_P2M_SIZE
 
     def build(w: V2Writer) -> None:
         w.image_header()

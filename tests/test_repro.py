@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from xlpy.errors import UsageError
-from xlpy.receiver.backends import RestoreResult
+from xlpy.receiver.domains import Outcome
 from xlpy.repro import CODES, V2_SENDER, Cell, classify, load_cells, render, run_matrix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def test_story_cells_tell_the_regression() -> None:
     assert [r.observed for r in results] == ["EAT", "OK0", "R-OK"]
 
 
-def _result(**kw: object) -> RestoreResult:
+def _result(**kw: object) -> Outcome:
     base: dict[str, object] = dict(
         ok=True,
         rc=0,
@@ -63,7 +63,7 @@ def _result(**kw: object) -> RestoreResult:
         checkpoints_complete=1,
     )
     base.update(kw)
-    return RestoreResult(**base)  # type: ignore[arg-type]
+    return Outcome(**base)  # type: ignore[arg-type]
 
 
 def test_classifier_separates_the_codes() -> None:

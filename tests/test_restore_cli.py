@@ -35,10 +35,10 @@ CPS = [{1: b"\x01" * PAGE, 4: b"\x04" * PAGE}]
 def test_restore_file_json(tmp_path: Path) -> None:
     src = tmp_path / "s.img"
     src.write_bytes(build("pv", CPS, last=True))
-    p = xlpy("restore", str(src), "--receiver", "xen-4.3.1", "--out", str(tmp_path / "d"), "--json")
+    p = xlpy("restore", str(src), "--release", "xen-4.3.1", "--out", str(tmp_path / "d"), "--json")
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
-    assert doc == {
+    expected = {
         "ok": True,
         "rc": 0,
         "committed_checkpoint": 0,
@@ -47,6 +47,8 @@ def test_restore_file_json(tmp_path: Path) -> None:
         "messages": [],
         "out": str(tmp_path / "d"),
     }
+    assert {k: doc[k] for k in expected} == expected
+    assert doc["error"] is None
     assert (tmp_path / "d" / "memory").read_bytes() == expected_memory(CPS, 0)
     assert p.stderr == b""
 
@@ -56,7 +58,7 @@ def test_restore_from_stdin_pipe_reports_eat_and_exit_1(tmp_path: Path) -> None:
     p = xlpy(
         "restore",
         "-",
-        "--receiver",
+        "--release",
         "xen-4.3.1",
         "--toolstack",
         "xenserver-classic",
@@ -82,7 +84,7 @@ def test_restore_fd_source_and_progress_fd(tmp_path: Path) -> None:
         p = xlpy(
             "restore",
             f"fd:{r_data}",
-            "--receiver",
+            "--release",
             "xen-4.5",
             "--out",
             str(tmp_path / "d"),
@@ -106,7 +108,7 @@ def test_restore_fd_source_and_progress_fd(tmp_path: Path) -> None:
 def test_quiet_prints_nothing_on_failure_but_exit_code(tmp_path: Path) -> None:
     src = tmp_path / "s.img"
     src.write_bytes(build("pv", CPS, last=True)[:100])
-    p = xlpy("restore", str(src), "--receiver", "xen-4.3.1", "--out", str(tmp_path / "d"), "-q")
+    p = xlpy("restore", str(src), "--release", "xen-4.3.1", "--out", str(tmp_path / "d"), "-q")
     assert p.returncode == 1
     assert b"xc: error" not in p.stderr
 
@@ -114,12 +116,12 @@ def test_quiet_prints_nothing_on_failure_but_exit_code(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ["--receiver", "xen-9"],
-        ["--receiver", "xen-4.3.1", "--checkpointed", "1"],
-        ["--receiver", "xen-4.3.2", "--toolstack", "xend", "--checkpointed", "0"],
-        ["--receiver", "xen-4.3.2", "--toolstack", "nope"],
-        ["--receiver", "xen-4.3.1", "--json", "--progress-fd", "1"],
-        ["--receiver", "xen-4.3.1", "--heartbeat", "0"],
+        ["--release", "xen-9"],
+        ["--release", "xen-4.3.1", "--checkpointed", "1"],
+        ["--release", "xen-4.3.2", "--toolstack", "xend", "--checkpointed", "0"],
+        ["--release", "xen-4.3.2", "--toolstack", "nope"],
+        ["--release", "xen-4.3.1", "--json", "--progress-fd", "1"],
+        ["--release", "xen-4.3.1", "--heartbeat", "0"],
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
@@ -132,7 +134,7 @@ def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
 
 
 def test_missing_source_is_usage_error(tmp_path: Path) -> None:
-    p = xlpy("restore", str(tmp_path / "nope"), "--receiver", "xen-4.3.1", "--out", "x")
+    p = xlpy("restore", str(tmp_path / "nope"), "--release", "xen-4.3.1", "--out", "x")
     assert p.returncode == 2
 
 
@@ -145,7 +147,7 @@ def test_broken_progress_pipe_fails_cleanly_and_leaves_no_directory(tmp_path: Pa
         p = xlpy(
             "restore",
             str(src),
-            "--receiver",
+            "--release",
             "xen-4.3.1",
             "--out",
             str(tmp_path / "d"),
@@ -164,7 +166,7 @@ def test_out_parent_missing_is_usage_error(tmp_path: Path) -> None:
     src = tmp_path / "s.img"
     src.write_bytes(build("pv", CPS, last=True))
     out = tmp_path / "nonexist" / "x" / "d"
-    p = xlpy("restore", str(src), "--receiver", "xen-4.3.1", "--out", str(out))
+    p = xlpy("restore", str(src), "--release", "xen-4.3.1", "--out", str(out))
     assert p.returncode == 2, p.stderr
     assert b"Traceback" not in p.stderr and b"nonexist" in p.stderr
 
@@ -176,7 +178,7 @@ def test_quiet_keeps_an_explicit_progress_fd(tmp_path: Path) -> None:
     p = xlpy(
         "restore",
         str(src),
-        "--receiver",
+        "--release",
         "xen-4.3.1",
         "--out",
         str(tmp_path / "d"),

@@ -30,7 +30,7 @@ def test_remus_on_4_5_commits_the_last_complete_checkpoint(tmp_path: Path) -> No
     data = build("hvm", cps) + build("hvm", cps)[:100]  # a cut 4th checkpoint: dropped
     out = tmp_path / "d"
     p = xlpy(
-        "restore", _stream(tmp_path, data), "--operation", "remus", "--receiver", "xen-4.5",
+        "restore", _stream(tmp_path, data), "--operation", "remus-receive", "--release", "xen-4.5",
         "--out", str(out), "--heartbeat", "0.2", "--json",
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
@@ -47,7 +47,16 @@ def test_remus_on_4_5_commits_the_last_complete_checkpoint(tmp_path: Path) -> No
 
 def test_remus_on_4_4_refused_then_forced_dies(tmp_path: Path) -> None:
     src = _stream(tmp_path, build("pv", remus_checkpoints(3)))
-    args = ("restore", src, "--operation", "remus", "--receiver", "xen-4.4", "--heartbeat", "0.2")
+    args = (
+        "restore",
+        src,
+        "--operation",
+        "remus-receive",
+        "--release",
+        "xen-4.4",
+        "--heartbeat",
+        "0.2",
+    )
     p = xlpy(*args, "--out", str(tmp_path / "a"))
     assert p.returncode == 1 and b"destroys the backup" in p.stderr and b"--force" in p.stderr
     assert p.stderr.count(b"refused") == 1 and b"Traceback" not in p.stderr
@@ -59,7 +68,7 @@ def test_remus_on_4_4_refused_then_forced_dies(tmp_path: Path) -> None:
 
 def test_framed_restore_hands_the_qemu_record_back(tmp_path: Path) -> None:
     data = build("hvm", PLAIN_CPS, qemu=None, trailer=XENSERVER_QEMU)
-    common = ("--receiver", "xen-4.3.1", "--toolstack", "xenserver-classic")
+    common = ("--release", "xen-4.3.1", "--toolstack", "xenserver-classic")
     raw = xlpy("restore", "-", *common, "--out", str(tmp_path / "raw"), stdin=data)
     assert raw.returncode == 1 and b"1970103633" in raw.stderr  # EAT without --operation
     rest = tmp_path / "rest"
@@ -75,29 +84,29 @@ def test_framed_restore_hands_the_qemu_record_back(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("operation", "checkpointed"),
-    [("remus", "0"), ("restore", "1"), ("migrate", "1"), ("colo", "0")],
+    [("remus-receive", "0"), ("restore", "1"), ("migrate-receive", "1"), ("colo-receive", "0")],
 )
 def test_contradicting_checkpointed_is_a_usage_error(
     tmp_path: Path, operation: str, checkpointed: str
 ) -> None:
     p = xlpy(
         "restore", _stream(tmp_path, b""), "--operation", operation, "--checkpointed",
-        checkpointed, "--receiver", "xen-4.5", "--out", str(tmp_path / "d"),
+        checkpointed, "--release", "xen-4.5", "--out", str(tmp_path / "d"),
     )  # fmt: skip
     assert p.returncode == 2 and b"contradicts --operation" in p.stderr
 
 
 def test_agreeing_checkpointed_is_accepted(tmp_path: Path) -> None:
     p = xlpy(
-        "restore", _stream(tmp_path, build("pv", PLAIN_CPS)), "--operation", "migrate",
-        "--checkpointed", "0", "--receiver", "xen-4.5", "--out", str(tmp_path / "d"),
+        "restore", _stream(tmp_path, build("pv", PLAIN_CPS)), "--operation", "migrate-receive",
+        "--checkpointed", "0", "--release", "xen-4.5", "--out", str(tmp_path / "d"),
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
 
 
 def test_colo_refused_exit_1(tmp_path: Path) -> None:
     p = xlpy(
-        "restore", _stream(tmp_path, b""), "--operation", "colo", "--receiver", "xen-4.5",
+        "restore", _stream(tmp_path, b""), "--operation", "colo-receive", "--release", "xen-4.5",
         "--out", str(tmp_path / "d"), "--force",
     )  # fmt: skip
     assert p.returncode == 1 and b"COLO needs libxc 4.7" in p.stderr
@@ -106,9 +115,9 @@ def test_colo_refused_exit_1(tmp_path: Path) -> None:
 def test_flag_combinations(tmp_path: Path) -> None:
     src = _stream(tmp_path, build("pv", PLAIN_CPS))
     for args, what in (
-        (("--receiver", "xen-4.5", "--out", str(tmp_path / "d"), "--force"), b"needs --operation"),
-        (("--out", str(tmp_path / "d")), b"--receiver and --out are required"),
-        (("--operation", "restore", "--receiver", "xen-4.5"), b"out=DIR"),
+        (("--release", "xen-4.5", "--out", str(tmp_path / "d"), "--force"), b"needs --operation"),
+        (("--out", str(tmp_path / "d")), b"--release and --out are required"),
+        (("--operation", "restore", "--release", "xen-4.5"), b"out=DIR"),
         (("--operation", "bogus"), b"invalid choice"),
         (("--backend", "libxc", "--out", str(tmp_path / "d")), b"domid=N"),
     ):
@@ -124,7 +133,7 @@ def test_libxc_without_library_names_the_package(tmp_path: Path) -> None:
 
 
 @pytest.mark.xen_tools
-@pytest.mark.parametrize("operation", [(), ("--operation", "migrate")])
+@pytest.mark.parametrize("operation", [(), ("--operation", "migrate-receive")])
 def test_libxc_backend_without_hypervisor_exits_1(
     xen_tools: object, tmp_path: Path, operation: tuple[str, ...]
 ) -> None:
@@ -155,7 +164,7 @@ def _xlpy_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[by
 def test_unwritable_rest_out_is_a_usage_error_before_restoring(tmp_path: Path) -> None:
     src = _stream(tmp_path, build("hvm", PLAIN_CPS, qemu=None, trailer=XENSERVER_QEMU))
     p = xlpy(
-        "restore", src, "--operation", "migrate", "--receiver", "xen-4.3.1", "--toolstack",
+        "restore", src, "--operation", "migrate-receive", "--release", "xen-4.3.1", "--toolstack",
         "xenserver-classic", "--out", str(tmp_path / "k1"),
         "--rest-out", str(tmp_path / "nonexistent" / "dir" / "rest.bin"),
     )  # fmt: skip
@@ -169,8 +178,8 @@ def test_failed_framed_restore_writes_no_rest_out(tmp_path: Path) -> None:
     data = build("hvm", [{n: page(0, n) for n in range(64)}], qemu=None, trailer=XENSERVER_QEMU)
     rest = tmp_path / "rest.bin"
     p = xlpy(
-        "restore", _stream(tmp_path, data[: len(data) // 2]), "--operation", "migrate",
-        "--receiver", "xen-4.3.1", "--toolstack", "xenserver-classic",
+        "restore", _stream(tmp_path, data[: len(data) // 2]), "--operation", "migrate-receive",
+        "--release", "xen-4.3.1", "--toolstack", "xenserver-classic",
         "--out", str(tmp_path / "d"), "--rest-out", str(rest),
     )  # fmt: skip
     assert p.returncode == 1
@@ -183,7 +192,8 @@ def test_rest_out_of_a_restore_that_is_not_framed_warns(tmp_path: Path) -> None:
     rest = tmp_path / "rest.bin"
     p = xlpy(
         "restore", _stream(tmp_path, build("pv", PLAIN_CPS, trailer=b"after")), "--operation",
-        "migrate", "--receiver", "xen-4.5", "--out", str(tmp_path / "d"), "--rest-out", str(rest),
+        "migrate-receive", "--release", "xen-4.5", "--out", str(tmp_path / "d"),
+        "--rest-out", str(rest),
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert b"warning: --rest-out" in p.stderr and b"not framed" in p.stderr
@@ -192,11 +202,20 @@ def test_rest_out_of_a_restore_that_is_not_framed_warns(tmp_path: Path) -> None:
 
 def test_json_on_refusal_and_forcing(tmp_path: Path) -> None:
     src = _stream(tmp_path, build("pv", remus_checkpoints(2)))
-    args = ("restore", src, "--operation", "remus", "--receiver", "xen-4.4", "--heartbeat", "0.2")
+    args = (
+        "restore",
+        src,
+        "--operation",
+        "remus-receive",
+        "--release",
+        "xen-4.4",
+        "--heartbeat",
+        "0.2",
+    )
     p = xlpy(*args, "--out", str(tmp_path / "a"), "--json")
     assert p.returncode == 1
     doc = json.loads(p.stdout)
-    assert (doc["ok"], doc["verdict"], doc["forced"], doc["error_type"]) == (
+    assert (doc["ok"], doc["verdict"], doc["forced"], doc["error"]["type"]) == (
         False,
         "refuse",
         False,
@@ -211,13 +230,14 @@ def test_json_on_refusal_and_forcing(tmp_path: Path) -> None:
 def test_json_without_libxenguest(tmp_path: Path) -> None:
     env = {ENV_LIBRARY: str(tmp_path / "libxenguest.so.4.17")}
     p = _xlpy_env(
-        env, "restore", _stream(tmp_path, b""), "--operation", "migrate", "--backend", "libxc",
+        env, "restore", _stream(tmp_path, b""), "--operation", "migrate-receive",
+        "--backend", "libxc",
         "--domid", "3", "--json",
     )  # fmt: skip
     assert p.returncode == 2
     doc = json.loads(p.stdout)
-    assert doc["ok"] is False and doc["error_type"] == "LibraryNotFound"
-    assert "libxenmisc4.17" in doc["error"] and doc["stream_type"] == "PLAIN"
+    assert doc["ok"] is False and doc["error"]["type"] == "LibraryNotFound"
+    assert "libxenmisc4.17" in doc["error"]["message"] and doc["stream_type"] == "PLAIN"
 
 
 @pytest.fixture(scope="module")
@@ -228,11 +248,11 @@ def lib419(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_libxc_remus_secondary_answers_checkpoints(lib419: Path, tmp_path: Path) -> None:
     env = {ENV_LIBRARY: str(lib419), "FAKE_REPORT": str(tmp_path / "report")}
     common = ("restore", _stream(tmp_path, b"v2 image"), "--backend", "libxc", "--domid", "3")
-    p = _xlpy_env(env, *common, "--operation", "remus")
+    p = _xlpy_env(env, *common, "--operation", "remus-receive")
     assert p.returncode == 0, p.stderr
     report = read_report(tmp_path / "report")
     assert report["stream_type"] == 1 and report["checkpoint"] == 1  # XGR_CHECKPOINT_SUCCESS
-    p = _xlpy_env(env, *common, "--operation", "colo")
+    p = _xlpy_env(env, *common, "--operation", "colo-receive")
     assert p.returncode == 2 and b"cannot act as a COLO secondary" in p.stderr
 
 
@@ -244,7 +264,7 @@ def test_libxc_timeout_kills_a_hung_restore(lib419: Path, tmp_path: Path) -> Non
         full = {k: v for k, v in os.environ.items() if k not in (ENV_LIBRARY, ENV_GENERATION)}
         full.update(env, PYTHONPATH=str(REPO))
         p = subprocess.run(
-            [sys.executable, "-m", "xlpy", "restore", "-", "--operation", "migrate",
+            [sys.executable, "-m", "xlpy", "restore", "-", "--operation", "migrate-receive",
              "--backend", "libxc", "--domid", "3", "--timeout", "0.5"],
             stdin=r_fd, capture_output=True, env=full, timeout=60, check=False,
         )  # fmt: skip

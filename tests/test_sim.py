@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from xlpy.errors import UsageError
-from xlpy.receiver.backends import DomainFull
-from xlpy.receiver.backends.sim import MAX_SIM_P2M_SIZE, SimDomain
+from xlpy.receiver.domains import DomainFull
+from xlpy.receiver.domains.sim import MAX_SIM_P2M_SIZE, SimDomain
 
 PAGE = 4096
 

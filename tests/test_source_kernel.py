@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from test_receiver_streams import build, expected_memory, page, remus_checkpoints
 
+from xlpy.backends.sim import from_outcome
 from xlpy.errors import StreamTimeout, StreamTruncated
 from xlpy.guest import GuestSpec
 from xlpy.inspect import inspect_stream
@@ -300,9 +301,9 @@ def restored(
         res = restore(src, out=out, **kw)
     if not res.ok:
         assert not out.exists()
-        return res.to_json() | {"out": None}, None, None
+        return from_outcome(res, None).to_json() | {"out": None}, None, None
     state = json.loads((out / "domain.json").read_text())
-    return res.to_json() | {"out": None}, (out / "memory").read_bytes(), state
+    return from_outcome(res, None).to_json() | {"out": None}, (out / "memory").read_bytes(), state
 
 
 @pytest.mark.parametrize(

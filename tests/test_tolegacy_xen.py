@@ -25,6 +25,7 @@ from xlpy.errors import UsageError
 from xlpy.guest import GuestSpec
 from xlpy.stream.convert import legacy_to_v2
 from xlpy.stream.legacy.senders import SENDERS, SenderProfile
+from xlpy.stream.pagetypes import DATA_NIBBLES
 from xlpy.stream.source import ByteSource
 from xlpy.stream.v2 import format as F
 from xlpy.stream.v2.reader import V2Reader
@@ -58,7 +59,7 @@ def v2_memory(data: bytes, fmt: str) -> dict[int, bytes]:
             pd = el.decode()
             assert isinstance(pd, PageData)
             nib = pd.type_nibbles
-            data_pfns = pd.pfns[np.isin(nib, sorted(F.PAGE_TYPE_DATA_NIBBLES))].tolist()
+            data_pfns = pd.pfns[np.isin(nib, sorted(DATA_NIBBLES))].tolist()
             for i, pfn in enumerate(data_pfns):
                 mem[pfn] = bytes(pd.pages[i * 4096 : (i + 1) * 4096])
     return mem

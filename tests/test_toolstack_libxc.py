@@ -15,11 +15,14 @@ import pytest
 from restore_helpers import build_stand_in, feed, read_report
 from test_receiver_streams import PAGE, XENSERVER_QEMU, build
 
-from xlpy.binding import RestoreRequest
+import xlpy
+from xlpy.api import run
+from xlpy.backends import RestoreRequest
+from xlpy.backends.libxc import LibxcOptions
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY
 from xlpy.binding.generations import by_name
 from xlpy.errors import RestoreRefused, UsageError
-from xlpy.toolstack import StreamType, Verdict, restore_libxc_operation
+from xlpy.operation import Operation, StreamType, Verdict
 
 GENS = ("4.2-4.3.1", "4.14-4.21")
 
@@ -46,13 +49,13 @@ def test_plain_restore_on_4_2_is_framed(use, tmp_path: Path, out_of_process: boo
     image = build("pv", [{2: bytes(PAGE)}], qemu=None)
     src = feed(image + XENSERVER_QEMU)
     try:
-        done = restore_libxc_operation(
-            RestoreRequest(io_fd=src, dom=3), "restore", out_of_process=out_of_process
+        done = xlpy.restore(
+            src, operation="restore", backend="libxc", domid=3, out_of_process=out_of_process
         )
-        rest = done.forwarded.rest + os.read(src, 1 << 16) if done.forwarded else b""
+        rest = done.rest + os.read(src, 1 << 16) if done.framed else b""
     finally:
         os.close(src)
-    assert done.decision.verdict is Verdict.FRAME
+    assert done.decision is not None and done.decision.verdict is Verdict.FRAME
     assert read_report(tmp_path / "report")["bytes"] == len(
         image
     )  # libxc saw EOF right after the tail
@@ -63,15 +66,20 @@ def test_remus_on_4_2_refused_unless_forced(use, tmp_path: Path) -> None:  # typ
     use("4.2-4.3.1")
     stream = build("pv", [{2: bytes(PAGE)}], qemu=None)
     with pytest.raises(RestoreRefused):
-        restore_libxc_operation(RestoreRequest(io_fd=0, dom=3), "remus-receive")
+        xlpy.restore(0, operation="remus-receive", backend="libxc", domid=3)
     src = feed(stream)
     try:
-        done = restore_libxc_operation(
-            RestoreRequest(io_fd=src, dom=3), "remus-receive", force=True, out_of_process=False
+        done = xlpy.restore(
+            src,
+            operation="remus-receive",
+            backend="libxc",
+            domid=3,
+            force=True,
+            out_of_process=False,
         )
     finally:
         os.close(src)
-    assert done.decision.forced and done.forwarded is None
+    assert done.decision is not None and done.decision.forced and not done.framed
     assert read_report(tmp_path / "report")["bytes"] == len(stream)  # not framed: libxc reads on
 
 
@@ -79,14 +87,16 @@ def test_operation_sets_the_stream_type_on_4_19(use, tmp_path: Path) -> None:  #
     use("4.14-4.21")
     src = feed(b"v2 image")
     try:
-        done = restore_libxc_operation(
-            RestoreRequest(io_fd=src, dom=3),
-            "remus-receive",
+        done = xlpy.restore(
+            src,
+            operation="remus-receive",
+            backend="libxc",
+            domid=3,
             callbacks={"checkpoint": lambda: 1},
         )
     finally:
         os.close(src)
-    assert done.decision.stream_type is StreamType.REMUS and done.forwarded is None
+    assert done.stream_type is StreamType.REMUS and not done.framed
     report = read_report(tmp_path / "report")
     assert report["stream_type"] == 1 and report["checkpoint"] == 1
 
@@ -94,7 +104,15 @@ def test_operation_sets_the_stream_type_on_4_19(use, tmp_path: Path) -> None:  #
 def test_stream_type_only_from_the_operation(use) -> None:  # type: ignore[no-untyped-def]
     use("4.14-4.21")
     with pytest.raises(UsageError, match="comes from the operation"):
-        restore_libxc_operation(RestoreRequest(io_fd=0, dom=3, stream_type=1), "restore")
+        run(
+            RestoreRequest(
+                fd=0,
+                operation=Operation.RESTORE,
+                backend="libxc",
+                checkpointed=1,
+                options=LibxcOptions(domid=3),
+            )
+        )
 
 
 def test_a_framed_restore_refused_by_the_binding_stops_the_forwarder(use) -> None:  # type: ignore[no-untyped-def]
@@ -102,7 +120,7 @@ def test_a_framed_restore_refused_by_the_binding_stops_the_forwarder(use) -> Non
     r_fd, w_fd = os.pipe()  # a silent source: the forwarder waits on it
     try:
         with pytest.raises(UsageError, match="does not fit"):
-            restore_libxc_operation(RestoreRequest(io_fd=r_fd, dom=1 << 32), "restore")
+            xlpy.restore(r_fd, operation="restore", backend="libxc", domid=1 << 32)
         assert [t for t in threading.enumerate() if t.name == "xlpy-forwarder"] == []
     finally:
         os.close(w_fd)

@@ -26,11 +26,11 @@ from xlpy.stream.v2.records import (
     ImageHeader,
     LibxlHeader,
     PageData,
-    TscInfo,
     V2Record,
     X86PvInfo,
     X86PvP2mFrames,
     X86PvVcpu,
+    X86TscInfo,
     page_entries,
 )
 from xlpy.stream.v2.writer import V2Writer
@@ -157,7 +157,7 @@ def test_round_trip_typed() -> None:
     assert isinstance(p2m, X86PvP2mFrames) and p2m.p2m_end_pfn == 511
     assert p2m.pfns.tolist() == [9]
     assert bytes(recs[4].decode().pages) == _pages(16)  # type: ignore[attr-defined]
-    assert recs[5].decode() == TscInfo(mode=0, khz=1000, nsec=5, incarnation=1)
+    assert recs[5].decode() == X86TscInfo(mode=0, khz=1000, nsec=5, incarnation=1)
     assert recs[7].decode() == X86PvVcpu(vcpu_id=0, reserved=0, context=b"")
     assert recs[10].decode() == EmulatorRecord(emulator_id=1, emulator_index=1, data=b"QEVM")
     assert recs[-1].offset + 8 == len(out.getvalue())
@@ -182,7 +182,7 @@ def test_hvm_params_round_trip() -> None:
     out = io.BytesIO()
     V2Writer(out).hvm_params([(1, 2), (3, 0xFFFFFFFFFFFFFFFF)])
     rec = V2Record(type=F.REC_TYPE_HVM_PARAMS, body=out.getvalue()[8:])
-    assert rec.decode() == HvmParams(reserved=0, params=[(1, 2), (3, 0xFFFFFFFFFFFFFFFF)])
+    assert rec.decode() == HvmParams(count=2, reserved=0, params=[(1, 2), (3, 0xFFFFFFFFFFFFFFFF)])
 
 
 @settings(max_examples=60, deadline=None)

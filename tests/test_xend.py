@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 
 from xlpy import xend
-from xlpy.api import Restored
+from xlpy.backends import RestoreResult
 from xlpy.errors import StreamMalformed, StreamTruncated, UsageError, XenError, XenUnavailable
+from xlpy.operation import decide
+from xlpy.stream import xlheader
 from xlpy.stream.legacy.format import XL_MAGIC, XL_MANDATORY_FLAG_JSON, XL_MANDATORY_FLAG_STREAMv2
 from xlpy.stream.v2 import format as F
-from xlpy.toolstack import decide
 
 DOMID = 7
 UUID = uuid.UUID("12345678-9abc-def0-1234-56789abcdef0")
@@ -236,7 +237,11 @@ def xl_file(
     *, mflags: int = XL_MANDATORY_FLAG_STREAMv2 | XL_MANDATORY_FLAG_JSON, first_record: int = 1
 ) -> bytes:
     opt = xl_optional_data()
-    head = XL_MAGIC + F.XL_HEADER_FORMAT.pack(b"\0\0\0\0", mflags, 0, len(opt)) + opt
+    head = (
+        XL_MAGIC
+        + xlheader.XL_HEADER_FORMAT.pack(xlheader.XL_BYTEORDER_LE, mflags, 0, len(opt))
+        + opt
+    )
     libxl = F.LIBXL_HDR_FORMAT.pack(F.LIBXL_HDR_IDENT, F.LIBXL_HDR_VERSION, 0)
     return head + libxl + F.RHDR_FORMAT.pack(first_record, 0) + LIBXC_IMAGE
 
@@ -303,14 +308,21 @@ def test_read_xl_prefix_refuses_what_it_cannot_restore(
 
 
 def _fake_restore(ok: bool, seen: dict[str, Any]) -> Any:
-    def restore(source: int, **kw: Any) -> Restored:
+    def restore(source: int, **kw: Any) -> RestoreResult:
         seen.update(kw, data=os.read(source, len(LIBXC_IMAGE)))
         decision = decide(kw["operation"], "4.17")
         if not ok:
             err = XenError(1, 0, "Found checkpoint in non-checkpointed stream")
-            return Restored(ok=False, backend="libxc", decision=decision, error=err)
-        return Restored(
-            ok=True, backend="libxc", decision=decision, store_mfn=0x99, console_mfn=0x98
+            return RestoreResult(
+                ok=False, backend="libxc", release="4.17", decision=decision, error=err
+            )
+        return RestoreResult(
+            ok=True,
+            backend="libxc",
+            release="4.17",
+            decision=decision,
+            store_mfn=0x99,
+            console_mfn=0x98,
         )
 
     return restore

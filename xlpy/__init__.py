@@ -14,10 +14,11 @@ from xlpy.errors import (
 )
 
 if TYPE_CHECKING:
-    from xlpy.api import Restored, restore
+    from xlpy.api import restore
+    from xlpy.backends import RestoreResult
 
 __all__ = [
-    "Restored",
+    "RestoreResult",
     "StreamError",
     "StreamMalformed",
     "StreamTimeout",
@@ -30,8 +31,12 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     # Lazy: ``import xlpy`` must stay cheap (cffi, numpy and the receiver load on use).
-    if name in ("restore", "Restored"):
-        from xlpy import api
+    if name == "restore":
+        from xlpy.api import restore
 
-        return getattr(api, name)
+        return restore
+    if name == "RestoreResult":
+        from xlpy.backends import RestoreResult
+
+        return RestoreResult
     raise AttributeError(f"module 'xlpy' has no attribute {name!r}")

@@ -10,7 +10,7 @@ pipe, so the transcript doubles as a tutorial:
 3. a fixed receiver told ``checkpointed_stream=0`` stops at the image: restored;
 4. a compressed Remus stream into a fixed receiver told ``1``: every checkpoint is
    applied and the last complete one is committed when the primary goes away;
-5. the toolstack layer: the caller only says its *operation* (``--operation migrate``);
+5. the toolstack layer: the caller only says its *operation* (``--operation migrate-receive``);
    on the 4.3.1 receiver xlpy frames the stream itself, so libxc never sees the
    QEMU record and it comes back intact (``--rest-out``).
 
@@ -74,13 +74,13 @@ def main() -> int:
     _xlpy("inspect", str(old))
 
     print("\n== 2. Into a Xen 4.3.1 receiver (no checkpointed_stream argument) ==")
-    r = _restore(old, "dom-4.3.1", "--receiver", "xen-4.3.1", "--toolstack", "xenserver-classic")
+    r = _restore(old, "dom-4.3.1", "--release", "xen-4.3.1", "--toolstack", "xenserver-classic")
     eaten = any("Max batch size exceeded (1970103633)" in m for m in r["messages"])
     checks.append(("4.3.1 eats 'Qemu' (EAT)", eaten and not r["ok"] and r["bytes_past_image"] > 0))
 
     print("\n== 3. Into a fixed receiver told checkpointed_stream=0 (a plain restore) ==")
     r = _restore(
-        old, "dom-4.3.2", "--receiver", "xen-4.3.2", "--checkpointed", "0",
+        old, "dom-4.3.2", "--release", "xen-4.3.2", "--checkpointed", "0",
         "--toolstack", "xenserver-classic",
     )  # fmt: skip
     checks.append(("4.3.2 cs=0 restores (OK0)", r["ok"] and r["bytes_past_image"] == 0))
@@ -91,7 +91,7 @@ def main() -> int:
         "--checkpoints", "3", "--compress", "--memory", "16M", "--seed", "2", "-o", str(remus),
     )  # fmt: skip
     r = _restore(
-        remus, "dom-remus", "--receiver", "xen-4.5", "--checkpointed", "1",
+        remus, "dom-remus", "--release", "xen-4.5", "--checkpointed", "1",
         "--toolstack", "xl-4.4",
     )  # fmt: skip
     committed_last = r["ok"] and r["committed_checkpoint"] == 2
@@ -100,7 +100,7 @@ def main() -> int:
     print("\n== 5. The same old stream, the toolstack saying only what it is doing ==")
     rest = OUT / "rest-after-image.bin"
     r = _restore(
-        old, "dom-framed", "--operation", "migrate", "--receiver", "xen-4.3.1",
+        old, "dom-framed", "--operation", "migrate-receive", "--release", "xen-4.3.1",
         "--toolstack", "xenserver-classic", "--rest-out", str(rest),
     )  # fmt: skip
     intact = rest.exists() and rest.read_bytes().startswith(b"QemuDeviceModelRecord\n")

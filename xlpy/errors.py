@@ -9,10 +9,16 @@ know ``ValueError``/``OSError`` still catch them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class XlpyError(Exception):
-    """Base of every error xlpy raises deliberately."""
+    """Base of every error xlpy raises deliberately.
+
+    ``kind`` is the error's family in machine-readable output (:func:`error_json`).
+    """
+
+    kind = "error"
 
 
 class StreamError(XlpyError, ValueError):
@@ -81,6 +87,8 @@ class NotRepresentable(StreamError):
 class UsageError(XlpyError, ValueError):
     """A wrong flag or argument combination from the caller."""
 
+    kind = "usage"
+
 
 class XenError(XlpyError, OSError):
     """An error reported by libxc (``xc_get_last_error()``), copied at once.
@@ -90,6 +98,8 @@ class XenError(XlpyError, OSError):
     the last one, often a summary such as ``Restore failed``, while the cause
     (``Found checkpoint in non-checkpointed stream``) was logged before it.
     """
+
+    kind = "xen"
 
     def __init__(self, code: int, errno_: int, message: str, log: Sequence[str] = ()) -> None:
         super().__init__(errno_, message)
@@ -107,9 +117,13 @@ class XenError(XlpyError, OSError):
 class XenUnavailable(XlpyError, OSError):
     """No hypervisor or no libxenguest/libxenctrl on this machine."""
 
+    kind = "unavailable"
+
 
 class RestoreRefused(XlpyError, ValueError):
     """The toolstack layer refused an operation that would be unsafe on this libxc."""
+
+    kind = "refused"
 
 
 class LibraryNotFound(XenUnavailable):
@@ -129,6 +143,8 @@ class LibxcCrashed(XenError):
     ``stderr`` what it printed last (libxenguest's assert message, when there is one).
     """
 
+    kind = "crashed"
+
     def __init__(self, message: str, *, signal: int | None, stderr: str) -> None:
         super().__init__(1, 0, message)  # XC_INTERNAL_ERROR: libxc never said anything
         self.signal = signal
@@ -136,3 +152,34 @@ class LibxcCrashed(XenError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def error_json(
+    error: BaseException | None,
+    *,
+    kind: str | None = None,
+    type_: str | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
+    """The one error object of every command's ``--json`` output.
+
+    ``{kind, type, offset, record, field, message}``: ``kind`` the family
+    (``truncated``, ``malformed``, ``timeout``, ``usage``, ``xen``, ``refused``, ...),
+    ``type`` the exception class, ``offset``/``record``/``field`` where a stream error
+    happened (``null`` otherwise), ``message`` the text without the location.  The
+    keyword arguments describe an error that has no exception object, or override it.
+    """
+    offset = record = field = None
+    if isinstance(error, StreamError):
+        offset, record, field = error.offset, error.record, error.field
+        text = error.message
+    else:
+        text = "" if error is None else str(error)
+    return {
+        "kind": kind or (error.kind if isinstance(error, XlpyError) else "error"),
+        "type": type_ or (type(error).__name__ if error is not None else "Error"),
+        "offset": offset,
+        "record": record,
+        "field": field,
+        "message": message if message is not None else text,
+    }

@@ -51,7 +51,7 @@ import numpy as np
 from xlpy.errors import UsageError
 from xlpy.guest import Guest, GuestSpec
 from xlpy.receiver import restore
-from xlpy.receiver.backends import RestoreResult
+from xlpy.receiver.domains import Outcome
 from xlpy.stream.legacy import format as F
 from xlpy.stream.legacy.records import HvmTail, QemuRecord, Record, Trailer
 from xlpy.stream.legacy.senders import FOREIGN_TRAILER, SenderProfile, stream_records
@@ -291,7 +291,7 @@ def _send(sock: socket.socket, data: bytes, quiet: bool, done: threading.Event) 
         sock.close()
 
 
-def classify(cell: Cell, r: RestoreResult) -> str:
+def classify(cell: Cell, r: Outcome) -> str:
     """The spec's code for what the receiver did (§12 "Outcome codes")."""
     if r.rc != 0:
         if r.checkpoints_complete == 0:

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from xlpy.api import Restored
 from xlpy.api import restore as xlpy_restore
+from xlpy.backends import RestoreResult
 from xlpy.binding.callbacks import Callback
 from xlpy.errors import (
     StreamMalformed,
@@ -53,10 +53,9 @@ from xlpy.errors import (
     XenUnavailable,
     XlpyError,
 )
+from xlpy.stream import xlheader
 from xlpy.stream.legacy.format import (
-    XL_MAGIC,
     XL_MANDATORY_FLAG_JSON,
-    XL_MANDATORY_FLAG_STREAMv2,
 )
 from xlpy.stream.legacy.records import XlHeader
 from xlpy.stream.source import ByteSource
@@ -299,12 +298,12 @@ class Toolstack:
         operation: str = "restore",
         callbacks: Mapping[str, Callback] | None = None,
         timeout: float | None = None,
-    ) -> Restored:
+    ) -> RestoreResult:
         """Run the real ``xc_domain_restore`` into ``domain`` through :func:`xlpy.restore`.
 
         ``source`` is positioned at the libxc image (an ``xl save`` file after its libxl
         LIBXC_CONTEXT record, or a bare libxc stream).  On success the ring frames are
-        stored in ``domain``; on failure the :class:`~xlpy.api.Restored` says why and
+        stored in ``domain``; on failure the :class:`~xlpy.backends.RestoreResult` says why and
         the domain is left for the caller to destroy.
         """
         done = xlpy_restore(
@@ -442,14 +441,15 @@ def read_xl_prefix(fd: int) -> XlImagePrefix:
         StreamMalformed: not an xl file of a libxl v2 stream, or a record other than
             LIBXC_CONTEXT before the libxc image.
     """
-    raw = _read_exactly(fd, F.XL_HEADER_SIZE, "xl_header", 0)
-    if raw[: len(XL_MAGIC)] != XL_MAGIC:
+    raw = _read_exactly(fd, xlheader.XL_HEADER_SIZE, "xl_header", 0)
+    if raw[: len(xlheader.XL_MAGIC)] != xlheader.XL_MAGIC:
         raise StreamMalformed("not an xl save file: wrong magic", offset=0, field="xl_header")
-    _order, mflags, _oflags, optlen = F.XL_HEADER_FORMAT.unpack_from(raw, len(XL_MAGIC))
-    if not mflags & XL_MANDATORY_FLAG_STREAMv2:
+    fixed = xlheader.parse(raw)
+    mflags, optlen = fixed.mandatory_flags, fixed.optional_length
+    if not fixed.streamv2:
         raise StreamMalformed(
             "xl file without the STREAMv2 flag (a legacy image): convert it first",
-            offset=len(XL_MAGIC) + 4,
+            offset=len(xlheader.XL_MAGIC) + 4,
             field="xl_header.mandatory_flags",
             value=mflags,
         )
@@ -491,7 +491,7 @@ class RestoredDomain:
     """The outcome of :func:`restore_xl_image`."""
 
     domain: Domain
-    restored: Restored
+    restored: RestoreResult
     prefix: XlImagePrefix
     libxl_tail: tuple[V2Record, ...]
 

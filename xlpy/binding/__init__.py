@@ -13,28 +13,28 @@ from collections.abc import Mapping
 from xlpy.binding.callbacks import Callback
 from xlpy.binding.detect import Abi, detect
 from xlpy.binding.generations import GENERATIONS, Generation
-from xlpy.binding.restore import RestoreRequest, RestoreResult, restore_in_process
+from xlpy.binding.restore import RestoreArgs, RestoreOutputs, restore_in_process
 
 __all__ = [
     "GENERATIONS",
     "Abi",
     "Callback",
     "Generation",
-    "RestoreRequest",
-    "RestoreResult",
+    "RestoreArgs",
+    "RestoreOutputs",
     "detect",
     "restore_libxc",
 ]
 
 
 def restore_libxc(
-    request: RestoreRequest,
+    request: RestoreArgs,
     callbacks: Mapping[str, Callback] | None = None,
     *,
     abi: Abi | None = None,
     out_of_process: bool = True,
     timeout: float | None = None,
-) -> RestoreResult:
+) -> RestoreOutputs:
     """Restore a domain from ``request.io_fd`` with the installed libxenguest.
 
     ``callbacks`` maps ``restore_callbacks`` slot names (``checkpoint``, ``suspend``,

@@ -14,9 +14,10 @@ from importlib import resources
 from pathlib import Path
 
 from xlpy.errors import UsageError
+from xlpy.operation import StreamType
 
-#: libxc's stream-type values (``xc_stream_type_t``; ``XC_MIG_STREAM_*`` in 4.7-4.13).
-PLAIN, REMUS, COLO = 0, 1, 2
+# libxc's stream-type values (``xc_stream_type_t``; ``XC_MIG_STREAM_*`` in 4.7-4.13).
+PLAIN, REMUS, COLO = StreamType.PLAIN, StreamType.REMUS, StreamType.COLO
 
 #: What libxc treats as failure for each callback; returned to C when the Python
 #: callable raises (``restore_results`` returns void, so it has none).
@@ -33,7 +34,7 @@ CALLBACK_ERROR_RETURN: Mapping[str, int | None] = {
 #: The callbacks libxenguest asserts on for each stream type (xg_sr_restore.c:883-901).
 #: COLO falls through to the REMUS case, so it needs ``checkpoint`` too (shown by
 #: tests/test_binding_asserts.py against Debian's 4.17 binary).
-REQUIRED_CALLBACKS: Mapping[int, frozenset[str]] = {
+REQUIRED_CALLBACKS: Mapping[StreamType, frozenset[str]] = {
     PLAIN: frozenset(),
     REMUS: frozenset({"checkpoint"}),
     COLO: frozenset({"suspend", "postcopy", "checkpoint", "wait_checkpoint", "restore_results"}),
@@ -74,7 +75,7 @@ class Generation:
     #: Name of the stream-type parameter, or None where libxc has no such argument.
     stream_param: str | None
     #: Stream types this generation can receive (COLO needs 4.7's enum).
-    stream_types: frozenset[int]
+    stream_types: frozenset[StreamType]
     #: ``struct restore_callbacks`` function slots in order (``data`` follows); empty
     #: where the struct does not exist (4.0, 4.1).
     callback_slots: tuple[str, ...]

@@ -34,16 +34,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import xlpy
 from xlpy.binding.callbacks import Callback, CallbackBridge
 from xlpy.binding.detect import Abi
 from xlpy.binding.generations import by_name
-from xlpy.binding.restore import RestoreRequest, RestoreResult, call_restore, validate
+from xlpy.binding.restore import RestoreArgs, RestoreOutputs, call_restore, validate
 from xlpy.errors import LibxcCrashed, UsageError, XenError, XenUnavailable, XlpyError
 
 log = logging.getLogger("xlpy.libxc")
 
 _LEN = struct.Struct(">I")
+#: The directory holding the ``xlpy`` package, for the helper's ``sys.path``.
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _ERRORS: Mapping[str, type[XlpyError]] = {
     "XenUnavailable": XenUnavailable,
     "UsageError": UsageError,
@@ -138,11 +139,11 @@ def _drain(stream: IO[bytes], tail: deque[str], errors: deque[str]) -> None:
 
 def restore_out_of_process(
     abi: Abi,
-    request: RestoreRequest,
+    request: RestoreArgs,
     callbacks: Mapping[str, Callback],
     *,
     timeout: float | None = None,
-) -> RestoreResult:
+) -> RestoreOutputs:
     """``xc_domain_restore`` in a helper process; same results and errors as in-process.
 
     ``timeout`` bounds each wait for the helper (not the caller's own callbacks); on
@@ -168,12 +169,12 @@ def restore_out_of_process(
 
 
 def _run_helper(
-    abi: Abi, request: RestoreRequest, bridge: CallbackBridge, timeout: float | None
-) -> RestoreResult:
+    abi: Abi, request: RestoreArgs, bridge: CallbackBridge, timeout: float | None
+) -> RestoreOutputs:
     parent, child = socket.socketpair()
     fds = {child.fileno(), request.io_fd} | ({request.send_back_fd} - {-1})
     env = dict(os.environ)
-    root = str(Path(xlpy.__file__).resolve().parent.parent)
+    root = str(_PACKAGE_ROOT)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
     proc = subprocess.Popen(
         [sys.executable, "-m", "xlpy.binding.helper", str(child.fileno())],
@@ -230,7 +231,7 @@ def _run_helper(
         )
     elif "result" in final:
         bridge.reraise()
-        return RestoreResult(**final["result"])
+        return RestoreOutputs(**final["result"])
     else:
         error = _error_from_wire(final["error"])
         if isinstance(error, XenError):
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if request_message is None:
         return 2
     abi = _abi_from_wire(request_message["abi"])
-    request = RestoreRequest(**request_message["request"])
+    request = RestoreArgs(**request_message["request"])
     names: list[str] = request_message["callbacks"]
 
     def invoke(name: str, cargs: Any) -> int | None:

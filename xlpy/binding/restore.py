@@ -17,16 +17,16 @@ from typing import Any
 
 from xlpy.binding.callbacks import Callback, CallbackBridge, Invoke, c_callback
 from xlpy.binding.detect import Abi
-from xlpy.binding.generations import COLO, PLAIN, REMUS, REQUIRED_CALLBACKS, Generation
+from xlpy.binding.generations import PLAIN, REQUIRED_CALLBACKS, Generation
 from xlpy.binding.loader import Loaded, load
 from xlpy.errors import UsageError, XenError, XenUnavailable
+from xlpy.operation import StreamType
 
 PRIVCMD = "/dev/xen/privcmd"
-_STREAM_NAMES = {PLAIN: "PLAIN", REMUS: "REMUS", COLO: "COLO"}
 
 
 @dataclass(frozen=True, slots=True)
-class RestoreRequest:
+class RestoreArgs:
     """The arguments of ``xc_domain_restore``; each generation takes the ones it has."""
 
     io_fd: int
@@ -54,7 +54,7 @@ class RestoreRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class RestoreResult:
+class RestoreOutputs:
     """What a successful ``xc_domain_restore`` hands back."""
 
     store_mfn: int
@@ -69,17 +69,18 @@ class RestoreResult:
 
 
 def validate(
-    generation: Generation, release: str | None, request: RestoreRequest, names: Iterable[str]
+    generation: Generation, release: str | None, request: RestoreArgs, names: Iterable[str]
 ) -> None:
     """Refuse, before entering C, anything libxenguest would assert on or misread."""
     names = set(names)
-    st = request.stream_type
-    if st not in _STREAM_NAMES:
-        raise UsageError(f"bad stream type {st!r}: libxc knows 0 (PLAIN), 1 (REMUS), 2 (COLO)")
-    if st not in generation.stream_types:
+    try:
+        st = StreamType(request.stream_type)
+    except ValueError:
         raise UsageError(
-            f"libxenguest {generation.name} cannot receive a {_STREAM_NAMES[st]} stream"
-        )
+            f"bad stream type {request.stream_type!r}: libxc knows 0 (PLAIN), 1 (REMUS), 2 (COLO)"
+        ) from None
+    if st not in generation.stream_types:
+        raise UsageError(f"libxenguest {generation.name} cannot receive a {st.name} stream")
     allowed = generation.callbacks_for(release)
     unknown = names - allowed
     if unknown:
@@ -90,7 +91,7 @@ def validate(
     missing = (REQUIRED_CALLBACKS[st] & allowed) - names
     if missing:
         raise UsageError(
-            f"a {_STREAM_NAMES[st]} restore needs the callbacks {', '.join(sorted(missing))} "
+            f"a {st.name} restore needs the callbacks {', '.join(sorted(missing))} "
             f"(libxenguest asserts on them)"
         )
     if request.io_fd < 0:
@@ -148,8 +149,8 @@ def _last_error(loaded: Loaded, handle: Any, err: int, what: str) -> XenError:
 
 
 def call_restore(
-    abi: Abi, request: RestoreRequest, names: Iterable[str], invoke: Invoke
-) -> RestoreResult:
+    abi: Abi, request: RestoreArgs, names: Iterable[str], invoke: Invoke
+) -> RestoreOutputs:
     """Run ``xc_domain_restore`` with C callbacks for ``names`` that call ``invoke``.
 
     The request must already have passed :func:`validate`.
@@ -185,7 +186,7 @@ def call_restore(
         err = ffi.errno
         if rc != 0:
             raise _last_error(loaded, handle, err, "xc_domain_restore")
-        return RestoreResult(
+        return RestoreOutputs(
             store_mfn=int(out["store_mfn"][0]),
             console_mfn=int(out["console_mfn"][0]),
             vm_generationid_addr=(int(genid[0]) if "vm_generationid_addr" in gen.params else None),
@@ -196,8 +197,8 @@ def call_restore(
 
 
 def restore_in_process(
-    abi: Abi, request: RestoreRequest, callbacks: Mapping[str, Callback]
-) -> RestoreResult:
+    abi: Abi, request: RestoreArgs, callbacks: Mapping[str, Callback]
+) -> RestoreOutputs:
     """``xc_domain_restore`` in this process; a callback's exception is re-raised after."""
     validate(abi.generation, abi.release, request, callbacks)
     bridge = CallbackBridge(callbacks)

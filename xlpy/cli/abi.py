@@ -14,8 +14,8 @@ import sys
 from typing import Any
 
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY, detect
-from xlpy.errors import LibraryNotFound, UsageError, XenUnavailable
-from xlpy.toolstack import Operation, decide
+from xlpy.errors import LibraryNotFound, UsageError, XenUnavailable, error_json
+from xlpy.operation import Operation, decide
 
 EXIT_MISSING = 2
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         abi = detect()
     except (XenUnavailable, UsageError) as e:
         if args.json:
-            doc: dict[str, Any] = {"error": str(e)}
+            doc: dict[str, Any] = {"error": error_json(e)}
             if isinstance(e, LibraryNotFound):
                 doc.update(missing=e.missing, package=e.package)
             print(json.dumps(doc, indent=2))

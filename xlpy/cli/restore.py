@@ -1,4 +1,4 @@
-"""``xlpy restore``: receive a legacy stream as a given libxc release would.
+"""``xlpy restore``: receive a stream as a given libxc release would.
 
 Restores into a simulated domain directory (``--out``; the memory image is
 ``DIR/memory``).  Exit 0 when the domain was restored, 1 when the restore failed
@@ -29,31 +29,19 @@ import json
 import logging
 import shutil
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from xlpy.api import run as run_pipeline
+from xlpy.backends import RestoreRequest, RestoreResult, backend_names, get_backend, make_options
 from xlpy.cli.common import width_arg
 from xlpy.cli.progress import make_progress
+from xlpy.decision import OperationRefused
 from xlpy.errors import LibraryNotFound, RestoreRefused, UsageError, XenUnavailable
+from xlpy.operation import Operation, StreamType, stream_type_for
 from xlpy.outfile import open_output
-from xlpy.receiver import restore
-from xlpy.receiver.backends import ProgressFn
+from xlpy.progress import ProgressFn
 from xlpy.receiver.generations import GENERATIONS
 from xlpy.receiver.toolstacks import DEFAULT_TOOLSTACK, TOOLSTACKS
-from xlpy.stream.source import open_source
-
-if TYPE_CHECKING:
-    from xlpy.api import Restored
-    from xlpy.toolstack import Operation
-
-BACKENDS = ["sim", "libxc"]
-#: ``--operation`` words: the :class:`xlpy.toolstack.Operation` values (the receive side).
-#: Strings, so the raw receiver path does not load the libxc binding.
-OPERATIONS = {
-    "restore": "restore",
-    "migrate": "migrate-receive",
-    "remus": "remus-receive",
-    "colo": "colo-receive",
-}
 
 
 def _seconds(text: str) -> float:
@@ -69,25 +57,25 @@ def _seconds(text: str) -> float:
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "restore",
-        help="restore a legacy stream with a chosen libxc receiver generation",
+        help="restore a stream with a chosen libxc release (simulated or real)",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     p.add_argument("source", metavar="SOURCE", help="stream file, '-' for stdin, or fd:N")
     p.add_argument(
-        "--receiver",
-        metavar="GEN",
+        "--release",
+        metavar="RELEASE",
         help="sim: receiving libxc release: " + ", ".join(GENERATIONS) + " (required "
         "without --operation; with it, default the installed release if simulated, else "
-        "xen-4.5)",
+        "xen-4.5); libxc: the installed one",
     )
     p.add_argument(
         "--operation",
-        choices=list(OPERATIONS),
-        help="what the toolstack is doing; decides the stream type (remus: checkpointed 1)",
+        choices=[o.value for o in Operation],
+        help="what the toolstack is doing; decides the stream type (remus-receive: REMUS)",
     )
     p.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=backend_names(),
         default="sim",
         help="sim (simulated domain, --out) or libxc (installed libxenguest, --domid)",
     )
@@ -144,80 +132,24 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--guest", choices=["pv", "hvm"], help="guest type; default detected")
 
 
-def _progress(args: argparse.Namespace, source_fd: int | None) -> ProgressFn | None:
-    busy: dict[int, str] = {}
+def _progress(args: argparse.Namespace, source_fd: int) -> ProgressFn | None:
+    busy: dict[int, str] = {source_fd: "is the stream being restored"}
     if args.json:
         busy[1] = "would mix progress into the --json output"
-    if source_fd is not None:
-        busy[source_fd] = "is the stream being restored"
     return make_progress(args.progress_fd, quiet=args.quiet, busy_fds=busy)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.operation is None and args.backend == "sim":
-        return _run_receiver(args)
-    return _run_operation(args)
+def _operation(args: argparse.Namespace) -> Operation | None:
+    """``--operation``, checked against ``--checkpointed``.
 
-
-def _run_receiver(args: argparse.Namespace) -> int:
-    """The raw receiver: the chosen release as it behaves, regressions included."""
-    for flag, given in (
-        ("--domid", args.domid),
-        ("--force", args.force),
-        ("--rest-out", args.rest_out),
-    ):
-        if given not in (None, False):
-            raise UsageError(f"{flag} needs --operation")
-    if args.receiver is None or args.out is None:
-        raise UsageError("--receiver and --out are required (or give --operation)")
-    try:
-        source, owned = open_source(args.source)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot open {args.source}: {e}") from None
-    try:
-        result = restore(
-            source,
-            generation=args.receiver,
-            out=args.out,
-            checkpointed=args.checkpointed,
-            toolstack=args.toolstack,
-            heartbeat=args.heartbeat,
-            progress=_progress(args, source.fileno),
-            guest=args.guest,
-            width=args.width,
-        )
-    finally:
-        if owned is not None:
-            owned.close()
-    if args.json:
-        return _print_json(result.to_json(), result.ok)
-    if not args.quiet:
-        for line in result.messages:
-            print(line, file=sys.stderr)
-    if result.ok:
-        print(
-            f"restored {args.out}: checkpoint {result.committed_checkpoint} committed, "
-            f"{result.bytes_past_image} bytes read past the image"
-        )
-    else:
-        why = result.toolstack_error or (str(result.error) if result.error else "restore failed")
-        print(f"xlpy restore: failed ({why}); domain destroyed", file=sys.stderr)
-    return 0 if result.ok else 1
-
-
-def _print_json(doc: dict[str, Any], ok: bool) -> int:
-    json.dump(doc, sys.stdout)
-    sys.stdout.write("\n")
-    return 0 if ok else 1
-
-
-def _operation(args: argparse.Namespace) -> Operation:
-    """``--operation``, checked against ``--checkpointed`` (libxc without it: derived)."""
-    from xlpy.toolstack import Operation, stream_type_for
-
+    Without one, the simulated release runs raw (``None``); libxc is always driven by an
+    operation, derived from ``--checkpointed`` there.
+    """
     if args.operation is None:
+        if args.backend == "sim":
+            return None
         return Operation.REMUS_RECEIVE if args.checkpointed == 1 else Operation.RESTORE
-    op = Operation(OPERATIONS[args.operation])
+    op = Operation(args.operation)
     st = stream_type_for(op)
     if args.checkpointed is not None and args.checkpointed != int(st):
         raise UsageError(
@@ -227,45 +159,82 @@ def _operation(args: argparse.Namespace) -> Operation:
     return op
 
 
-def _source_fd(spec: str) -> int | str:
+def _source_fd(spec: str) -> tuple[int, io.FileIO | None]:
+    """The descriptor of SOURCE, and the file to close when it was a path."""
     if spec == "-":
-        return sys.stdin.buffer.fileno()
+        return sys.stdin.buffer.fileno(), None
     if spec.startswith("fd:"):
         try:
-            return int(spec[3:])
+            return int(spec[3:]), None
         except ValueError:
             raise UsageError(f"not a descriptor: {spec!r} (fd:N)") from None
-    return spec
+    try:
+        f = io.FileIO(spec, "rb")
+    except OSError as e:
+        raise UsageError(f"cannot open {spec}: {e}") from None
+    return f.fileno(), f
+
+
+def _request(args: argparse.Namespace, op: Operation | None, fd: int) -> RestoreRequest:
+    backend = get_backend(args.backend)
+    raw_only = {"--force": args.force, "--rest-out": args.rest_out}
+    if op is None:
+        for flag, given in raw_only.items():
+            if given not in (None, False):
+                raise UsageError(f"{flag} needs --operation")
+        if args.release is None or args.out is None:
+            raise UsageError("--release and --out are required (or give --operation)")
+    if args.backend == "sim":
+        options = make_options(backend, {"out": args.out, "heartbeat": args.heartbeat})
+        if args.domid is not None:
+            raise UsageError("--domid is for --backend libxc; the sim restores into --out")
+    else:
+        options = make_options(backend, {"domid": args.domid})
+        if args.out is not None:
+            raise UsageError("--out is for --backend sim; libxc restores into --domid")
+    return RestoreRequest(
+        fd=fd,
+        operation=op,
+        release=args.release,
+        backend=args.backend,
+        force=args.force,
+        toolstack=args.toolstack,
+        checkpointed=args.checkpointed if op is None else None,
+        callbacks=_secondary_callbacks(op) if args.backend == "libxc" else None,
+        progress=_progress(args, fd) if args.backend == "sim" else None,
+        guest=args.guest,
+        width=args.width,
+        timeout=args.timeout,
+        options=options,
+    )
 
 
 class _Unwritten(Exception):
     """Leave ``--rest-out`` unwritten (``open_output`` then removes its temporary file)."""
 
-    def __init__(self, result: Restored) -> None:
+    def __init__(self, result: RestoreResult) -> None:
         super().__init__()
         self.result = result
 
 
-def _run_operation(args: argparse.Namespace) -> int:
-    """As a toolstack using :func:`xlpy.restore` would restore."""
+def run(args: argparse.Namespace) -> int:
     # The refusal is printed as the error, the forcing below: not again by logging's
     # last-resort handler.
     logging.getLogger("xlpy.toolstack").addHandler(logging.NullHandler())
     op = _operation(args)
-    source = _source_fd(args.source)
+    fd, owned = _source_fd(args.source)
     try:
         with contextlib.ExitStack() as stack:
             # Opened first: an unwritable FILE is a usage error before anything is restored.
             rest_out = (
                 None if args.rest_out is None else stack.enter_context(open_output(args.rest_out))
             )
-            result = _restore(args, op, source)
+            result = _restore(args, op, fd)
             if rest_out is not None:
                 if not (result.ok and result.framed):
                     raise _Unwritten(result)
                 rest_out.write(result.rest)
-                if isinstance(source, int):  # a path was read to its end by xlpy.restore
-                    shutil.copyfileobj(io.FileIO(source, "rb", closefd=False), rest_out)
+                shutil.copyfileobj(io.FileIO(fd, "rb", closefd=False), rest_out)
     except _Unwritten as e:
         result = e.result
         if result.ok and not args.quiet:
@@ -276,45 +245,27 @@ def _run_operation(args: argparse.Namespace) -> int:
             )
     except (RestoreRefused, XenUnavailable) as e:
         if not args.json:
+            if isinstance(e, LibraryNotFound):
+                raise UsageError(str(e)) from None
             raise
-        _print_json(_refusal_json(args, op, e), False)
+        _print_json(_unrestored(args, op, e).to_json())
         return 2 if isinstance(e, LibraryNotFound) else 1
-    return _report(args, op, result)
+    finally:
+        if owned is not None:
+            owned.close()
+    return _report(args, result)
 
 
-def _restore(args: argparse.Namespace, op: Operation, source: int | str) -> Restored:
-    from xlpy.api import restore as api_restore
-
-    sim = args.backend == "sim"
-    try:
-        return api_restore(
-            source,
-            operation=op,
-            out=args.out,
-            domid=args.domid,
-            backend=args.backend,
-            generation=args.receiver,
-            force=args.force,
-            callbacks=None if sim else _secondary_callbacks(op),
-            toolstack=args.toolstack,
-            progress=_progress(args, source if isinstance(source, int) else None) if sim else None,
-            guest=args.guest,
-            width=args.width,
-            heartbeat=args.heartbeat,
-            timeout=args.timeout,
-        )
-    except LibraryNotFound as e:
-        if args.json:
-            raise
-        raise UsageError(str(e)) from None
+def _restore(args: argparse.Namespace, op: Operation | None, fd: int) -> RestoreResult:
+    return run_pipeline(_request(args, op, fd))
 
 
-def _secondary_callbacks(op: Operation) -> dict[str, Any]:
-    """What the CLI's secondary answers libxc (see :func:`xlpy.toolstack.secondary_callbacks`)."""
+def _secondary_callbacks(op: Operation | None) -> dict[str, Any]:
+    """What the CLI's secondary answers libxc (:func:`xlpy.backends.libxc.secondary_callbacks`)."""
+    from xlpy.backends.libxc import secondary_callbacks
     from xlpy.binding import detect
-    from xlpy.toolstack import StreamType, secondary_callbacks, stream_type_for
 
-    if stream_type_for(op) is StreamType.PLAIN:
+    if op is None or stream_type_for(op) is StreamType.PLAIN:
         return {}
     try:
         return secondary_callbacks(op, detect())
@@ -322,42 +273,51 @@ def _secondary_callbacks(op: Operation) -> dict[str, Any]:
         raise UsageError(f"xlpy restore cannot act as a COLO secondary: {e}") from None
 
 
-def _refusal_json(args: argparse.Namespace, op: Operation, error: Exception) -> dict[str, Any]:
-    """The ``--json`` object when nothing was restored: refused, or no libxc at all."""
-    from xlpy.toolstack import OperationRefused, stream_type_for
-
+def _unrestored(args: argparse.Namespace, op: Operation | None, error: Exception) -> RestoreResult:
+    """The result when nothing was restored: refused, or no libxc at all."""
     decision = error.decision if isinstance(error, OperationRefused) else None
-    return {
-        "ok": False,
-        "backend": args.backend,
-        "operation": op.value,
-        "stream_type": stream_type_for(op).name,
-        "release": decision.release if decision is not None else None,
-        "verdict": decision.verdict.value if decision is not None else None,
-        "reason": decision.reason if decision is not None else None,
-        "forced": False,
-        "framed": False,
-        "error": str(error),
-        "error_type": type(error).__name__,
-    }
+    assert isinstance(error, RestoreRefused | XenUnavailable)
+    return RestoreResult(
+        ok=False,
+        backend=args.backend,
+        release=decision.release if decision is not None else args.release,
+        decision=decision,
+        stream_type=None if op is None else stream_type_for(op),
+        error=error,
+    )
 
 
-def _report(args: argparse.Namespace, op: Operation, result: Restored) -> int:
+def _print_json(doc: dict[str, Any]) -> None:
+    json.dump(doc, sys.stdout)
+    sys.stdout.write("\n")
+
+
+def _report(args: argparse.Namespace, result: RestoreResult) -> int:
     if args.json:
-        return _print_json(result.to_json(), result.ok)
-    sim = result.sim is not None
+        _print_json(result.to_json())
+        return 0 if result.ok else 1
+    sim = result.backend == "sim"
     if not args.quiet:
-        if result.decision.forced:
+        if result.decision is not None and result.decision.forced:
             print(
                 f"xlpy restore: warning: forced despite: {result.decision.reason}", file=sys.stderr
             )
         for line in result.messages:
             print(line, file=sys.stderr)
     if not result.ok:
+        why = result.toolstack_error or result.error or "restore failed"
         gone = "; domain destroyed" if sim else ""
-        print(f"xlpy restore: failed ({result.error or 'restore failed'}){gone}", file=sys.stderr)
+        print(f"xlpy restore: failed ({why}){gone}", file=sys.stderr)
         return 1
+    if result.decision is None:
+        print(
+            f"restored {result.out}: checkpoint {result.committed_checkpoint} committed, "
+            f"{result.bytes_past_image} bytes read past the image"
+        )
+        return 0
     where = f"domain {result.domid}" if result.out is None else str(result.out)
+    op = result.decision.operation
+    assert result.stream_type is not None
     print(
         f"restored {where} ({op.value}, stream type {result.stream_type.name}"
         + (f", checkpoint {result.committed_checkpoint} committed" if sim else "")

@@ -12,27 +12,21 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from xlpy.receiver.backends import (
-    Backend,
-    ProgressFn,
-    RestoreRequest,
-    RestoreResult,
-    get_backend,
-)
+from xlpy.receiver.domains import Outcome, ProgressFn, ReceiveRequest
+from xlpy.receiver.domains.sim import SimDomain
 from xlpy.receiver.generations import GENERATIONS, Generation, generation
+from xlpy.receiver.generations import generation as generation_of
 from xlpy.receiver.toolstacks import DEFAULT_TOOLSTACK, TOOLSTACKS, Toolstack, toolstack
 from xlpy.stream.source import ByteSource
 
 __all__ = [
     "GENERATIONS",
     "TOOLSTACKS",
-    "Backend",
     "Generation",
-    "RestoreRequest",
-    "RestoreResult",
+    "Outcome",
+    "ReceiveRequest",
     "Toolstack",
     "generation",
-    "get_backend",
     "restore",
     "toolstack",
 ]
@@ -49,8 +43,7 @@ def restore(
     progress: ProgressFn | None = None,
     guest: str | None = None,
     width: int | None = None,
-    backend: str = "sim",
-) -> RestoreResult:
+) -> Outcome:
     """Restore a stream as receiver ``generation`` would, into directory ``out``.
 
     ``source`` is a :class:`ByteSource`, a descriptor or a binary file (pipes and
@@ -64,7 +57,7 @@ def restore(
     ``error``), never raised; a bad argument raises :class:`~xlpy.errors.UsageError`.
     """
     src = source if isinstance(source, ByteSource) else ByteSource(source)
-    request = RestoreRequest(
+    request = ReceiveRequest(
         generation=generation,
         out=Path(out),
         toolstack=toolstack,
@@ -74,4 +67,17 @@ def restore(
         guest=guest,
         width=width,
     )
-    return get_backend(backend).restore(src, request)
+    domain = SimDomain(request.out)
+    try:
+        if generation_of(request.generation).stream_format == "v2":
+            from xlpy.receiver.v2 import V2Restore
+
+            return V2Restore(src, request, domain).run()
+        from xlpy.receiver.machine import Restore
+
+        return Restore(src, request, domain).run()
+    except BaseException:
+        # libxc's own failures destroy the domain in run(); this is for the rest
+        # (a broken progress pipe, ENOSPC, Ctrl-C).
+        domain.destroy()
+        raise

@@ -39,7 +39,7 @@ from xlpy.errors import (
 )
 from xlpy.progress import Throttle
 from xlpy.receiver import messages as M
-from xlpy.receiver.backends import Domain, DomainFull, RestoreRequest, RestoreResult
+from xlpy.receiver.domains import Domain, DomainFull, Outcome, ReceiveRequest
 from xlpy.receiver.generations import generation
 from xlpy.receiver.toolstacks import checkpointed_for, toolstack
 from xlpy.stream.legacy import format as F
@@ -156,7 +156,7 @@ class _Tail:
 class Restore:
     """One ``xc_domain_restore`` call plus the toolstack steps around it."""
 
-    def __init__(self, source: ByteSource, request: RestoreRequest, domain: Domain) -> None:
+    def __init__(self, source: ByteSource, request: ReceiveRequest, domain: Domain) -> None:
         self.source = source
         self.request = request
         self.domain = domain
@@ -220,7 +220,7 @@ class Restore:
 
     # -- the public step ----------------------------------------------------------------
 
-    def run(self) -> RestoreResult:
+    def run(self) -> Outcome:
         """Restore, returning the outcome; never raises for stream problems."""
         try:
             self._toolstack_before()
@@ -243,10 +243,10 @@ class Restore:
     def _consumed(self) -> int:
         return max(self.source.offset, self.consumed_to)
 
-    def _result(self, *, ok: bool, rc: int, error: StreamError | None, **kw: Any) -> RestoreResult:
+    def _result(self, *, ok: bool, rc: int, error: StreamError | None, **kw: Any) -> Outcome:
         consumed = self.libxc_consumed
         past = 0 if self.image_end is None else max(0, consumed - self.image_end)
-        return RestoreResult(
+        return Outcome(
             ok=ok,
             rc=rc,
             committed_checkpoint=self.checkpoints_complete - 1 if ok else None,
@@ -263,7 +263,7 @@ class Restore:
             **kw,
         )
 
-    def _failed(self, *, rc: int, error: StreamError | None, **kw: Any) -> RestoreResult:
+    def _failed(self, *, rc: int, error: StreamError | None, **kw: Any) -> Outcome:
         self.domain.destroy()
         self._report("failed", force=True)
         return self._result(ok=False, rc=rc, error=error, **kw)

@@ -4,7 +4,7 @@ Reads bare libxc images, libxl streams and ``xl save`` files through the v2 read
 (:class:`~xlpy.stream.v2.reader.V2Reader`), and follows Xen 4.17's
 ``tools/libs/guest/xg_sr_restore.c`` ``restore()`` loop:
 
-* ``stream_type`` (:class:`~xlpy.toolstack.StreamType`) PLAIN, REMUS or COLO comes from the
+* ``stream_type`` (:class:`~xlpy.operation.StreamType`) PLAIN, REMUS or COLO comes from the
   caller (``checkpointed`` 0/1/2).  A CHECKPOINT record in a PLAIN stream fails
   ("Found checkpoint in non-checkpointed stream", ``handle_checkpoint``).
 * Records before the first CHECKPOINT are processed as they arrive.  The first CHECKPOINT
@@ -39,16 +39,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
 from xlpy.errors import StreamError, StreamMalformed, UsageError
+from xlpy.operation import StreamType
 from xlpy.progress import Throttle
 from xlpy.receiver import messages as M
-from xlpy.receiver.backends import Domain, DomainFull, RestoreRequest, RestoreResult
-from xlpy.receiver.backends.sim import MAX_SIM_P2M_SIZE
+from xlpy.receiver.domains import Domain, DomainFull, Outcome, ReceiveRequest
+from xlpy.receiver.domains.sim import MAX_SIM_P2M_SIZE
 from xlpy.receiver.generations import Generation, generation
+from xlpy.stream.detect import detect
 from xlpy.stream.hvm_params import (
     HVM_PARAM_BUFIOREQ_PFN,
     HVM_PARAM_CONSOLE_PFN,
@@ -66,14 +68,21 @@ from xlpy.stream.v2.records import (
     LIBXL,
     DomainHeader,
     Element,
+    HvmParams,
     ImageHeader,
     LibxlHeader,
     PageData,
     V2Record,
+    X86PvInfo,
+    X86PvP2mFrames,
+    X86PvVcpu,
+    X86TscInfo,
+    carries_data,
+    reserved,
 )
 from xlpy.stream.v2.verify import V2Checker
-from xlpy.toolstack import StreamType
 
+_T = TypeVar("_T")
 _LIBXC_MAGIC = F.IHDR_MARKER.to_bytes(8, "big")
 _LIBXL_MAGIC = F.LIBXL_HDR_IDENT.to_bytes(8, "big")
 #: ``INVALID_MFN`` as a 64-bit toolstack prints it.
@@ -99,24 +108,12 @@ def rec_type_to_str(rtype: int) -> str:
     return F.LIBXC_REC_NAMES.get(rtype, "Reserved")
 
 
-def is_v2_stream(source: ByteSource) -> bool | None:
-    """Whether ``source`` starts like a v2 stream, by look-ahead only (nothing consumed).
-
-    ``None`` when too few bytes arrived to tell (an empty or tiny stream).  An ``xl save``
-    file is v2 when its STREAMv2 mandatory flag is set (xl 4.6+ always sets it).
-    """
-    head = source.peek(8)
-    if len(head) < 8:
-        return None
-    if head in (_LIBXC_MAGIC, _LIBXL_MAGIC):
-        return True
-    if head != LF.XL_MAGIC[:8]:
-        return False
-    hdr = source.peek(F.XL_HEADER_SIZE)
-    if len(hdr) < F.XL_HEADER_SIZE or hdr[: len(LF.XL_MAGIC)] != LF.XL_MAGIC:
-        return False
-    _order, mflags, _oflags, _optlen = F.XL_HEADER_FORMAT.unpack_from(hdr, len(LF.XL_MAGIC))
-    return bool(mflags & LF.XL_MANDATORY_FLAG_STREAMv2)
+def _decoded(rec: V2Record, kind: type[_T]) -> _T:
+    """``rec``'s typed body, after the caller checked its length as libxc does."""
+    body = rec.decode()
+    if not isinstance(body, kind):
+        raise AssertionError(f"{rec.name} decodes to {kind.__name__}")
+    return body
 
 
 class _Err(Exception):
@@ -154,7 +151,7 @@ class _Vcpu:
 class V2Restore:
     """One v2 ``xc_domain_restore`` call (plus libxl's stream reader around it)."""
 
-    def __init__(self, source: ByteSource, request: RestoreRequest, domain: Domain) -> None:
+    def __init__(self, source: ByteSource, request: ReceiveRequest, domain: Domain) -> None:
         self.source = source
         self.request = request
         self.domain = domain
@@ -218,7 +215,7 @@ class V2Restore:
 
     # -- public ---------------------------------------------------------------------------
 
-    def run(self) -> RestoreResult:
+    def run(self) -> Outcome:
         """Restore; stream problems end up in the result, never raised."""
         try:
             self._restore()
@@ -243,10 +240,10 @@ class V2Restore:
     def committed(self) -> int:
         return max(self.checkpoints - 1, 0)
 
-    def _result(self, *, ok: bool, rc: int, error: StreamError | None, **kw: Any) -> RestoreResult:
+    def _result(self, *, ok: bool, rc: int, error: StreamError | None, **kw: Any) -> Outcome:
         consumed = self.source.offset
         past = 0 if self.image_end is None or not ok else max(0, consumed - self.image_end)
-        return RestoreResult(
+        return Outcome(
             ok=ok,
             rc=rc,
             committed_checkpoint=self.committed if ok else None,
@@ -266,7 +263,7 @@ class V2Restore:
 
     def _failed(
         self, error: StreamError | None, *, rc: int = 1, toolstack_error: str | None = None
-    ) -> RestoreResult:
+    ) -> Outcome:
         self.domain.destroy()
         self._report("failed", force=True)
         return self._result(ok=False, rc=rc, error=error, toolstack_error=toolstack_error)
@@ -342,17 +339,19 @@ class V2Restore:
     # -- the restore loop -----------------------------------------------------------------
 
     def _restore(self) -> None:
-        head = is_v2_stream(self.source)
-        if head is False:
-            err = StreamMalformed(
+        fmt = detect(self.source)
+        short = len(self.source.peek(8)) < 8
+        if not short and not fmt.is_v2:
+            what = (
                 "legacy (pre-4.6) stream: a v2 receiver needs it converted first "
-                "(xlpy convert, or Xen's convert-legacy-stream as libxl runs it)",
-                offset=self.source.offset,
-                field="header",
+                "(xlpy convert, or Xen's convert-legacy-stream as libxl runs it)"
+                if fmt.is_legacy
+                else f"{fmt.description}, not a migration v2 stream"
             )
+            err = StreamMalformed(what, offset=self.source.offset, field="header")
             self.log.stderr(f"libxl: {err.message}")
             raise _Err(err, restore_failed=False)
-        if head is None:  # too short to tell: libxc's read of its image header fails
+        if short:  # too short to tell: libxc's read of its image header fails
             self.reader = V2Reader(self.source, xl=False, fmt=LIBXC)
             self._it = self.reader.elements()
             self._layer = LIBXC
@@ -551,7 +550,8 @@ class V2Restore:
         n = rec.length
         if n < F.PAGE_DATA_HDR_FORMAT.size:
             self._fail(rec, f"PAGE_DATA record truncated: length {n}, min 8", "length")
-        count, _res = F.PAGE_DATA_HDR_FORMAT.unpack_from(rec.body)
+        pd = _decoded(rec, PageData)
+        count = pd.count
         if count < 1:
             self._fail(rec, "Expected at least 1 pfn in PAGE_DATA record", "count")
         if n < 8 + 8 * count:
@@ -561,13 +561,10 @@ class V2Restore:
                 "information",
                 "length",
             )
-        pd = rec.decode()
-        if not isinstance(pd, PageData):
-            raise AssertionError("PAGE_DATA decodes to PageData")
         pfns = pd.pfns
-        types = (pd.entries >> np.uint64(F.PAGE_DATA_TYPE_SHIFT)).astype(np.uint8)
+        types = pd.type_nibbles
         invalid = pfns > np.uint64(self.max_pfn) if self.guest == "pv" else np.zeros(count, bool)
-        unknown = np.isin(types, list(F.PAGE_TYPE_RESERVED_NIBBLES))
+        unknown = reserved(types)
         bad = np.flatnonzero(invalid | unknown)
         if len(bad):
             i = int(bad[0])
@@ -576,7 +573,7 @@ class V2Restore:
                 self._fail(rec, f"pfn {cx(pfn)} (index {i}) outside domain maximum", f"pfn[{i}]")
             typ = int(types[i]) << 28
             self._fail(rec, f"Unknown type {cx(typ)} for pfn {cx(pfn)} (index {i})", f"pfn[{i}]")
-        data = np.isin(types, list(F.PAGE_TYPE_DATA_NIBBLES))
+        data = carries_data(types)
         nr = int(np.count_nonzero(data))
         if n != 8 + 8 * count + F.PAGE_SIZE * nr:
             self._fail(
@@ -633,8 +630,13 @@ class V2Restore:
                 f"{F.X86_TSC_INFO_FORMAT.size}",
                 "length",
             )
-        mode, khz, nsec, inc, _ = F.X86_TSC_INFO_FORMAT.unpack(rec.body)
-        self.tsc = {"mode": mode, "khz": khz, "nsec": nsec, "incarnation": inc}
+        tsc = _decoded(rec, X86TscInfo)
+        self.tsc = {
+            "mode": tsc.mode,
+            "khz": tsc.khz,
+            "nsec": tsc.nsec,
+            "incarnation": tsc.incarnation,
+        }
 
     def _policy(self, rec: V2Record) -> None:
         cpuid = rec.type == F.REC_TYPE_X86_CPUID_POLICY
@@ -661,7 +663,8 @@ class V2Restore:
             self._fail(
                 rec, f"X86_PV_INFO record truncated: length {rec.length}, expected 8", "length"
             )
-        width, levels, _, _ = F.X86_PV_INFO_FORMAT.unpack_from(rec.body)
+        info = _decoded(rec, X86PvInfo)
+        width, levels = info.guest_width, info.pt_levels
         if (width, levels) not in ((4, 3), (8, 4)):
             self._fail(
                 rec,
@@ -678,7 +681,8 @@ class V2Restore:
         n = rec.length
         if n < F.X86_PV_P2M_FRAMES_FORMAT.size:
             self._fail(rec, f"X86_PV_P2M_FRAMES record truncated: length {n}, min 16", "length")
-        start_pfn, end_pfn = F.X86_PV_P2M_FRAMES_FORMAT.unpack_from(rec.body)
+        p2m = _decoded(rec, X86PvP2mFrames)
+        start_pfn, end_pfn = p2m.p2m_start_pfn, p2m.p2m_end_pfn
         if start_pfn > end_pfn:
             self._fail(
                 rec,
@@ -695,8 +699,7 @@ class V2Restore:
                 "length",
             )
         self.max_pfn = max(self.max_pfn, end_pfn)
-        frames = np.frombuffer(rec.body, dtype="<u8", count=end - start, offset=8)
-        for x, pfn in enumerate(frames.tolist()):
+        for x, pfn in enumerate(p2m.pfns.tolist()):
             self.p2m_pfns[start + x] = int(pfn)
 
     def _vcpu_blob(self, rec: V2Record) -> None:
@@ -704,8 +707,8 @@ class V2Restore:
         n = rec.length
         if n < F.X86_PV_VCPU_HDR_FORMAT.size:
             self._fail(rec, f"{name} record truncated: length {n}, header size 8", "length")
-        vcpu_id, _ = F.X86_PV_VCPU_HDR_FORMAT.unpack_from(rec.body)
-        blob = rec.body[8:]
+        vcpu = _decoded(rec, X86PvVcpu)
+        vcpu_id, blob = vcpu.vcpu_id, vcpu.context
         if not blob:
             return  # tolerated: 4.6-4.8 senders sent empty records
         if vcpu_id >= LF.XC_SR_MAX_VCPUS:
@@ -748,7 +751,8 @@ class V2Restore:
         n = rec.length
         if n < F.HVM_PARAMS_FORMAT.size:
             self._fail(rec, f"HVM_PARAMS record truncated: length {n}, header size 8", "length")
-        count, _ = F.HVM_PARAMS_FORMAT.unpack_from(rec.body)
+        hp = _decoded(rec, HvmParams)
+        count = hp.count
         if n != 8 + 16 * count:
             self._fail(
                 rec,
@@ -757,8 +761,7 @@ class V2Restore:
                 "length",
             )
         clear: list[int] = []
-        for i in range(count):
-            index, value = F.HVM_PARAMS_ENTRY_FORMAT.unpack_from(rec.body, 8 + 16 * i)
+        for index, value in hp.params:
             if index == HVM_PARAM_PAE_ENABLED:
                 continue
             if index in (
@@ -888,4 +891,4 @@ class _LibxlAfter(Exception):
         self.error = error
 
 
-__all__ = ["V2Restore", "cx", "is_v2_stream", "rec_type_to_str"]
+__all__ = ["V2Restore", "cx", "rec_type_to_str"]

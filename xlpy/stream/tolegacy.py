@@ -119,9 +119,9 @@ from xlpy.stream.v2.records import (
     X86PvInfo,
     X86PvP2mFrames,
     X86PvVcpu,
-)
-from xlpy.stream.v2.records import (
-    TscInfo as V2TscInfo,
+    X86TscInfo,
+    carries_data,
+    reserved,
 )
 
 WarnFn = Callable[[str], None]
@@ -143,8 +143,6 @@ _LEGACY_VM86_TSS_SIZE = 128
 #: 4.2, BROKEN from 4.3; the rest always.
 _NIBBLE_SINCE = {0xE: (4, 2), 0xD: (4, 3)}
 _XTAB = 0xF
-_DATA_NIBBLES = np.zeros(16, dtype=bool)
-_DATA_NIBBLES[sorted(F.PAGE_TYPE_DATA_NIBBLES)] = True
 
 #: HVM save record typecode of a vcpu's CPU state (``HVM_SAVE_CODE(CPU)``).
 _HVM_SAVE_CODE_CPU = 2
@@ -405,7 +403,7 @@ class _Converter:
                 if body.context or t == F.REC_TYPE_X86_PV_VCPU_BASIC:
                     # 4.6-4.8 senders wrote empty records for state a vcpu lacks
                     store[body.vcpu_id] = body.context
-            case V2TscInfo():
+            case X86TscInfo():
                 if self.checkpoints == 0:
                     tsc = TscInfo(
                         tsc_mode=body.mode,
@@ -419,6 +417,12 @@ class _Converter:
                         "tsc", "TSC_INFO of later checkpoints dropped: Remus senders sent -7 once"
                     )
             case HvmParams():
+                if len(body.params) < body.count:
+                    raise self._malformed(
+                        f"HVM_PARAMS record too short for its {body.count} params",
+                        "hvm_params.length",
+                        body.count,
+                    )
                 seg.state = True
                 seg.hvm_params.update(body.params)
             case _ if t == F.REC_TYPE_SHARED_INFO:
@@ -513,13 +517,20 @@ class _Converter:
 
     def _page_data(self, pd: PageData) -> None:
         entries = pd.entries
+        if len(entries) < pd.count:
+            raise self._malformed(
+                f"PAGE_DATA record too short for its {pd.count} pfn entries",
+                "page_data.length",
+                pd.count,
+            )
         if not entries.size:
             return
-        nib = (entries >> np.uint64(F.PAGE_DATA_TYPE_SHIFT)).astype(np.int64)
-        pfns = entries & np.uint64(F.PAGE_DATA_PFN_MASK)
-        bad = [n for n in set(nib.tolist()) if n in F.PAGE_TYPE_RESERVED_NIBBLES]
-        if bad:
-            raise self._malformed(f"reserved page type {bad[0]:#x}", "page_data.type", bad[0])
+        nib = pd.type_nibbles
+        pfns = pd.pfns
+        bad = np.flatnonzero(reserved(nib))
+        if len(bad):
+            n = int(nib[bad[0]])
+            raise self._malformed(f"reserved page type {n:#x}", "page_data.type", n)
         for n, since in _NIBBLE_SINCE.items():
             if since > self.p.version and bool((nib == n).any()):
                 raise self._refuse(
@@ -534,7 +545,7 @@ class _Converter:
             raise self._malformed(
                 f"pfn {top:#x} outside the p2m (size {self.p2m_size:#x})", "page_data.pfn", top
             )
-        is_data = _DATA_NIBBLES[nib]
+        is_data = carries_data(nib)
         ndata = int(np.count_nonzero(is_data))
         if len(pd.pages) != ndata * F.PAGE_SIZE:
             raise self._malformed(

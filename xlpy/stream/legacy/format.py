@@ -7,6 +7,55 @@ Sources: ``../shared/spec/legacy-stream.md`` §1-§9 (``xg_save_restore.h``,
 
 from __future__ import annotations
 
+from xlpy.stream.pagetypes import (
+    DATALESS_NIBBLES as DATALESS_NIBBLES,
+)
+from xlpy.stream.pagetypes import (
+    DATALESS_NIBBLES_4_0 as DATALESS_NIBBLES_4_0,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_BROKEN as XEN_DOMCTL_PFINFO_BROKEN,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_L1TAB as XEN_DOMCTL_PFINFO_L1TAB,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_L2TAB as XEN_DOMCTL_PFINFO_L2TAB,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_L3TAB as XEN_DOMCTL_PFINFO_L3TAB,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_L4TAB as XEN_DOMCTL_PFINFO_L4TAB,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_LPINTAB as XEN_DOMCTL_PFINFO_LPINTAB,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_LTAB_MASK as XEN_DOMCTL_PFINFO_LTAB_MASK,
+)
+
+# The page types are shared with the v2 format: one table (xlpy.stream.pagetypes).
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_LTAB_SHIFT as XEN_DOMCTL_PFINFO_LTAB_SHIFT,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_LTABTYPE_MASK as XEN_DOMCTL_PFINFO_LTABTYPE_MASK,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_NOTAB as XEN_DOMCTL_PFINFO_NOTAB,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_XALLOC as XEN_DOMCTL_PFINFO_XALLOC,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_XTAB as XEN_DOMCTL_PFINFO_XTAB,
+)
+from xlpy.stream.xlheader import XL_BYTEORDER_LE as XL_BYTEORDER_LE
+from xlpy.stream.xlheader import XL_MAGIC as XL_MAGIC
+from xlpy.stream.xlheader import XL_MANDATORY_FLAG_JSON as XL_MANDATORY_FLAG_JSON
+from xlpy.stream.xlheader import XL_MANDATORY_FLAG_STREAMv2 as XL_MANDATORY_FLAG_STREAMv2
+
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 
@@ -87,25 +136,9 @@ TMEM_POOL_PAGESIZE_MASK = 0xF
 
 # --- page batches (§4) ------------------------------------------------------
 MAX_BATCH_SIZE = 1024
-XEN_DOMCTL_PFINFO_LTAB_SHIFT = 28
-XEN_DOMCTL_PFINFO_NOTAB = 0x0 << 28
-XEN_DOMCTL_PFINFO_L1TAB = 0x1 << 28
-XEN_DOMCTL_PFINFO_L2TAB = 0x2 << 28
-XEN_DOMCTL_PFINFO_L3TAB = 0x3 << 28
-XEN_DOMCTL_PFINFO_L4TAB = 0x4 << 28
-XEN_DOMCTL_PFINFO_LTABTYPE_MASK = 0x7 << 28
-XEN_DOMCTL_PFINFO_LPINTAB = 0x1 << 31
-XEN_DOMCTL_PFINFO_BROKEN = 0xD << 28
-XEN_DOMCTL_PFINFO_XALLOC = 0xE << 28
-XEN_DOMCTL_PFINFO_XTAB = 0xF << 28
-XEN_DOMCTL_PFINFO_LTAB_MASK = 0xF << 28
 PFN_MASK = 0x0FFFFFFF
 #: The bare XTAB entry the sender writes for unmappable pfns (pfn not ORed in).
 BARE_XTAB_ENTRY = 0xF0000000
-#: Type nibbles that carry no page data (``pagebuf_get_one``, 4.1+ receivers).
-DATALESS_NIBBLES = frozenset({0xD, 0xE, 0xF})
-#: A 4.0 receiver only knows XTAB as data-less.
-DATALESS_NIBBLES_4_0 = frozenset({0xF})
 
 # --- limits (§15.1) ---------------------------------------------------------
 XC_SR_MAX_VCPUS = 4096
@@ -136,8 +169,4 @@ COMP_MAX_RUN_WORDS = 127
 DELTA_CACHE_SIZE = 8192
 
 # --- toolstack framing (§8.2, §8.3) -----------------------------------------
-XL_MAGIC = b"Xen saved domain, xl format\n \0 \r"
-XL_BYTEORDER_LE = b"\x04\x03\x02\x01"
-XL_MANDATORY_FLAG_JSON = 1 << 0
-XL_MANDATORY_FLAG_STREAMv2 = 1 << 1
 XEND_SIGNATURE = b"LinuxGuestRecord"

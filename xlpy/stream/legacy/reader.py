@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
 from xlpy.errors import StreamMalformed, StreamTruncated, UsageError
+from xlpy.stream import xlheader
 from xlpy.stream.legacy import format as F
 from xlpy.stream.legacy import framing
 from xlpy.stream.legacy.records import (
@@ -70,7 +71,6 @@ from xlpy.stream.source import ByteSource
 
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
-_XL_FIXED = struct.Struct("<4sIII")  # byte order, mandatory, optional, optional_data_len
 _HVM_PARAM = struct.Struct("<IQ")  # pad, value
 _TSC_INFO = struct.Struct("<IQII")
 _TMEM_HEAD = struct.Struct("<IIIIIII")
@@ -316,13 +316,8 @@ class LegacyReader:
     def _read_xl_header(self) -> XlHeader:
         start = self._begin()
         self._read(len(F.XL_MAGIC), "xl_header.magic")
-        order, mandatory, optional, n = _XL_FIXED.unpack(self._read(16, "xl_header"))
-        if order != F.XL_BYTEORDER_LE:
-            self._malformed(
-                "xl header: wrong byte order",
-                "xl_header.byteorder",
-                int.from_bytes(order, "little"),
-            )
+        fixed = xlheader.parse_fixed(self._read(16, "xl_header"), self._start, self._index)
+        mandatory, optional, n = fixed.mandatory_flags, fixed.optional_flags, fixed.optional_length
         if mandatory & F.XL_MANDATORY_FLAG_STREAMv2:
             self._malformed(
                 "xl header: the image is a migration v2 stream, not legacy",

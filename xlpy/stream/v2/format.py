@@ -14,6 +14,40 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_BROKEN as XEN_DOMCTL_PFINFO_BROKEN,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_L1TAB as XEN_DOMCTL_PFINFO_L1TAB,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_L2TAB as XEN_DOMCTL_PFINFO_L2TAB,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_L3TAB as XEN_DOMCTL_PFINFO_L3TAB,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_L4TAB as XEN_DOMCTL_PFINFO_L4TAB,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_LPINTAB as XEN_DOMCTL_PFINFO_LPINTAB,
+)
+
+# The page types are shared with the legacy format: one table (xlpy.stream.pagetypes).
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_LTAB_SHIFT as XEN_DOMCTL_PFINFO_LTAB_SHIFT,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_NOTAB as XEN_DOMCTL_PFINFO_NOTAB,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_XALLOC as XEN_DOMCTL_PFINFO_XALLOC,
+)
+from xlpy.stream.pagetypes import (
+    XEN_DOMCTL_PFINFO_XTAB as XEN_DOMCTL_PFINFO_XTAB,
+)
+from xlpy.stream.xlheader import XL_HEADER_SIZE as XL_HEADER_SIZE
+
 # --- libxc image header (big-endian) ---------------------------------------
 IHDR_FORMAT: Final = struct.Struct(">QIIHHI")  # marker, id, version, options, res1, res2
 IHDR_SIZE: Final = 24
@@ -105,20 +139,7 @@ PAGE_DATA_TYPE_MASK: Final = 0xF << PAGE_DATA_TYPE_SHIFT
 #: The type nibble of a pfn entry is XEN_DOMCTL_PFINFO_* (a u32, bits 28-31)
 #: shifted up by 32.
 PFINFO_SHIFT_IN_ENTRY: Final = 32
-XEN_DOMCTL_PFINFO_LTAB_SHIFT: Final = 28
-XEN_DOMCTL_PFINFO_NOTAB: Final = 0x0 << 28
-XEN_DOMCTL_PFINFO_L1TAB: Final = 0x1 << 28
-XEN_DOMCTL_PFINFO_L2TAB: Final = 0x2 << 28
-XEN_DOMCTL_PFINFO_L3TAB: Final = 0x3 << 28
-XEN_DOMCTL_PFINFO_L4TAB: Final = 0x4 << 28
-XEN_DOMCTL_PFINFO_LPINTAB: Final = 0x8 << 28
-XEN_DOMCTL_PFINFO_BROKEN: Final = 0xD << 28
-XEN_DOMCTL_PFINFO_XALLOC: Final = 0xE << 28
-XEN_DOMCTL_PFINFO_XTAB: Final = 0xF << 28
-#: Type nibbles (bits 60-63 of an entry) the spec reserves: 0x5-0x8.
-PAGE_TYPE_RESERVED_NIBBLES: Final = frozenset({0x5, 0x6, 0x7, 0x8})
-#: Type nibbles that carry a page of data: NOTAB, L1-L4 and their pinned forms.
-PAGE_TYPE_DATA_NIBBLES: Final = frozenset({0x0, 0x1, 0x2, 0x3, 0x4, 0x9, 0xA, 0xB, 0xC})
+
 
 X86_PV_INFO_FORMAT: Final = struct.Struct("<BBHI")  # guest_width, pt_levels, res1, res2
 X86_PV_P2M_FRAMES_FORMAT: Final = struct.Struct("<II")  # p2m_start_pfn, p2m_end_pfn
@@ -168,8 +189,6 @@ EMULATOR_ID_NAMES: Final = {
 
 # --- xl save header ------------------------------------------------------
 #: magic (32 bytes) then byteorder, mandatory_flags, optional_flags, optional_data_len.
-XL_HEADER_FORMAT: Final = struct.Struct("<4sIII")
-XL_HEADER_SIZE: Final = 48
 
 
 def padding_for(length: int) -> int:

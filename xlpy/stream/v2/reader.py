@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from xlpy.errors import StreamError, StreamMalformed
-from xlpy.stream.legacy.format import XL_MAGIC, XL_MANDATORY_FLAG_STREAMv2
+from xlpy.stream import xlheader
 from xlpy.stream.legacy.records import XlHeader
 from xlpy.stream.source import ByteSource
 from xlpy.stream.v2 import format as F
@@ -32,6 +32,7 @@ from xlpy.stream.v2.records import (
     LibxlHeader,
     V2Record,
 )
+from xlpy.stream.xlheader import XL_MAGIC, XL_MANDATORY_FLAG_STREAMv2
 
 FORMATS = (LIBXC, LIBXL)
 _LIBXL_MAGIC = F.LIBXL_HDR_IDENT.to_bytes(8, "big")
@@ -135,15 +136,12 @@ class V2Reader:
         optional data length (u32 each), then the optional data (xl's JSON config)."""
         src = self.source
         off = src.offset
-        raw = src.read_exact(F.XL_HEADER_SIZE, field="xl_header")
-        if raw[: len(XL_MAGIC)] != XL_MAGIC:
-            raise StreamMalformed("no xl header: wrong magic", offset=off, field="xl_header.magic")
-        _order, mflags, oflags, optlen = F.XL_HEADER_FORMAT.unpack_from(raw, len(XL_MAGIC))
-        opt = src.read_exact(optlen, field="xl_header.optional_data")
+        fixed = xlheader.parse(src.read_exact(xlheader.XL_HEADER_SIZE, field="xl_header"), off)
+        opt = src.read_exact(fixed.optional_length, field="xl_header.optional_data")
         return XlHeader(
             offset=off,
-            mandatory_flags=mflags,
-            optional_flags=oflags,
+            mandatory_flags=fixed.mandatory_flags,
+            optional_flags=fixed.optional_flags,
             optional_data=opt,
         )
 

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xlpy.errors import StreamMalformed
+from xlpy.stream import pagetypes as P
 from xlpy.stream.v2 import format as F
 
 #: Which record numbering a record belongs to.
@@ -114,7 +115,8 @@ class V2Record(Element):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PageData:
-    """A PAGE_DATA batch: raw u64 entries (type nibble in bits 60-63) and the pages."""
+    """A PAGE_DATA batch: the declared ``count``, the raw u64 entries present (type nibble
+    in bits 60-63; fewer than ``count`` in a short record) and the bytes after them."""
 
     count: int
     reserved: int
@@ -127,9 +129,9 @@ class PageData:
         return self.entries & np.uint64(F.PAGE_DATA_PFN_MASK)
 
     @property
-    def type_nibbles(self) -> npt.NDArray[np.uint64]:
+    def type_nibbles(self) -> npt.NDArray[np.uint8]:
         """Each entry's page type, bits 60-63 (``XEN_DOMCTL_PFINFO_*`` >> 28)."""
-        return self.entries >> np.uint64(F.PAGE_DATA_TYPE_SHIFT)
+        return type_nibbles(self.entries)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,7 +164,7 @@ class X86PvVcpu:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TscInfo:
+class X86TscInfo:
     """X86_TSC_INFO: ``mode`` (TSC_MODE_*), ``khz`` (guest TSC frequency in kHz), ``nsec``
     (elapsed nanoseconds), ``incarnation`` and the reserved u32."""
 
@@ -175,8 +177,10 @@ class TscInfo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HvmParams:
-    """HVM_PARAMS: the reserved u32 and the (index, value) pairs (``HVM_PARAM_*``)."""
+    """HVM_PARAMS: the declared ``count``, the reserved u32 and the (index, value) pairs
+    present (``HVM_PARAM_*``; fewer than ``count`` in a short record)."""
 
+    count: int
     reserved: int
     params: list[tuple[int, int]]
 
@@ -205,10 +209,10 @@ def _page_data(rec: V2Record) -> PageData:
     if rec.length < hdr:
         raise _short(rec, hdr, "the PAGE_DATA header")
     count, res = F.PAGE_DATA_HDR_FORMAT.unpack_from(rec.body)
-    if rec.length < hdr + 8 * count:
-        raise _short(rec, hdr + 8 * count, f"{count} pfn entries")
-    entries = np.frombuffer(rec.body, dtype="<u8", count=count, offset=hdr).astype(np.uint64)
-    pages = memoryview(rec.body)[hdr + 8 * count :]
+    # The entries present, up to ``count``: whether they all are is the policy's to judge.
+    present = min(count, (rec.length - hdr) // 8)
+    entries = np.frombuffer(rec.body, dtype="<u8", count=present, offset=hdr).astype(np.uint64)
+    pages = memoryview(rec.body)[hdr + 8 * present :]
     return PageData(count=count, reserved=res, entries=entries, pages=pages)
 
 
@@ -235,21 +239,20 @@ def _vcpu(rec: V2Record) -> X86PvVcpu:
     return X86PvVcpu(vcpu_id=vid, reserved=res, context=rec.body[8:])
 
 
-def _tsc(rec: V2Record) -> TscInfo:
+def _tsc(rec: V2Record) -> X86TscInfo:
     if rec.length < F.X86_TSC_INFO_FORMAT.size:
         raise _short(rec, F.X86_TSC_INFO_FORMAT.size, "TSC_INFO")
     mode, khz, nsec, inc, res = F.X86_TSC_INFO_FORMAT.unpack_from(rec.body)
-    return TscInfo(mode=mode, khz=khz, nsec=nsec, incarnation=inc, reserved=res)
+    return X86TscInfo(mode=mode, khz=khz, nsec=nsec, incarnation=inc, reserved=res)
 
 
 def _hvm_params(rec: V2Record) -> HvmParams:
     if rec.length < 8:
         raise _short(rec, 8, "the HVM_PARAMS header")
     count, res = F.HVM_PARAMS_FORMAT.unpack_from(rec.body)
-    if rec.length < 8 + 16 * count:
-        raise _short(rec, 8 + 16 * count, f"{count} HVM params")
-    params = [F.HVM_PARAMS_ENTRY_FORMAT.unpack_from(rec.body, 8 + 16 * i) for i in range(count)]
-    return HvmParams(reserved=res, params=params)
+    present = min(count, (rec.length - 8) // 16)
+    params = [F.HVM_PARAMS_ENTRY_FORMAT.unpack_from(rec.body, 8 + 16 * i) for i in range(present)]
+    return HvmParams(count=count, reserved=res, params=params)
 
 
 def _emulator(rec: V2Record) -> EmulatorRecord:
@@ -289,7 +292,27 @@ def page_entries(pfns: npt.ArrayLike, types: npt.ArrayLike | None = None) -> npt
     return out
 
 
+_CARRIES_DATA = np.array([n in P.DATA_NIBBLES for n in range(16)])
+_RESERVED = np.array([n in P.RESERVED_NIBBLES for n in range(16)])
+
+
+def type_nibbles(entries: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint8]:
+    """Each PAGE_DATA entry's type nibble (bits 60-63)."""
+    return (entries >> np.uint64(F.PAGE_DATA_TYPE_SHIFT)).astype(np.uint8)
+
+
+def carries_data(nibbles: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    """Which type nibbles carry a page of data (:data:`xlpy.stream.pagetypes.DATA_NIBBLES`)."""
+    mask: npt.NDArray[np.bool_] = _CARRIES_DATA[nibbles]
+    return mask
+
+
+def reserved(nibbles: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    """Which type nibbles the v2 spec reserves (0x5-0x8)."""
+    mask: npt.NDArray[np.bool_] = _RESERVED[nibbles]
+    return mask
+
+
 def data_pages_in(entries: npt.NDArray[np.uint64]) -> int:
     """How many entries carry a page of data (NOTAB, L1-L4, pinned L1-L4)."""
-    nib = (entries >> np.uint64(F.PAGE_DATA_TYPE_SHIFT)).astype(np.uint8)
-    return int(np.count_nonzero((nib <= 4) | ((nib >= 9) & (nib <= 0xC))))
+    return int(np.count_nonzero(carries_data(type_nibbles(entries))))

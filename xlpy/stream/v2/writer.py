@@ -19,6 +19,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, BinaryIO, SupportsIndex
 
+from xlpy.stream import xlheader
 from xlpy.stream.legacy.format import XL_BYTEORDER_LE, XL_MAGIC, XL_MANDATORY_FLAG_STREAMv2
 from xlpy.stream.v2 import format as F
 
@@ -60,7 +61,7 @@ class V2Writer:
         """The ``xl save`` header; STREAMv2 (bit 1) says a libxl v2 stream follows."""
         self._write(
             XL_MAGIC
-            + F.XL_HEADER_FORMAT.pack(
+            + xlheader.XL_HEADER_FORMAT.pack(
                 XL_BYTEORDER_LE, mandatory_flags, optional_flags, len(optional_data)
             )
             + optional_data

@@ -28,10 +28,8 @@ from typing import Any
 import numpy as np
 
 from xlpy.errors import UsageError
-from xlpy.receiver.backends import DomainFull, RestoreRequest, RestoreResult
-from xlpy.receiver.generations import generation
+from xlpy.receiver.domains import DomainFull
 from xlpy.stream.legacy.format import PAGE_SIZE
-from xlpy.stream.source import ByteSource
 
 #: Largest guest the simulation backs: the sender refuses bigger ones (§3.1).
 MAX_SIM_P2M_SIZE = 1 << 28
@@ -138,29 +136,3 @@ class SimDomain:
         if self._mem_fd is not None:
             os.close(self._mem_fd)
             self._mem_fd = None
-
-
-class SimBackend:
-    """The embedded default backend: the reference state machine into a :class:`SimDomain`.
-
-    Legacy generations run :mod:`xlpy.receiver.machine`, the v2 one :mod:`xlpy.receiver.v2`.
-    """
-
-    name = "sim"
-
-    def restore(self, source: ByteSource, request: RestoreRequest) -> RestoreResult:
-        """Restore into ``request.out``; whatever stops the restore leaves no directory."""
-        domain = SimDomain(request.out)
-        try:
-            if generation(request.generation).stream_format == "v2":
-                from xlpy.receiver.v2 import V2Restore
-
-                return V2Restore(source, request, domain).run()
-            from xlpy.receiver.machine import Restore
-
-            return Restore(source, request, domain).run()
-        except BaseException:
-            # libxc's own failures destroy the domain in run(); this is for the rest
-            # (a broken progress pipe, ENOSPC, Ctrl-C).
-            domain.destroy()
-            raise

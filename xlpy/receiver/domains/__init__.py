@@ -1,18 +1,15 @@
-"""Restore backends: what a restore is asked to do and what it reports.
+"""What the simulated receivers are asked to do, what they report, and where they write.
 
-Two layers, so a real ``xc_domain_restore`` can replace the emulation whole:
-
-* :class:`Backend` takes a stream and a :class:`RestoreRequest` and returns a
-  :class:`RestoreResult`.  The embedded ``sim`` backend runs the reference state machine
-  (:mod:`xlpy.receiver.machine`) into a :class:`~xlpy.receiver.backends.sim.SimDomain`;
-  a libxc backend would hand the descriptor to libxenguest instead.
-* :class:`Domain` is what the state machine writes a guest into (pages, parameters,
-  the final tail); the simulated domain directory implements it.
+* :class:`ReceiveRequest` is one receive as the simulated libxc is asked for it, and
+  :class:`Outcome` what happened, in the spec's terms (§10.6, §12);
+* :class:`Domain` is what a receiver writes a guest into (pages, parameters, the final
+  tail): the simulated domain directory (:mod:`.sim`) and the in-memory domain
+  (:mod:`.mem`) implement it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,11 +18,10 @@ import numpy as np
 
 from xlpy.errors import StreamError
 from xlpy.progress import ProgressFn as ProgressFn
-from xlpy.stream.source import ByteSource
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RestoreRequest:
+class ReceiveRequest:
     """A restore as a toolstack asks for it."""
 
     #: Receiver generation, e.g. ``"xen-4.3.1"`` (:mod:`xlpy.receiver.generations`).
@@ -46,7 +42,7 @@ class RestoreRequest:
 
 
 @dataclass(slots=True, kw_only=True)
-class RestoreResult:
+class Outcome:
     """What happened, in the terms of the spec's outcome table (§10.6, §12)."""
 
     #: The domain exists and the toolstack is satisfied.
@@ -75,33 +71,6 @@ class RestoreResult:
     #: Logical bytes consumed from the source when libxc returned.
     bytes_consumed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``xlpy restore --json`` object."""
-        return {
-            "ok": self.ok,
-            "rc": self.rc,
-            "committed_checkpoint": self.committed_checkpoint,
-            "bytes_past_image": self.bytes_past_image,
-            "domain_destroyed": self.domain_destroyed,
-            "messages": list(self.messages),
-            "out": str(self.out) if self.out is not None else None,
-        }
-
-
-class Backend(Protocol):
-    """Something that restores a domain from a legacy stream."""
-
-    name: str
-
-    def restore(self, source: ByteSource, request: RestoreRequest) -> RestoreResult:
-        """Restore ``source`` as ``request`` says.
-
-        Stream problems are reported in the result (``ok``, ``rc``, ``messages``,
-        ``error``); a bad request raises :class:`~xlpy.errors.UsageError`.  Whatever
-        stops the restore, a domain that was not restored leaves nothing behind.
-        """
-        ...
 
 
 class DomainFull(Exception):
@@ -136,32 +105,3 @@ class Domain(Protocol):
 
     def destroy(self) -> None:
         """Remove every trace of the domain (libxc's ``xc_domain_destroy``)."""
-
-
-#: Backend factories by name; the embedded ``sim`` is always there.
-_BACKENDS: dict[str, Callable[[], Backend]] = {}
-
-
-def register_backend(name: str, factory: Callable[[], Backend]) -> None:
-    """Make ``factory`` available as ``get_backend(name)`` (e.g. the libxc binding)."""
-    _BACKENDS[name] = factory
-
-
-def backend_names() -> list[str]:
-    """Every registered backend name, ``sim`` first."""
-    return ["sim", *sorted(n for n in _BACKENDS if n != "sim")]
-
-
-def get_backend(name: str) -> Backend:
-    """The backend called ``name`` (``"sim"``, or one added with :func:`register_backend`)."""
-    from xlpy.errors import UsageError
-
-    if name == "sim":
-        from xlpy.receiver.backends.sim import SimBackend
-
-        return SimBackend()
-    factory = _BACKENDS.get(name)
-    if factory is None:
-        known = ", ".join(backend_names())
-        raise UsageError(f"unknown restore backend {name!r} (known: {known})")
-    return factory()

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from xlpy.receiver.backends import DomainFull
+from xlpy.receiver.domains import DomainFull
 from xlpy.stream.legacy.format import PAGE_SIZE
 
 #: Largest guest kept in memory (pages are Python objects).
