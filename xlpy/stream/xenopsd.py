@@ -415,6 +415,9 @@ class XenopsdReader:
         :data:`COPY_STEP` bytes; a body cut short raises :class:`StreamTruncated` at the
         record's header."""
         self._check_open(rec, embedded=False)
+        if rec.body is not None:  # the Xenops record, read with its header
+            write(rec.body)
+            return
         left = self._remaining(rec)
         while left:
             step = min(left, COPY_STEP)
