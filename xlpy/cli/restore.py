@@ -31,6 +31,7 @@ import shutil
 import sys
 from typing import TYPE_CHECKING, Any
 
+from xlpy.cli import restore_xenopsd
 from xlpy.cli.common import width_arg
 from xlpy.cli.progress import make_progress
 from xlpy.errors import LibraryNotFound, RestoreRefused, UsageError, XenUnavailable
@@ -142,6 +143,7 @@ def add_parser(subparsers: Any) -> None:
         "--width", type=width_arg, help="toolstack width (4/8 or 32/64); default detected"
     )
     p.add_argument("--guest", choices=["pv", "hvm"], help="guest type; default detected")
+    restore_xenopsd.add_arguments(p)
 
 
 def _progress(args: argparse.Namespace, source_fd: int | None) -> ProgressFn | None:
@@ -154,6 +156,8 @@ def _progress(args: argparse.Namespace, source_fd: int | None) -> ProgressFn | N
 
 
 def run(args: argparse.Namespace) -> int:
+    if restore_xenopsd.wanted(args):
+        return restore_xenopsd.run(args)
     if args.operation is None and args.backend == "sim":
         return _run_receiver(args)
     return _run_operation(args)
