@@ -17,6 +17,7 @@ Then the rest of the image is read as xenopsd does.  The expected codes are data
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -32,7 +33,7 @@ from typing import Any
 
 from xlpy.errors import StreamError, UsageError
 from xlpy.repro import Cell as MatrixCell
-from xlpy.repro import _memory_ok, _spec
+from xlpy.repro import _memory_ok, _spec, terms_match
 from xlpy.stream import xenopsd as X
 from xlpy.stream.legacy.senders import SenderProfile
 from xlpy.stream.xenopsd_gen import generate_image
@@ -66,16 +67,7 @@ class Cell:
             "receiver": self.receiver,
             "handoff": self.handoff,
         }
-        for term in terms:
-            key, eq, value = term.partition("=")
-            if eq:
-                if key not in coords:
-                    raise UsageError(f"--only: unknown key {key!r} (keys: {', '.join(coords)})")
-                if coords[key] != value:
-                    return False
-            elif term not in coords.values():
-                return False
-        return True
+        return terms_match(coords, set(coords.values()), terms)
 
 
 @dataclass(slots=True)
@@ -93,16 +85,8 @@ class CellResult:
 
     def to_json(self) -> dict[str, Any]:
         """The ``xlpy repro --xenopsd --json`` object of this cell."""
-        c = self.cell
-        return {
-            "image": c.image,
-            "guest": c.guest,
-            "receiver": c.receiver,
-            "handoff": c.handoff,
-            "expected": c.expected,
-            "observed": self.observed,
-            "messages": self.messages,
-        }
+        cell = {k: v for k, v in dataclasses.asdict(self.cell).items() if k != "cite"}
+        return {**cell, "observed": self.observed, "messages": self.messages}
 
 
 def load_cells() -> list[Cell]:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from xlpy.errors import StreamError, StreamMalformed, StreamTruncated, UsageError
+from xlpy.errors import StreamMalformed, StreamTruncated, UsageError
 from xlpy.stream.legacy import format as LF
 from xlpy.stream.legacy.reader import SKIP_PAGES, LegacyReader, PageSink
 from xlpy.stream.legacy.records import Record, XlHeader
@@ -80,7 +80,6 @@ NAMES: dict[int, str] = {
     SWTPM: "Swtpm",
     END_OF_IMAGE: "End_of_image",
 }
-TYPES: dict[str, int] = {name: t for t, name in NAMES.items()}
 #: xenopsd's ``process_header`` fails on these (``Suspend_image_failure``).
 REFUSED = frozenset({LIBXL, QEMU_XEN})
 #: Self-delimiting libxc images read in place (declared length ignored, written 0).
@@ -477,11 +476,6 @@ class XenopsdReader:
             left -= step
 
 
-def read_all(source: ByteSource) -> list[XenopsdRecord]:
-    """Every record of the image on ``source`` (bodies and images skipped)."""
-    return list(XenopsdReader(source).records())
-
-
 def is_xenopsd(head: bytes) -> bool:
     """``head`` (the first 15 bytes or fewer) starts a xenopsd image of either kind."""
     return len(head) >= SIGNATURE_SIZE and head[:SIGNATURE_SIZE] in (SIGNATURE, LEGACY_SIGNATURE)
@@ -529,9 +523,3 @@ class XenopsdWriter:
     def end(self) -> None:
         """The End_of_image footer."""
         self.header(END_OF_IMAGE, 0)
-
-
-def stream_error_at(e: StreamError, rec: XenopsdRecord) -> StreamError:
-    """``e`` from an embedded image, naming the xenopsd record it happened in."""
-    e.field = f"{rec.name}.{e.field}" if e.field else rec.name
-    return e
