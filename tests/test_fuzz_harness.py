@@ -35,3 +35,23 @@ def test_harness_runs_the_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
         fuzz.one_input(seed)
     direct = [s for s in seeds if s[0] >= 0x80]
     assert direct and len(calls) > len(direct), "no stream seed reached the decoder via inspect"
+
+
+def test_harness_reaches_the_xenopsd_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("fuzz_reader", HARNESS)
+    assert spec is not None and spec.loader is not None
+    fuzz = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "fuzz_reader", fuzz)
+    spec.loader.exec_module(fuzz)
+    seen: list[bool] = []
+    real = fuzz.inspect_xenopsd.inspect_image
+
+    def counting(source: object, **kw: object) -> object:
+        image = real(source, **kw)  # type: ignore[arg-type]
+        seen.append(image.complete)
+        return image
+
+    monkeypatch.setattr(fuzz.inspect_xenopsd, "inspect_image", counting)
+    for seed in fuzz.seeds():
+        fuzz.one_input(seed)
+    assert seen == [True, True, True], "the xenopsd seeds must read completely"
