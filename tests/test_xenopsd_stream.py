@@ -253,3 +253,12 @@ def test_gen_cli_matches_the_generator(tmp_path: object) -> None:
     assert out.read_bytes() == image("hvm", extras={X.VARSTORED: 300})
     assert xlpy_main([*args, "--varstored", "3", "-o", str(out)]) == 2
     assert xlpy_main([*args, "--toolstack", "xenopsd-legacy", "--demu", "3", "-o", str(out)]) == 2
+
+
+def test_embedded_qemu_signature_broken_after_16_bytes() -> None:
+    """Found by the fuzzer: a QEMU signature that starts right and ends wrong."""
+    data = image("hvm")
+    at = data.index(LF.QEMU_SIG_0002)
+    bad = data[: at + 16] + b"XXXXX" + data[at + 21 :]
+    _expect(bad, StreamMalformed, at, "qemu.signature")
+    _expect(data[: at + 18], StreamTruncated, at, "qemu.signature")

@@ -812,7 +812,8 @@ class LegacyReader:
             yield self.read_tail(vcpu_info=vcpu_info)
             if one_image:
                 if self.guest == "hvm" and self._libxc_qemu_ahead():
-                    qemu = self.read_qemu_record()
+                    # 16 bytes of a signature: the rest must follow (an error otherwise)
+                    qemu = self.read_qemu_record(required=True)
                     assert qemu is not None
                     yield qemu
                 return
