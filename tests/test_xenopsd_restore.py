@@ -258,3 +258,18 @@ def test_libxc_backend_gets_exactly_the_record(
         if other in parts:
             assert (tmp_path / "recs" / other).read_bytes() == parts[other]
     assert res.libxc is not None and res.libxc.domid == 9
+
+
+def test_legacy_pv_image_on_a_connection_left_open(tmp_path: Path) -> None:
+    """A PV legacy image ends with its libxc part: nothing after it is waited for."""
+    data = gen("pv", "xenopsd-legacy")
+    tx, rx = socket.socketpair()
+    t = threading.Thread(target=tx.sendall, args=(data,), daemon=True)
+    t.start()  # and the sender keeps its end open
+    try:
+        res = restore_image(rx.fileno(), out=tmp_path / "d", generation="xen-4.3.2")
+    finally:
+        t.join(10)
+        tx.close()
+        rx.close()
+    assert res.ok and res.kind == X.LEGACY and memory_ok("pv", tmp_path / "d")

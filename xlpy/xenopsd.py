@@ -178,6 +178,7 @@ class Image:
             assert out is not None
             conv = legacy_to_v2(self.source, out, fmt="libxc", qemu=False, one_image=True)  # type: ignore[arg-type]
             self.libxc_qemu = conv.qemu
+            self.reader.guest = conv.guest
             self._drop()
             return
         images = (
@@ -255,6 +256,7 @@ class Image:
                 "toolstack", TOOLSTACK_LEGACY_IMAGE if rec.legacy else TOOLSTACK_LIBXC_LEGACY
             )
         result = receiver_restore(self.source, **kwargs)
+        self.reader.guest = kwargs.get("guest")  # the caller knows the domain type
         self._drop()
         return result
 

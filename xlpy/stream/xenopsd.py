@@ -244,6 +244,11 @@ class XenopsdReader:
         self.kind: str | None = None
         self._open: XenopsdRecord | None = None
         self._index = 0
+        #: The guest type of a legacy image, once known (the embedded image read through
+        #: :meth:`legacy_image`, or set by a caller that read it otherwise): a PV one
+        #: ends with its libxc part, so nothing after it is waited for (a sender may
+        #: keep the connection open, as xenopsd itself only reads on for HVM).
+        self.guest: str | None = None
 
     # -- signature and headers ----------------------------------------------------------
 
@@ -360,6 +365,8 @@ class XenopsdReader:
             offset=off, index=0, type=LIBXC_LEGACY, length=0, body_offset=off, legacy=True
         )
         off = src.offset
+        if self.guest == "pv":
+            return
         head = src.peek(len(LEGACY_QEMU_SIGNATURE))
         if not head:
             return  # PV: the image ends with libxc's
@@ -445,6 +452,7 @@ class XenopsdReader:
             raise UsageError(f"record {rec.index} is {rec.name}, not Libxc_legacy")
         reader = LegacyReader(self.source, guest=guest, width=width, keep_blobs=keep_blobs)
         yield from reader.records(page_sink=page_sink, one_image=True)
+        self.guest = reader.guest
 
     def v2_image(self, rec: XenopsdRecord) -> Iterator[Element | XlHeader]:
         """The current Libxc record's v2 stream, as v2 elements, up to its END."""
