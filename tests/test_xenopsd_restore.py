@@ -273,3 +273,20 @@ def test_legacy_pv_image_on_a_connection_left_open(tmp_path: Path) -> None:
         tx.close()
         rx.close()
     assert res.ok and res.kind == X.LEGACY and memory_ok("pv", tmp_path / "d")
+
+
+def test_every_record_type_lands_as_its_file(tmp_path: Path) -> None:
+    data = gen("hvm", "xenopsd")
+    end = data.rindex(X.HEADER.pack(X.END_OF_IMAGE, 0))
+    more = {X.SWTPM0: b"old vtpm", X.SWTPM: b"second vtpm", X.DEMU: b"vgpu" * 9}
+    extra = b"".join(X.HEADER.pack(t, len(b)) + b for t, b in more.items())
+    res = restore_image(
+        feed(data[:end] + extra + data[end:]), out=tmp_path / "d", generation="xen-4.3.2"
+    )
+    assert res.ok
+    d = tmp_path / "d"
+    assert (d / "Swtpm0").read_bytes() == more[X.SWTPM0]
+    assert (d / "Swtpm.2").read_bytes() == more[X.SWTPM]
+    assert (d / "Swtpm").read_bytes() == spans(data)["Swtpm"]
+    assert (d / "Demu").read_bytes() == more[X.DEMU]
+    assert list(res.files) == ["Xenops", "Varstored", "Swtpm", "Swtpm0", "Swtpm.2", "Demu"]
