@@ -10,6 +10,8 @@ xenopsd-legacy``, a 32-bit dom0's libxc image and its QEMU record), cached, fed 
   signature, as xenopsd runs it at every restore (target ratio >= 1.0: our one pass,
   records included, is no slower than the conversion xenopsd does for the libxc part);
 * peak RSS (target <= 64 MiB for xlpy).
+
+The targets are ``bench_convert``'s.
 """
 
 from __future__ import annotations
@@ -18,10 +20,6 @@ import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
-
-PIPE_TARGET = 0.8
-XEN_TARGET = 1.0
-RSS_TARGET_MIB = 64
 
 
 def _image(ctx: Any) -> Path:
@@ -57,20 +55,4 @@ def run(ctx: Any) -> list[dict[str, Any]]:
         )
     best, rss = convert._alternate(ctx, helper, cmds)
     size = path.stat().st_size
-    s = best["ours"]
-    row: dict[str, Any] = {
-        "case": f"xenopsd-legacy hvm {size >> 20}M pipe",
-        "stream_MiB": round(size / 2**20),
-        "limit_s": best["limit"],
-        "convert_s": s,
-        "MiB/s": size / 2**20 / s,
-        "ratio": best["limit"] / s,
-        "target": f">={PIPE_TARGET}",
-        "rss_MiB": rss["ours"],
-    }
-    ok = row["ratio"] >= PIPE_TARGET and rss["ours"] <= RSS_TARGET_MIB
-    if xen is not None:
-        row.update({"xen_s": best["xen"], "vs_xen": best["xen"] / s, "xen_rss_MiB": rss["xen"]})
-        ok = ok and best["xen"] / s >= XEN_TARGET
-    row["ok"] = ok
-    return [row]
+    return [convert.pipe_row(f"xenopsd-legacy hvm {size >> 20}M pipe", size, best, rss)]
