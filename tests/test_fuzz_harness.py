@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,12 +16,18 @@ import xlpy.stream.legacy.compression as compression
 HARNESS = Path(__file__).parent / "fuzz" / "fuzz_reader.py"
 
 
-def test_harness_runs_the_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+def _harness(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The harness module, loaded as atheris runs it."""
     spec = importlib.util.spec_from_file_location("fuzz_reader", HARNESS)
     assert spec is not None and spec.loader is not None
     fuzz = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "fuzz_reader", fuzz)
     spec.loader.exec_module(fuzz)
+    return fuzz
+
+
+def test_harness_runs_the_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    fuzz = _harness(monkeypatch)
     calls: list[int] = []
     real = compression.check_structure
 
@@ -35,3 +42,19 @@ def test_harness_runs_the_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
         fuzz.one_input(seed)
     direct = [s for s in seeds if s[0] >= 0x80]
     assert direct and len(calls) > len(direct), "no stream seed reached the decoder via inspect"
+
+
+def test_harness_reaches_the_xenopsd_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    fuzz = _harness(monkeypatch)
+    seen: list[bool] = []
+    real = fuzz.inspect_xenopsd.inspect_image
+
+    def counting(source: object, **kw: object) -> object:
+        image = real(source, **kw)  # type: ignore[arg-type]
+        seen.append(image.complete)
+        return image
+
+    monkeypatch.setattr(fuzz.inspect_xenopsd, "inspect_image", counting)
+    for seed in fuzz.seeds():
+        fuzz.one_input(seed)
+    assert seen == [True, True, True], "the xenopsd seeds must read completely"

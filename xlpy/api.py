@@ -121,7 +121,7 @@ def restore(
     op = as_operation(operation)
     be = get_backend(backend)
     opts = make_options(be, options)
-    fd, owned = _open(source)
+    fd, owned = open_source(source)
     try:
         request = RestoreRequest(
             fd=fd,
@@ -192,15 +192,16 @@ def run(request: RestoreRequest) -> RestoreResult:
     )
 
 
-def _open(source: Source) -> tuple[int, BinaryIO | None]:
-    """The descriptor to read ``source`` from, and the file to close (None: not ours)."""
+def open_source(source: Source) -> tuple[int, BinaryIO | None]:
+    """The descriptor to read ``source`` (as :func:`restore` takes it) from, and the file
+    to close (None: not ours); :class:`~xlpy.errors.UsageError` if it cannot be opened."""
     if isinstance(source, bool):
         raise UsageError("source must be a path, a descriptor or a binary file")
     if isinstance(source, int):
         return source, None
     if isinstance(source, str | os.PathLike):
         try:
-            f = open(source, "rb", buffering=0)  # noqa: SIM115 - closed by restore()
+            f = open(source, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
         except OSError as e:
             raise UsageError(f"cannot open {os.fspath(source)}: {e}") from None
         return f.fileno(), f

@@ -161,20 +161,26 @@ class _CompressedPages:
 
 
 def inspect_stream(
-    source: ByteSource, *, width: int | None = None, guest: str | None = None
+    source: ByteSource,
+    *,
+    width: int | None = None,
+    guest: str | None = None,
+    one_image: bool = False,
 ) -> Summary:
     """Read the whole stream from ``source`` and summarise it.
 
     Stream errors end up in ``Summary.error``; a :class:`~xlpy.errors.UsageError`
     (guest type undecidable and not given) propagates.  Page data is only counted,
     never read into memory (skipped in the kernel where the source allows).
+    ``one_image``: an image embedded in a toolstack's framing (a xenopsd record),
+    read up to its own end (:meth:`LegacyReader.records`).
     """
     reader = LegacyReader(source, width=width, guest=guest, keep_blobs=False)
     summary = Summary()
     cp: CheckpointSummary | None = None
     compressed = _CompressedPages()
     try:
-        for rec in reader.records(page_sink=SKIP_PAGES):
+        for rec in reader.records(page_sink=SKIP_PAGES, one_image=one_image):
             if isinstance(rec, PageBatch):
                 assert cp is not None
                 cp.batches += 1

@@ -124,17 +124,26 @@ class Cell:
         words = set(coords.values())
         if self.checkpointed is not None:
             words.update((f"cs={self.checkpointed}", f"cs{self.checkpointed}"))
-        for term in terms:
-            key, eq, value = term.partition("=")
-            if eq and key != "cs":
-                if key not in coords:
-                    known = ", ".join(coords)
-                    raise UsageError(f"--only: unknown key {key!r} in {term!r} (keys: {known})")
-                if coords[key] != value:
-                    return False
-            elif term not in words:
+        return terms_match(coords, words, terms, bare_keys=("cs",))
+
+
+def terms_match(
+    coords: dict[str, str], words: set[str], terms: Iterable[str], *, bare_keys: Iterable[str] = ()
+) -> bool:
+    """``--only``: each term is ``key=value`` pinning a coordinate (an unknown key is a
+    :class:`UsageError`) or a word the cell has (``bare_keys``: ``key=value`` terms
+    that are words, e.g. ``cs=1``)."""
+    for term in terms:
+        key, eq, value = term.partition("=")
+        if eq and key not in bare_keys:
+            if key not in coords:
+                known = ", ".join(coords)
+                raise UsageError(f"--only: unknown key {key!r} in {term!r} (keys: {known})")
+            if coords[key] != value:
                 return False
-        return True
+        elif term not in words:
+            return False
+    return True
 
 
 @dataclass(slots=True)

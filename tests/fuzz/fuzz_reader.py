@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Coverage-guided fuzzing (atheris) of the legacy reader through ``inspect``.
 
+Input that starts (after the mode byte) with a xenopsd signature goes through
+``xlpy inspect``'s xenopsd path instead: the record reader and the libxc streams inside.
+
 The first input byte picks the target: below 0x80 it picks the
 ``--width``/``--guest`` overrides and the rest is the stream for ``inspect`` (which
 checks compressed checkpoints with the compression decoder); from 0x80 on the
@@ -32,12 +35,14 @@ sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports():
+    from xlpy import inspect_xenopsd
     from xlpy.errors import StreamMalformed, XlpyError
     from xlpy.inspect import inspect_stream, render_text
 
     # inspect imports the decoder lazily: import it here so that it is instrumented.
     from xlpy.stream.legacy.compression import check_structure
     from xlpy.stream.source import ByteSource
+    from xlpy.stream.xenopsd import SIGNATURE_SIZE, is_xenopsd
 
 WIDTHS = (None, 4, 8)
 GUESTS = (None, "pv", "hvm")
@@ -53,8 +58,14 @@ def one_input(data: bytes) -> None:
                 check_structure(data[2:], data[1] % 16 + 1)
         return
     width, guest = WIDTHS[mode % 3], GUESTS[(mode // 3) % 3]
+    source = ByteSource(io.BytesIO(data[1:]))
     try:
-        summary = inspect_stream(ByteSource(io.BytesIO(data[1:])), width=width, guest=guest)
+        if is_xenopsd(data[1 : 1 + SIGNATURE_SIZE]):
+            image = inspect_xenopsd.inspect_image(source, width=width, guest=guest)
+            inspect_xenopsd.render_text(image)
+            json.dumps(image.to_json())
+            return
+        summary = inspect_stream(source, width=width, guest=guest)
     except XlpyError:
         return
     render_text(summary)
@@ -102,6 +113,28 @@ def generated() -> list[bytes]:
         buf = io.BytesIO()
         generate(prof, GuestSpec(kind=kind, pages=MIN_PAGES[kind] + 3, seed=3, guest_width=gw),
                  buf)  # fmt: skip
+        out.append(buf.getvalue())
+    return out + xenopsd_images()
+
+
+def xenopsd_images() -> list[bytes]:
+    """Small xenopsd images of both generations (what ``xlpy gen --toolstack xenopsd``)."""
+    from xlpy.guest import MIN_PAGES, GuestSpec
+    from xlpy.stream.legacy.senders import SenderProfile
+    from xlpy.stream.xenopsd import SWTPM, VARSTORED
+    from xlpy.stream.xenopsd_gen import generate_image
+
+    out = []
+    for kind, libxc, guest in (
+        ("xenopsd", "legacy", "hvm"),
+        ("xenopsd", "v2", "pv"),
+        ("xenopsd-legacy", "legacy", "hvm"),
+    ):
+        buf = io.BytesIO()
+        spec = GuestSpec(kind=guest, pages=MIN_PAGES[guest] + 3, seed=4)  # type: ignore[arg-type]
+        extras = {VARSTORED: 40, SWTPM: 8} if kind == "xenopsd" else {}
+        generate_image(SenderProfile(sender="xen-4.0"), spec, buf, kind=kind, libxc=libxc,
+                       extras=extras)  # fmt: skip
         out.append(buf.getvalue())
     return out
 

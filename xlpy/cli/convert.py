@@ -20,6 +20,10 @@ the width being libxl's own.  To use xlpy, point it at a wrapper::
 
 and start the toolstack with ``LIBXL_CONVERT_HELPER=/path/to/wrapper``.
 
+A xenopsd suspend image (``XenSavedDomain`` or ``XenSavedDomv2-`` with Libxc_legacy)
+becomes a structured image with a v2 Libxc record and the QEMU state as Qemu_trad
+(:mod:`xlpy.stream.xenopsd_convert`).
+
 ``--to legacy`` goes the other way (v2 → the legacy stream of ``--sender`` and
 ``--toolstack``).  ``--progress-fd N`` writes progress as JSON lines; a bar is
 shown only when stderr is a terminal.
@@ -219,6 +223,26 @@ def _to_legacy(args: argparse.Namespace, source: ByteSource, progress: Any) -> N
     _write_output(args.fout, produce)
 
 
+def _is_xenopsd(source: ByteSource) -> bool:
+    from xlpy.stream import xenopsd
+
+    return xenopsd.is_xenopsd(source.peek(xenopsd.SIGNATURE_SIZE))
+
+
+def _xenopsd_upgrade(args: argparse.Namespace, source: ByteSource, log: _Log) -> None:
+    """A xenopsd image in: the structured image with a v2 Libxc record out."""
+    from xlpy.stream.xenopsd_convert import upgrade
+
+    if args.format != "libxc" or args.xl:
+        raise UsageError("a xenopsd image converts to a xenopsd image (no -f libxl, no -x)")
+
+    def produce(out: BinaryIO) -> None:
+        report = upgrade(source, out, width=args.width, guest=args.guest)
+        log.info(f"xenopsd {report.kind} image → structured: {', '.join(report.records)}")
+
+    _write_output(args.fout, produce)
+
+
 def run(args: argparse.Namespace) -> int:
     log = _Log(args.verbose, args.syslog)
     source, owned = _open_input(args.fin)
@@ -230,6 +254,9 @@ def run(args: argparse.Namespace) -> int:
         progress = make_progress(args.progress_fd, busy_fds=busy)
         if args.to == "legacy":
             _to_legacy(args, source, progress)
+            return 0
+        if _is_xenopsd(source):
+            _xenopsd_upgrade(args, source, log)
             return 0
         from xlpy.stream.convert import legacy_to_v2
 

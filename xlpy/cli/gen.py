@@ -16,6 +16,7 @@ from xlpy.cli.common import size_arg, width_arg
 from xlpy.errors import UsageError
 from xlpy.guest import GuestSpec
 from xlpy.outfile import open_output
+from xlpy.stream import xenopsd as X
 from xlpy.stream.legacy.senders import (
     MODES,
     SENDERS,
@@ -24,6 +25,10 @@ from xlpy.stream.legacy.senders import (
     SenderProfile,
     generate,
 )
+from xlpy.stream.xenopsd_gen import KINDS, LIBXC_KINDS, generate_image
+
+#: ``--demu`` etc.: the xenopsd records of a given size ``xlpy gen`` adds.
+_EXTRA_FLAGS = {"demu": X.DEMU, "varstored": X.VARSTORED, "swtpm": X.SWTPM}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -40,7 +45,23 @@ def add_parser(subparsers: Any) -> None:
         "--width", type=width_arg, default=8, help="toolstack width W: 64 (default) or 32"
     )
     p.add_argument("--sender", choices=SENDERS, required=True)
-    p.add_argument("--toolstack", choices=TOOLSTACKS, default="bare")
+    p.add_argument(
+        "--toolstack",
+        choices=TOOLSTACKS + KINDS,
+        default="bare",
+        help="framing; xenopsd: a structured XenSavedDomv2 image, xenopsd-legacy: a "
+        "XenSavedDomain one",
+    )
+    p.add_argument(
+        "--libxc",
+        choices=LIBXC_KINDS,
+        default="legacy",
+        help="xenopsd: a Libxc_legacy record (default) or a Libxc record (v2, converted)",
+    )
+    for flag in _EXTRA_FLAGS:
+        p.add_argument(
+            f"--{flag}", type=size_arg, metavar="SIZE", help=f"xenopsd: add a {flag} record"
+        )
     p.add_argument("--mode", choices=MODES, default="plain")
     p.add_argument(
         "--checkpoints", type=int, help="Remus checkpoints (default 3; plain: exactly 1)"
@@ -70,7 +91,7 @@ def _spec(args: argparse.Namespace) -> tuple[SenderProfile, GuestSpec]:
         checkpoints = 3 if args.mode == "remus" else 1
     profile = SenderProfile(
         sender=args.sender,
-        toolstack=args.toolstack,
+        toolstack="bare" if args.toolstack in KINDS else args.toolstack,
         mode=args.mode,
         checkpoints=checkpoints,
         compress=args.compress,
@@ -94,6 +115,12 @@ def _spec(args: argparse.Namespace) -> tuple[SenderProfile, GuestSpec]:
 
 def run(args: argparse.Namespace) -> int:
     profile, spec = _spec(args)
+    extras = {t: getattr(args, f) for f, t in _EXTRA_FLAGS.items() if getattr(args, f) is not None}
+    if args.toolstack not in KINDS and (extras or args.libxc != "legacy"):
+        raise UsageError("--libxc, --demu, --varstored and --swtpm need --toolstack xenopsd")
     with open_output(args.output) as out:
-        generate(profile, spec, out)
+        if args.toolstack in KINDS:
+            generate_image(profile, spec, out, kind=args.toolstack, libxc=args.libxc, extras=extras)
+        else:
+            generate(profile, spec, out)
     return 0

@@ -1,5 +1,8 @@
 """``xlpy inspect``: summarise a legacy stream (file, ``-`` for stdin, ``fd:N``).
 
+A xenopsd suspend image (``XenSavedDomain``/``XenSavedDomv2-`` signature) is shown as
+its table of records, with the summary of the libxc stream inside.
+
 ``--width`` takes bytes (4, 8) or bits (32, 64, as Xen's ``convert-legacy-stream``).
 Exit 0 when the stream reads completely, 1 on a stream error (the report
 still shows everything up to the fault), 2 on a usage error.
@@ -12,9 +15,11 @@ import json
 import sys
 from typing import Any
 
+from xlpy import inspect_xenopsd
 from xlpy.cli.common import width_arg
 from xlpy.errors import UsageError
-from xlpy.inspect import inspect_stream, render_text
+from xlpy.inspect import Summary, inspect_stream, render_text
+from xlpy.stream import xenopsd
 from xlpy.stream.source import open_source
 
 
@@ -40,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot open {args.source}: {e}") from None
     try:
-        summary = inspect_stream(source, width=args.width, guest=args.guest)
+        summary: inspect_xenopsd.ImageSummary | Summary
+        if xenopsd.is_xenopsd(source.peek(xenopsd.SIGNATURE_SIZE)):
+            summary = inspect_xenopsd.inspect_image(source, width=args.width, guest=args.guest)
+        else:
+            summary = inspect_stream(source, width=args.width, guest=args.guest)
     except UsageError as e:
         if args.json:  # a JSON reader still gets one object (exit 2 all the same)
             error = {"kind": "usage", "offset": None, "message": str(e)}
@@ -53,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(summary.to_json(), sys.stdout)
         sys.stdout.write("\n")
+    elif isinstance(summary, inspect_xenopsd.ImageSummary):
+        print(inspect_xenopsd.render_text(summary))
     else:
         print(render_text(summary))
     return 0 if summary.error is None else 1

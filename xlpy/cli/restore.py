@@ -33,6 +33,7 @@ from typing import Any
 
 from xlpy.api import run as run_pipeline
 from xlpy.backends import RestoreRequest, RestoreResult, backend_names, get_backend, make_options
+from xlpy.cli import restore_xenopsd
 from xlpy.cli.common import width_arg
 from xlpy.cli.progress import make_progress
 from xlpy.decision import OperationRefused
@@ -130,6 +131,7 @@ def add_parser(subparsers: Any) -> None:
         "--width", type=width_arg, help="toolstack width (4/8 or 32/64); default detected"
     )
     p.add_argument("--guest", choices=["pv", "hvm"], help="guest type; default detected")
+    restore_xenopsd.add_arguments(p)
 
 
 def _progress(args: argparse.Namespace, source_fd: int) -> ProgressFn | None:
@@ -218,6 +220,8 @@ class _Unwritten(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
+    if restore_xenopsd.wanted(args):
+        return restore_xenopsd.run(args)
     # The refusal is printed as the error, the forcing below: not again by logging's
     # last-resort handler.
     logging.getLogger("xlpy.toolstack").addHandler(logging.NullHandler())

@@ -59,6 +59,14 @@ TOOLSTACKS: dict[str, Toolstack] = {
             reads_foreign_qemu=True,
             summary="xenguest passes 0; xenopsd reads its own QEMU record after libxc (§8.1)",
         ),
+        Toolstack(
+            "xenopsd",
+            (0,),
+            libxc_reads_qemu=False,
+            summary="xenopsd's xenguest/emu-manager on the libxc part of a XenSavedDomain "
+            "image (no QEMU record in libxc's tail); xenopsd reads the QEMU record itself, "
+            "as a record of its own (xenopsd-image.md)",
+        ),
     )
 }
 DEFAULT_TOOLSTACK = "xc_restore"

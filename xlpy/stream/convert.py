@@ -140,6 +140,9 @@ class ConvertReport:
     decode_seconds: float = 0.0
     #: The error that ended an incomplete last checkpoint (Remus failover), if any.
     abandoned: StreamError | None = None
+    #: The QEMU record of the last committed checkpoint (HVM), also when it was left out
+    #: of the output: a toolstack framing the image carries it in its own record.
+    qemu: QemuRecord | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -359,6 +362,7 @@ class _Converter:
         qemu: bool,
         progress: ProgressFn | None,
         log: LogFn | None,
+        one_image: bool = False,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format must be libxc or libxl, not {fmt!r}")
@@ -374,6 +378,7 @@ class _Converter:
         self.libxl = fmt == "libxl"
         self.require_xl = require_xl
         self.qemu = qemu
+        self.one_image = one_image
         self.progress = Throttle(progress)
         self.log = log
         self.report = ConvertReport()
@@ -414,7 +419,7 @@ class _Converter:
     # -- driver -----------------------------------------------------------------------
 
     def run(self) -> ConvertReport:
-        records = self.reader.records(page_sink=self._forward)
+        records = self.reader.records(page_sink=self._forward, one_image=self.one_image)
         number = -1
         try:
             for rec in records:
@@ -504,6 +509,7 @@ class _Converter:
         self.w = self.out
         self.report.checkpoints += 1
         qemu = self._qemu_rec
+        self.report.qemu = qemu
         if final:
             self.out.end()
             if self.libxl:
@@ -782,6 +788,7 @@ def legacy_to_v2(
     qemu: bool = True,
     progress: ProgressFn | None = None,
     log: LogFn | None = None,
+    one_image: bool = False,
 ) -> ConvertReport:
     """Convert the legacy stream on ``source`` into a v2 stream written to ``out``.
 
@@ -793,6 +800,8 @@ def legacy_to_v2(
     ``qemu=False`` leaves the QEMU record out of a libxc-format output
     (``--skip-qemu``).  Raises :class:`StreamError` (an incomplete or bad first
     checkpoint), :class:`NotRepresentable` (tmem) or :class:`UsageError`.
+    ``one_image``: the image is embedded in a toolstack's framing and ends after its
+    first checkpoint (:meth:`LegacyReader.records`); the source is left right after it.
     """
     conv = _Converter(
         source,
@@ -804,6 +813,7 @@ def legacy_to_v2(
         qemu=qemu,
         progress=progress,
         log=log,
+        one_image=one_image,
     )
     try:
         return conv.run()

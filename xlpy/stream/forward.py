@@ -13,7 +13,6 @@ forwarded, as a toolstack does before calling libxc.
 from __future__ import annotations
 
 import os
-import select
 import threading
 from dataclasses import dataclass
 
@@ -21,49 +20,7 @@ from xlpy.errors import StreamError
 from xlpy.stream.legacy.reader import LegacyReader
 from xlpy.stream.legacy.records import EndOfBody, VcpuInfo, XendHeader, XlHeader
 from xlpy.stream.source import ByteSource
-
-
-class _Stopped(Exception):
-    """The caller gave up on the restore (:meth:`Forwarder.stop`): read no more."""
-
-
-class _Tap:
-    """The raw reader under the :class:`ByteSource`: keeps bytes until forwarded.
-
-    With ``stop_fd``, each read first waits for the source or for ``stop_fd`` to become
-    readable, so a forwarder blocked on a silent source can be stopped: otherwise it
-    would outlive the restore and read from whatever file reuses the descriptor number
-    once the caller closed it.
-    """
-
-    def __init__(self, fd: int, stop_fd: int | None = None) -> None:
-        self.fd = fd
-        self.pending = bytearray()
-        #: Stream offset of ``pending[0]``.
-        self.base = 0
-        self._poll: select.poll | None = None
-        self._stop_fd = stop_fd
-        if stop_fd is not None:
-            self._poll = select.poll()
-            self._poll.register(fd, select.POLLIN)
-            self._poll.register(stop_fd, select.POLLIN)
-
-    def readinto(self, b: memoryview, /) -> int:
-        if self._poll is not None:
-            ready = {fd for fd, _ in self._poll.poll()}
-            if self._stop_fd in ready:
-                raise _Stopped
-        n = os.readv(self.fd, [b])
-        self.pending += b[:n]
-        return n
-
-    def take(self, upto: int) -> bytes:
-        """The bytes from ``base`` to stream offset ``upto``, removed from ``pending``."""
-        n = upto - self.base
-        out = bytes(self.pending[:n])
-        del self.pending[:n]
-        self.base = upto
-        return out
+from xlpy.stream.tap import Stopped, Tap
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +60,7 @@ def forward_first_checkpoint(
     the image end where the input went wrong.  ``stop_fd`` becoming readable stops the
     copy before the next read of ``source_fd``.
     """
-    tap = _Tap(source_fd, stop_fd)
+    tap = Tap(source_fd, stop_fd)
     src = ByteSource(tap)
     reader = LegacyReader(src, guest=guest, width=width)
     forwarded = 0
@@ -208,7 +165,7 @@ class Forwarder:
         os.write(self._stop_w, b"x")
         self._join(None)
         error = self._error
-        if error is None or isinstance(error, _Stopped | BrokenPipeError):
+        if error is None or isinstance(error, Stopped | BrokenPipeError):
             return None
         if isinstance(error, StreamError):
             return error

@@ -85,6 +85,9 @@ _TMEM_OID_END = ((1 << 64) - 1,) * 3
 #: Migration v2 image header: all-ones marker, then "XenF" (big-endian id).
 _V2_IHDR_START = b"\xff" * 8 + b"XenF"
 _QEMU_SIGNATURES = (F.QEMU_SIG_0002, F.QEMU_SIG_REMUS, F.QEMU_SIG_TO_EOF)
+#: Bytes looked at after an embedded image's HVM tail: enough to tell a QEMU signature
+#: from the toolstack's next 16-byte header without waiting for bytes beyond it.
+_QEMU_PREFIX = 16
 
 
 def _nibble_table(dataless_nibbles: frozenset[int]) -> bytes:
@@ -725,6 +728,13 @@ class LegacyReader:
         sig = head[: F.QEMU_SIGNATURE_LEN]
         return sig if sig in _QEMU_SIGNATURES else None
 
+    def _libxc_qemu_ahead(self) -> bool:
+        """A QEMU record libxc reads in its tail starts here (peeks 16 bytes only)."""
+        head = self.source.peek(_QEMU_PREFIX)
+        return len(head) == _QEMU_PREFIX and any(
+            sig.startswith(head) for sig in (F.QEMU_SIG_0002, F.QEMU_SIG_REMUS)
+        )
+
     def read_qemu_record(self, *, required: bool = False) -> QemuRecord | None:
         """A QEMU record if one of the known signatures starts here, else ``None``.
 
@@ -754,7 +764,9 @@ class LegacyReader:
 
     # -- the whole grammar ---------------------------------------------------------
 
-    def records(self, *, page_sink: PageSink | None = None) -> Iterator[Record]:
+    def records(
+        self, *, page_sink: PageSink | None = None, one_image: bool = False
+    ) -> Iterator[Record]:
         """The whole stream as records, in wire order (``page_sink`` as for ``read_chunk``).
 
         After each tail the next bytes decide (look-ahead only): EOF ends the
@@ -762,6 +774,12 @@ class LegacyReader:
         ``Trailer``; otherwise a valid chunk header starts the next checkpoint
         (Remus: body+tail repeated, format B once -13 was seen in checkpoint 1)
         and anything else is a ``Trailer``.
+
+        ``one_image``: the image is embedded in a toolstack's framing (a xenopsd
+        record) and ends after the first checkpoint's tail and, for HVM, the QEMU
+        record libxc reads there (``DeviceModelRecord0002``, ``RemusDeviceModelState``);
+        the bytes after it are the toolstack's and are neither read nor waited for
+        beyond the 16 bytes that tell (a xenopsd header is 16 bytes).
         """
         hdr = self.read_framing()
         if hdr is not None:
@@ -787,6 +805,13 @@ class LegacyReader:
                 elif isinstance(rec, EndOfBody):
                     break
             yield self.read_tail(vcpu_info=vcpu_info)
+            if one_image:
+                if self.guest == "hvm" and self._libxc_qemu_ahead():
+                    # 16 bytes of a signature: the rest must follow (an error otherwise)
+                    qemu = self.read_qemu_record(required=True)
+                    assert qemu is not None
+                    yield qemu
+                return
             compressed = self.compression_enabled
             if self.source.at_eof():
                 return
