@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import BinaryIO
 
+from xlpy.errors import UsageError
 from xlpy.stream.legacy.framing import parse_width
+from xlpy.stream.source import open_source
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -35,3 +38,14 @@ def size_arg(text: str) -> int:
         return parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def source_fd(spec: str) -> tuple[int, BinaryIO | None]:
+    """SOURCE (a path, ``-`` or ``fd:N``) as a descriptor, and the file to close when it
+    was a path; one that cannot be opened is a :class:`~xlpy.errors.UsageError`."""
+    try:
+        source, owned = open_source(spec)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot open {spec}: {e}") from None
+    assert source.fileno is not None
+    return source.fileno, owned

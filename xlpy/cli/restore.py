@@ -34,7 +34,7 @@ from typing import Any
 from xlpy.api import run as run_pipeline
 from xlpy.backends import RestoreRequest, RestoreResult, backend_names, get_backend, make_options
 from xlpy.cli import restore_xenopsd
-from xlpy.cli.common import width_arg
+from xlpy.cli.common import source_fd, width_arg
 from xlpy.cli.progress import make_progress
 from xlpy.decision import OperationRefused
 from xlpy.errors import LibraryNotFound, RestoreRefused, UsageError, XenUnavailable
@@ -161,22 +161,6 @@ def _operation(args: argparse.Namespace) -> Operation | None:
     return op
 
 
-def _source_fd(spec: str) -> tuple[int, io.FileIO | None]:
-    """The descriptor of SOURCE, and the file to close when it was a path."""
-    if spec == "-":
-        return sys.stdin.buffer.fileno(), None
-    if spec.startswith("fd:"):
-        try:
-            return int(spec[3:]), None
-        except ValueError:
-            raise UsageError(f"not a descriptor: {spec!r} (fd:N)") from None
-    try:
-        f = io.FileIO(spec, "rb")
-    except OSError as e:
-        raise UsageError(f"cannot open {spec}: {e}") from None
-    return f.fileno(), f
-
-
 def _request(args: argparse.Namespace, op: Operation | None, fd: int) -> RestoreRequest:
     backend = get_backend(args.backend)
     raw_only = {"--force": args.force, "--rest-out": args.rest_out}
@@ -226,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     # last-resort handler.
     logging.getLogger("xlpy.toolstack").addHandler(logging.NullHandler())
     op = _operation(args)
-    fd, owned = _source_fd(args.source)
+    fd, owned = source_fd(args.source)
     try:
         with contextlib.ExitStack() as stack:
             # Opened first: an unwritable FILE is a usage error before anything is restored.

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from xlpy.cli.common import source_fd
 from xlpy.errors import UsageError
 from xlpy.stream import xenopsd as X
 
@@ -43,7 +44,6 @@ def wanted(args: argparse.Namespace) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Restore the image; exit 0 restored, 1 failed."""
-    from xlpy.cli.restore import _source_fd
     from xlpy.xenopsd import restore_image
 
     if args.out is None:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs["release"] = args.release
     else:
         kwargs["domid"] = args.domid
-    fd, owned = _source_fd(args.source)
+    fd, owned = source_fd(args.source)
     try:
         result = restore_image(fd, out=args.out, operation=args.operation or "restore", **kwargs)
     finally:
