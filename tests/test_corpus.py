@@ -14,7 +14,7 @@ import pytest
 from streams.make_corpus import Case, cases
 
 from xlpy.errors import UsageError
-from xlpy.inspect import inspect_stream
+from xlpy.stream.legacy.inspect import inspect_stream
 from xlpy.stream.source import ByteSource
 
 STREAMS = Path(__file__).parent / "streams"

@@ -10,7 +10,7 @@ import pytest
 
 MODULES = [
     "xlpy.outfile",
-    "xlpy.inspect",
+    "xlpy.stream.legacy.inspect",
     "xlpy.cli.common",
     "xlpy.stream.source",
     "xlpy.stream.legacy.compression",

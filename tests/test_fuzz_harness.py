@@ -47,7 +47,7 @@ def test_harness_runs_the_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_harness_reaches_the_xenopsd_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     fuzz = _harness(monkeypatch)
     seen: list[bool] = []
-    real = fuzz.inspect_xenopsd.inspect_image
+    real = fuzz.xenopsd_inspect.inspect_image
 
     def counting(source: object, **kw: object) -> object:
         image = real(source, **kw)  # type: ignore[arg-type]

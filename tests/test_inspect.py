@@ -13,7 +13,7 @@ from streams import build as B
 
 from xlpy import cli
 from xlpy.guest import GuestSpec
-from xlpy.inspect import inspect_stream, render_text
+from xlpy.stream.legacy.inspect import inspect_stream, render_text
 from xlpy.stream.legacy.senders import SenderProfile, generate
 from xlpy.stream.source import ByteSource
 

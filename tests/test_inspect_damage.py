@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from xlpy.errors import UsageError
 from xlpy.guest import MIN_PAGES, GuestSpec
-from xlpy.inspect import inspect_stream
+from xlpy.stream.legacy.inspect import inspect_stream
 from xlpy.stream.legacy.senders import SenderProfile, generate
 from xlpy.stream.source import ByteSource
 

@@ -15,8 +15,8 @@ import pytest
 
 from xlpy.errors import UsageError
 from xlpy.guest import MIN_PAGES, GuestSpec
-from xlpy.inspect import inspect_stream
 from xlpy.stream.legacy import format as F
+from xlpy.stream.legacy.inspect import inspect_stream
 from xlpy.stream.legacy.reader import LegacyReader
 from xlpy.stream.legacy.records import CompressedData
 from xlpy.stream.legacy.senders import (

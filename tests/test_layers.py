@@ -38,7 +38,7 @@ def test_the_check_catches_an_upward_edge_and_a_cycle() -> None:
     tool = _tool()
     bad = {
         ("xlpy.stream.legacy.reader", "xlpy.binding.detect"),
-        ("xlpy.binding.restore", "xlpy.receiver.machine"),
+        ("xlpy.binding.restore", "xlpy.receiver.legacy"),
         ("xlpy.operation", "xlpy.errors"),
         ("xlpy.receiver.v2", "xlpy.api"),
         ("xlpy.a", "xlpy.b"),

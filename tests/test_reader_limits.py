@@ -14,8 +14,8 @@ import pytest
 
 from xlpy.errors import StreamTruncated
 from xlpy.guest import GuestSpec
-from xlpy.inspect import inspect_stream
 from xlpy.stream.legacy import format as F
+from xlpy.stream.legacy.inspect import inspect_stream
 from xlpy.stream.legacy.reader import LegacyReader
 from xlpy.stream.legacy.records import HvmTail, QemuRecord
 from xlpy.stream.legacy.senders import SenderProfile, generate

@@ -21,7 +21,7 @@ from xlpy.guest import Guest, GuestSpec
 from xlpy.receiver import restore
 from xlpy.receiver.domains import ReceiveRequest
 from xlpy.receiver.domains.mem import MemDomain
-from xlpy.receiver.machine import Restore
+from xlpy.receiver.legacy import Restore
 from xlpy.stream.legacy import format as F
 from xlpy.stream.legacy.reader import LegacyReader
 from xlpy.stream.legacy.records import HvmTail, PvTail, QemuRecord

@@ -26,9 +26,9 @@ from test_receiver_streams import build, expected_memory, page, remus_checkpoint
 from xlpy.backends.sim import from_outcome
 from xlpy.errors import StreamTimeout, StreamTruncated
 from xlpy.guest import GuestSpec
-from xlpy.inspect import inspect_stream
 from xlpy.receiver import restore
 from xlpy.stream.legacy import format as F
+from xlpy.stream.legacy.inspect import inspect_stream
 from xlpy.stream.legacy.records import EnableVerifyMode, PageBatch
 from xlpy.stream.legacy.senders import SenderProfile, generate
 from xlpy.stream.source import ByteSource

@@ -35,12 +35,12 @@ sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports():
-    from xlpy import inspect_xenopsd
     from xlpy.errors import StreamMalformed, XlpyError
-    from xlpy.inspect import inspect_stream, render_text
+    from xlpy.stream import xenopsd_inspect
 
     # inspect imports the decoder lazily: import it here so that it is instrumented.
     from xlpy.stream.legacy.compression import check_structure
+    from xlpy.stream.legacy.inspect import inspect_stream, render_text
     from xlpy.stream.source import ByteSource
     from xlpy.stream.xenopsd import SIGNATURE_SIZE, is_xenopsd
 
@@ -61,8 +61,8 @@ def one_input(data: bytes) -> None:
     source = ByteSource(io.BytesIO(data[1:]))
     try:
         if is_xenopsd(data[1 : 1 + SIGNATURE_SIZE]):
-            image = inspect_xenopsd.inspect_image(source, width=width, guest=guest)
-            inspect_xenopsd.render_text(image)
+            image = xenopsd_inspect.inspect_image(source, width=width, guest=guest)
+            xenopsd_inspect.render_text(image)
             json.dumps(image.to_json())
             return
         summary = inspect_stream(source, width=width, guest=guest)

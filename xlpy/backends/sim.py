@@ -1,6 +1,6 @@
 """The ``sim`` backend: the simulated libxc of a release, into a domain directory.
 
-Legacy releases (4.0-4.5) run the legacy receiver (:mod:`xlpy.receiver.machine`), the
+Legacy releases (4.0-4.5) run the legacy receiver (:mod:`xlpy.receiver.legacy`), the
 migration-v2 release (``xen-4.17``) the v2 receiver (:mod:`xlpy.receiver.v2`); both
 write the domain directory of :mod:`xlpy.receiver.domains.sim`.
 """

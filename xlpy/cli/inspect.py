@@ -15,11 +15,10 @@ import json
 import sys
 from typing import Any
 
-from xlpy import inspect_xenopsd
 from xlpy.cli.common import width_arg
 from xlpy.errors import UsageError
-from xlpy.inspect import Summary, inspect_stream, render_text
-from xlpy.stream import xenopsd
+from xlpy.stream import xenopsd, xenopsd_inspect
+from xlpy.stream.legacy.inspect import Summary, inspect_stream, render_text
 from xlpy.stream.source import open_source
 
 
@@ -45,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot open {args.source}: {e}") from None
     try:
-        summary: inspect_xenopsd.ImageSummary | Summary
+        summary: xenopsd_inspect.ImageSummary | Summary
         if xenopsd.is_xenopsd(source.peek(xenopsd.SIGNATURE_SIZE)):
-            summary = inspect_xenopsd.inspect_image(source, width=args.width, guest=args.guest)
+            summary = xenopsd_inspect.inspect_image(source, width=args.width, guest=args.guest)
         else:
             summary = inspect_stream(source, width=args.width, guest=args.guest)
     except UsageError as e:
@@ -62,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(summary.to_json(), sys.stdout)
         sys.stdout.write("\n")
-    elif isinstance(summary, inspect_xenopsd.ImageSummary):
-        print(inspect_xenopsd.render_text(summary))
+    elif isinstance(summary, xenopsd_inspect.ImageSummary):
+        print(xenopsd_inspect.render_text(summary))
     else:
         print(render_text(summary))
     return 0 if summary.error is None else 1

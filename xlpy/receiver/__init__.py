@@ -2,7 +2,7 @@
 
 :func:`restore` is the entry point: a stream in, a restored (simulated) domain out, with
 libxc's messages and the spec's outcome facts (§10-§13 of legacy-stream.md).  Legacy
-generations run :mod:`xlpy.receiver.machine`; the migration-v2 generation (``xen-4.17``)
+generations run :mod:`xlpy.receiver.legacy`; the migration-v2 generation (``xen-4.17``)
 runs :mod:`xlpy.receiver.v2`.
 """
 
@@ -73,7 +73,7 @@ def restore(
             from xlpy.receiver.v2 import V2Restore
 
             return V2Restore(src, request, domain).run()
-        from xlpy.receiver.machine import Restore
+        from xlpy.receiver.legacy import Restore
 
         return Restore(src, request, domain).run()
     except BaseException:

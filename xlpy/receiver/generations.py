@@ -1,6 +1,6 @@
 """Receiver generations: what each libxc release's ``xc_domain_restore`` does differently.
 
-One state machine (:mod:`xlpy.receiver.machine`) reads these parameters instead of
+One state machine (:mod:`xlpy.receiver.legacy`) reads these parameters instead of
 keeping one copy of the control flow per release.  Source: legacy-stream.md §0.1, §0.2,
 §10.7-§10.9, §15.1.
 """

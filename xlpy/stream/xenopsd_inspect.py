@@ -2,9 +2,10 @@
 
 The table of records (offset, type, declared length) is what xenopsd's own
 ``suspend_image_viewer`` lists; inside a Libxc_legacy record (or a legacy image's
-libxc part) the legacy stream summary of :mod:`xlpy.inspect`, inside a Libxc record
-the tolerant v2 check of :mod:`xlpy.stream.v2.verify`.  As :func:`xlpy.inspect.inspect_stream`,
-a damaged image keeps everything read before the fault, and the error says where.
+libxc part) the legacy stream summary of :mod:`xlpy.stream.legacy.inspect`, inside a
+Libxc record the tolerant v2 check of :mod:`xlpy.stream.v2.verify`.  As
+:func:`xlpy.stream.legacy.inspect.inspect_stream`, a damaged image keeps everything read
+before the fault, and the error says where.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xlpy.errors import StreamError
-from xlpy.inspect import Summary, inspect_stream
-from xlpy.inspect import render_text as render_legacy
 from xlpy.stream import xenopsd as X
+from xlpy.stream.legacy.inspect import Summary, inspect_stream
+from xlpy.stream.legacy.inspect import render_text as render_legacy
 from xlpy.stream.source import ByteSource
 from xlpy.stream.v2.records import LIBXC
 from xlpy.stream.v2.verify import VerifyReport, verify_stream
