@@ -300,6 +300,7 @@ def restore_libxc_operation(
     timeout: float | None = None,
     libxc_reads_qemu: bool = True,
     guest: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> LibxcRestore:
     """Restore with the installed libxenguest as ``operation`` requires.
 
@@ -320,7 +321,7 @@ def restore_libxc_operation(
     request = dataclasses.replace(request, stream_type=int(decision.stream_type))
     if not decision.framed:
         result = restore_libxc(
-            request, callbacks, abi=abi, out_of_process=out_of_process, timeout=timeout
+            request, callbacks, abi=abi, out_of_process=out_of_process, timeout=timeout, env=env
         )
         return LibxcRestore(decision, result, None)
     fwd = Forwarder(request.io_fd, libxc_reads_qemu=libxc_reads_qemu, guest=guest)
@@ -331,6 +332,7 @@ def restore_libxc_operation(
             abi=abi,
             out_of_process=out_of_process,
             timeout=timeout,
+            env=env,
         )
     except BaseException as e:
         input_error = fwd.stop()

@@ -142,11 +142,13 @@ def restore_out_of_process(
     callbacks: Mapping[str, Callback],
     *,
     timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> RestoreResult:
     """``xc_domain_restore`` in a helper process; same results and errors as in-process.
 
     ``timeout`` bounds each wait for the helper (not the caller's own callbacks); on
-    expiry the helper is killed and :class:`LibxcCrashed` raised.
+    expiry the helper is killed and :class:`LibxcCrashed` raised.  ``env`` is added to
+    the helper's environment (the fakexen backend's ``LD_PRELOAD`` and settings).
     """
     validate(abi.generation, abi.release, request, callbacks)
     bridge = CallbackBridge(callbacks)
@@ -161,18 +163,22 @@ def restore_out_of_process(
             io_fd=moved.get(request.io_fd, request.io_fd),
             send_back_fd=moved.get(request.send_back_fd, request.send_back_fd),
         )
-        return _run_helper(abi, request, bridge, timeout)
+        return _run_helper(abi, request, bridge, timeout, env or {})
     finally:
         for fd in moved.values():
             os.close(fd)
 
 
 def _run_helper(
-    abi: Abi, request: RestoreRequest, bridge: CallbackBridge, timeout: float | None
+    abi: Abi,
+    request: RestoreRequest,
+    bridge: CallbackBridge,
+    timeout: float | None,
+    extra_env: Mapping[str, str],
 ) -> RestoreResult:
     parent, child = socket.socketpair()
     fds = {child.fileno(), request.io_fd} | ({request.send_back_fd} - {-1})
-    env = dict(os.environ)
+    env = {**os.environ, **extra_env}
     root = str(Path(xlpy.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
     proc = subprocess.Popen(
