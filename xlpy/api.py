@@ -46,7 +46,7 @@ log = logging.getLogger("xlpy.api")
 #: receiver, which takes ``checkpointed_stream`` (R-fix).
 DEFAULT_SIM_GENERATION = "xen-4.5"
 
-BACKENDS = ("sim", "libxc")
+BACKENDS = ("sim", "libxc", "fakexen")
 
 Source = str | os.PathLike[str] | int | BinaryIO
 
@@ -183,6 +183,7 @@ def restore(
     console_domid: int = 0,
     out_of_process: bool = True,
     timeout: float | None = None,
+    release: str | None = None,
 ) -> Restored:
     """Restore a domain from a save or migration stream, as ``operation`` requires.
 
@@ -230,6 +231,9 @@ def restore(
             argument: pass ``guest="hvm"`` for an HVM domain there.
         heartbeat: sim only: libxc's 1 s wait for the next checkpoint.
         store_evtchn, console_evtchn, store_domid, console_domid: libxc's arguments.
+        release: ``backend="fakexen"``: the Xen release whose real libxc runs on the
+            user-space Xen (``"xen-4.3.1"``, ``"4.17"``), into ``out`` as the sim does
+            (:mod:`xlpy.fakexen.backend`).
         timeout: libxc only: seconds without a word from the helper (a result or a
             callback) before it is killed and :class:`~xlpy.errors.LibxcCrashed` is
             returned.  ``None`` (the default) waits: a plain restore sends no word until
@@ -262,6 +266,24 @@ def restore(
     ts = toolstack_model(ts_name)
     fd, owned = _open(source)
     try:
+        if backend == "fakexen":
+            from xlpy.fakexen.backend import restore_for_api
+
+            path = Path(source) if isinstance(source, str | os.PathLike) else None
+            return restore_for_api(
+                fd,
+                operation,
+                out=out,
+                release=release,
+                guest=guest,
+                force=force,
+                callbacks=callbacks,
+                toolstack=toolstack,
+                timeout=timeout,
+                source_path=path,
+            )
+        if release is not None:
+            raise UsageError("release= names the fakexen backend's library")
         if backend == "sim":
             if out is None or domid is not None:
                 raise UsageError("the sim backend restores into out=DIR (and takes no domid)")
@@ -411,8 +433,10 @@ def _restore_libxc(
     guest: str | None,
     out_of_process: bool,
     timeout: float | None,
+    abi: binding.Abi | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Restored:
-    abi = binding.detect()
+    abi = binding.detect() if abi is None else abi
     try:
         done = restore_libxc_operation(
             request,
@@ -424,6 +448,7 @@ def _restore_libxc(
             timeout=timeout,
             libxc_reads_qemu=libxc_reads_qemu,
             guest=guest,
+            env=env,
         )
     except (XenError, StreamError) as e:
         # The rules passed (a refusal raises before libxc runs), so this is the decision

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from xlpy.api import Restored
     from xlpy.toolstack import Operation
 
-BACKENDS = ["sim", "libxc"]
+BACKENDS = ["sim", "libxc", "fakexen"]
 #: ``--operation`` words: the :class:`xlpy.toolstack.Operation` values (the receive side).
 #: Strings, so the raw receiver path does not load the libxc binding.
 OPERATIONS = {
@@ -89,7 +89,8 @@ def add_parser(subparsers: Any) -> None:
         "--backend",
         choices=BACKENDS,
         default="sim",
-        help="sim (simulated domain, --out) or libxc (installed libxenguest, --domid)",
+        help="sim (simulated domain, --out), libxc (installed libxenguest, --domid) or "
+        "fakexen (a release's real libxc on the user-space Xen, --release, --out)",
     )
     p.add_argument("--domid", type=int, metavar="N", help="libxc: the domain to restore into")
     p.add_argument(
@@ -142,6 +143,9 @@ def add_parser(subparsers: Any) -> None:
         "--width", type=width_arg, help="toolstack width (4/8 or 32/64); default detected"
     )
     p.add_argument("--guest", choices=["pv", "hvm"], help="guest type; default detected")
+    from xlpy.fakexen.cli import add_arguments as add_fakexen_arguments
+
+    add_fakexen_arguments(p)
 
 
 def _progress(args: argparse.Namespace, source_fd: int | None) -> ProgressFn | None:
@@ -154,6 +158,10 @@ def _progress(args: argparse.Namespace, source_fd: int | None) -> ProgressFn | N
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.backend == "fakexen":
+        from xlpy.fakexen.cli import run_restore
+
+        return run_restore(args, OPERATIONS)
     if args.operation is None and args.backend == "sim":
         return _run_receiver(args)
     return _run_operation(args)
