@@ -542,6 +542,17 @@ static long do_memory_op(unsigned long cmd, void *arg, unsigned *sub)
         l->nr_extents = n;
         return 0;
     }
+#ifdef XENMEM_machphys_compat_mfn_list
+    case XENMEM_machphys_compat_mfn_list: {
+        /* 4.6+ PV restore asks for the compat M2P's first frame only (it compares it
+         * with 32-bit guests' L4 slots); no compat table is modelled: the M2P's frame */
+        struct xen_machphys_mfn_list *l = arg;
+        if (!l->max_extents) return -EINVAL;
+        l->extent_start.p[0] = mfn_of_slot(SLOT_M2P);
+        l->nr_extents = 1;
+        return 0;
+    }
+#endif
     case XENMEM_add_to_physmap: {
         struct xen_add_to_physmap *a = arg;
         if (!D.hvm || a->gpfn >= D.maxpfn) return -EINVAL;
