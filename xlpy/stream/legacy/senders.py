@@ -134,6 +134,15 @@ class SenderProfile:
         return self.version >= (4, 1)
 
     @property
+    def ext_vcpu_size(self) -> int:
+        """``sizeof(struct xen_domctl_ext_vcpucontext)`` on the sender's Xen: what
+        XEN_DOMCTL_get_ext_vcpucontext puts in ``size`` (domctl.h: the callback fields,
+        32 bytes; + ``mcg_cap`` in 4.2; the union with ``hvm_vmce_vcpu`` from 4.3)."""
+        if self.version >= (4, 3):
+            return 56
+        return 40 if self.version >= (4, 2) else 32
+
+    @property
     def has_toolstack_chunk(self) -> bool:
         """libxl's ``toolstack_save`` callback, hence -18 (xl, 4.2+)."""
         return self.toolstack == "xl" and self.version >= (4, 2)
@@ -380,7 +389,7 @@ class _Stream:
             VcpuState(
                 vcpu_id=v,
                 context=g.vcpu_context(v, epoch),
-                ext=g.ext_vcpu_context(v),
+                ext=g.ext_vcpu_context(v, self.p.ext_vcpu_size),
                 xsave=(
                     XsaveRecord(xfeature_mask=g.XFEATURE_MASK, data=g.xsave_area(v, epoch))
                     if self._xsave
