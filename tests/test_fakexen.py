@@ -372,3 +372,45 @@ def test_api_fakexen_backend_frames_on_431(
     assert xlpy_sim.ok
     for name in ("memory", "hvm_context"):
         assert (sim / name).read_bytes() == (tmp_path / "d" / name).read_bytes(), name
+
+
+def test_real_40_error_lines_reach_the_binding_and_match_the_sim_texts(
+    xen_src: Path, streams: dict[str, Path], tmp_path: Path
+) -> None:
+    # Finding 3: 4.0 has no xentoollog; xc_default_error_handler prints
+    # "ERROR <desc>: <msg>" where 4.1+ print "xc: error: <msg>: <desc>".  The texts agree.
+    stream = tmp_path / "cut.img"
+    stream.write_bytes(streams["pv-xen-4.0"].read_bytes()[: 1 << 20])
+    real = xlpy(
+        "restore",
+        str(stream),
+        "--backend",
+        "fakexen",
+        "--release",
+        "4.0.4",
+        "--guest",
+        "pv",
+        "--out",
+        str(tmp_path / "r"),
+        "--json",
+        check=False,
+    )
+    sim = xlpy(
+        "restore",
+        str(stream),
+        "--receiver",
+        "xen-4.0",
+        "--guest",
+        "pv",
+        "--out",
+        str(tmp_path / "s"),
+        "--json",
+        check=False,
+    )
+    assert real.returncode == sim.returncode == 1
+    real_lines = json.loads(real.stdout)["messages"]
+    assert real_lines and all(line.startswith("ERROR Internal error: ") for line in real_lines)
+    sim_lines = [m for m in json.loads(sim.stdout)["messages"] if m.startswith("xc: error: ")]
+    assert [line.removeprefix("ERROR Internal error: ") for line in real_lines] == [
+        m.removeprefix("xc: error: ").removesuffix(": Internal error") for m in sim_lines
+    ]

@@ -127,11 +127,12 @@ def _error_from_wire(wire: Mapping[str, Any]) -> XlpyError:
 
 def _drain(stream: IO[bytes], tail: deque[str], errors: deque[str]) -> None:
     """Log the helper's stderr (libxc's own logger writes there), keep its tail and
-    libxc's error lines (its stdio logger's ``error:`` level)."""
+    libxc's error lines (its stdio logger's ``error:`` level; 4.0, without xentoollog,
+    prints ``ERROR <desc>: <msg>`` from xc_default_error_handler)."""
     for raw in stream:
         line = raw.decode("utf-8", "replace").rstrip("\n")
         tail.append(line)
-        if ": error: " in line:
+        if ": error: " in line or line.startswith("ERROR "):
             errors.append(line)
         log.info("libxc: %s", line)
 
