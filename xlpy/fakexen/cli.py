@@ -72,10 +72,10 @@ def run_restore(args: argparse.Namespace, operations: dict[str, str]) -> int:
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot open {args.source}: {e}") from None
     path = Path(args.source) if args.source != "-" and not args.source.startswith("fd:") else None
-    fd = source.fileno
-    if fd is None:
-        raise UsageError(f"{args.source} has no file descriptor for libxc")
     try:
+        fd = source.fileno
+        if fd is None:
+            raise UsageError(f"{args.source} has no file descriptor for libxc")
         result = backend.run(
             fd,
             backend.FakeXenRequest(
