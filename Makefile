@@ -7,7 +7,7 @@ XLPY   := $(VENV)/bin/xlpy
 XEN_CACHE := .cache/xen-4.17
 export XLPY_XEN_CACHE := $(CURDIR)/$(XEN_CACHE)
 
-.PHONY: run test venv xen-cache lint typecheck unit fuzz bench cdef-check integration integration-deps clean
+.PHONY: run test venv xen-cache lint typecheck unit fuzz bench cdef-check integration integration-deps libxc-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,16 @@ integration:
 VM_DEPS := qemu-system-x86 debootstrap e2fsprogs git
 integration-deps:
 	@missing=$$(for p in $(VM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# What `xlpy libxc build` (the fakexen tier of the tests) compiles with, on a fresh Debian
+# host (root), installed only when missing.
+LIBXC_DEPS := gcc libc6-dev zlib1g-dev
+libxc-deps:
+	@missing=$$(for p in $(LIBXC_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -162,6 +162,8 @@ def run(request: RestoreRequest) -> RestoreResult:
     request = dataclasses.replace(request, release=release)
     ts = toolstack_model(DEFAULT_TOOLSTACK if request.toolstack is None else request.toolstack)
     if request.operation is None:
+        if not backend.raw:
+            raise UsageError(f"the {backend.name} backend restores an operation, not raw")
         return backend.restore(request, request.fd, None, framed=False)
     if request.checkpointed is not None:
         raise UsageError("the stream type comes from the operation, not checkpointed")

@@ -325,9 +325,15 @@ class Guest:
             gdt_ents=32,
         )
 
-    def ext_vcpu_context(self, vcpu: int) -> bytes:
-        """The 128-byte ``ext_vcpucontext`` (56 meaningful bytes, rest zero)."""
-        return det_bytes(self.seed, 2, 56, vcpu) + bytes(128 - 56)
+    def ext_vcpu_context(self, vcpu: int, size: int = 56) -> bytes:
+        """The 128-byte ``ext_vcpucontext`` a sender's libxc copies out of the domctl.
+
+        Xen fills ``vcpu`` and ``size`` (``sizeof`` the struct on the sender's Xen,
+        which a receiving Xen checks: a ``vcpu`` past the domain's vcpus is -ESRCH);
+        the rest of the struct is the guest's state, the rest of the 128 bytes zero.
+        """
+        head = struct.pack("<II", vcpu, size)
+        return head + det_bytes(self.seed, 2, size - len(head), vcpu) + bytes(128 - size)
 
     #: x87 + SSE + AVX state, as a 4.1-4.5 era CPU reports it.
     XFEATURE_MASK = 0x7

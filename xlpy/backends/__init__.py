@@ -5,11 +5,12 @@ The restore pipeline (:func:`xlpy.api.run`) is::
     RestoreRequest -> Decision -> [framing] -> Backend -> RestoreResult
 
 A :class:`Backend` receives a stream from a descriptor into some domain: ``sim`` (the
-simulated libxc of a release, legacy or migration v2, into a domain directory) and
-``libxc`` (the installed libxenguest, into a real domain).  Each backend declares the
-options only it takes (``out`` for ``sim``, ``domid`` for ``libxc``) as a dataclass, so
-the front ends (:func:`xlpy.restore`, ``xlpy restore``) pass them through unread; a new
-backend is one :func:`register_backend` call.
+simulated libxc of a release, legacy or migration v2, into a domain directory),
+``libxc`` (the installed libxenguest, into a real domain) and ``fakexen`` (a release's
+real libxc, built from source, on the user-space Xen, into a domain directory).  Each
+backend declares the options only it takes (``out`` for ``sim``, ``domid`` for
+``libxc``) as a dataclass, so the front ends (:func:`xlpy.restore`, ``xlpy restore``)
+pass them through unread; a new backend is one :func:`register_backend` call.
 """
 
 from __future__ import annotations
@@ -186,6 +187,8 @@ class Backend(Protocol):
     name: str
     #: The dataclass of this backend's own options (``xlpy.restore(..., **options)``).
     Options: type[Any]
+    #: It can run a release raw (no operation: ``checkpointed`` as given, or nothing).
+    raw: bool
 
     def release(self, requested: str | None) -> str:
         """The release that will receive: ``requested`` checked and spelt canonically,
@@ -207,7 +210,11 @@ class Backend(Protocol):
 
 #: Backend modules by name; each defines ``BACKEND``.  Loaded on first use, so naming
 #: the ``sim`` backend never loads cffi.
-_BACKENDS: dict[str, str] = {"sim": "xlpy.backends.sim", "libxc": "xlpy.backends.libxc"}
+_BACKENDS: dict[str, str] = {
+    "sim": "xlpy.backends.sim",
+    "libxc": "xlpy.backends.libxc",
+    "fakexen": "xlpy.fakexen.backend",
+}
 
 
 def register_backend(name: str, module: str) -> None:

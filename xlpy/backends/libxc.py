@@ -73,6 +73,7 @@ class LibxcBackend:
 
     name = "libxc"
     Options = LibxcOptions
+    raw = False
 
     def release(self, requested: str | None) -> str:
         """The installed release; naming another is a :class:`~xlpy.errors.UsageError`."""
@@ -88,8 +89,7 @@ class LibxcBackend:
         self, request: RestoreRequest, fd: int, decision: Decision | None, *, framed: bool
     ) -> RestoreResult:
         """``xc_domain_restore`` on ``fd`` with the stream type ``decision`` gives."""
-        if decision is None:
-            raise UsageError("the libxc backend restores an operation (restore, migrate, ...)")
+        assert decision is not None  # not raw: the pipeline decided
         opts: LibxcOptions = request.options
         args = RestoreArgs(
             io_fd=fd,

@@ -60,6 +60,7 @@ class SimBackend:
 
     name = "sim"
     Options = SimOptions
+    raw = True
 
     def release(self, requested: str | None) -> str:
         """``requested`` as the simulated release it names, or :func:`default_sim_release`."""

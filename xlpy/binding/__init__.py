@@ -14,6 +14,7 @@ from xlpy.binding.callbacks import Callback
 from xlpy.binding.detect import Abi, detect
 from xlpy.binding.generations import GENERATIONS, Generation
 from xlpy.binding.restore import RestoreArgs, RestoreOutputs, restore_in_process
+from xlpy.errors import UsageError
 
 __all__ = [
     "GENERATIONS",
@@ -34,6 +35,7 @@ def restore_libxc(
     abi: Abi | None = None,
     out_of_process: bool = True,
     timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> RestoreOutputs:
     """Restore a domain from ``request.io_fd`` with the installed libxenguest.
 
@@ -41,7 +43,8 @@ def restore_libxc(
     ``postcopy``, ``wait_checkpoint``, ``restore_results``, ``static_data_done``,
     ``toolstack_restore``) to Python callables taking the C arguments without ``data``.
     By default libxc runs in a helper process (``out_of_process``), so its ``assert``s
-    and crashes surface as :class:`~xlpy.errors.LibxcCrashed`.  Raises
+    and crashes surface as :class:`~xlpy.errors.LibxcCrashed`; ``env`` is added to the
+    helper's environment (in process it must be None).  Raises
     :class:`~xlpy.errors.UsageError` for anything libxc would assert on,
     :class:`~xlpy.errors.XenUnavailable` without a hypervisor or library,
     :class:`~xlpy.errors.XenError` when libxc fails, or a callback's own exception.
@@ -52,5 +55,7 @@ def restore_libxc(
         # Imported here: ``python -m xlpy.binding.helper`` must not find itself half-run.
         from xlpy.binding.helper import restore_out_of_process
 
-        return restore_out_of_process(abi, request, callbacks, timeout=timeout)
+        return restore_out_of_process(abi, request, callbacks, timeout=timeout, env=env)
+    if env:
+        raise UsageError("an environment for libxc needs the out-of-process helper")
     return restore_in_process(abi, request, callbacks)

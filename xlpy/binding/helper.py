@@ -128,11 +128,12 @@ def _error_from_wire(wire: Mapping[str, Any]) -> XlpyError:
 
 def _drain(stream: IO[bytes], tail: deque[str], errors: deque[str]) -> None:
     """Log the helper's stderr (libxc's own logger writes there), keep its tail and
-    libxc's error lines (its stdio logger's ``error:`` level)."""
+    libxc's error lines (its stdio logger's ``error:`` level; 4.0, without xentoollog,
+    prints ``ERROR <desc>: <msg>`` from xc_default_error_handler)."""
     for raw in stream:
         line = raw.decode("utf-8", "replace").rstrip("\n")
         tail.append(line)
-        if ": error: " in line:
+        if ": error: " in line or line.startswith("ERROR "):
             errors.append(line)
         log.info("libxc: %s", line)
 
@@ -143,11 +144,13 @@ def restore_out_of_process(
     callbacks: Mapping[str, Callback],
     *,
     timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> RestoreOutputs:
     """``xc_domain_restore`` in a helper process; same results and errors as in-process.
 
     ``timeout`` bounds each wait for the helper (not the caller's own callbacks); on
-    expiry the helper is killed and :class:`LibxcCrashed` raised.
+    expiry the helper is killed and :class:`LibxcCrashed` raised.  ``env`` is added to
+    the helper's environment (the fakexen backend's ``LD_PRELOAD`` and settings).
     """
     validate(abi.generation, abi.release, request, callbacks)
     bridge = CallbackBridge(callbacks)
@@ -162,18 +165,22 @@ def restore_out_of_process(
             io_fd=moved.get(request.io_fd, request.io_fd),
             send_back_fd=moved.get(request.send_back_fd, request.send_back_fd),
         )
-        return _run_helper(abi, request, bridge, timeout)
+        return _run_helper(abi, request, bridge, timeout, env or {})
     finally:
         for fd in moved.values():
             os.close(fd)
 
 
 def _run_helper(
-    abi: Abi, request: RestoreArgs, bridge: CallbackBridge, timeout: float | None
+    abi: Abi,
+    request: RestoreArgs,
+    bridge: CallbackBridge,
+    timeout: float | None,
+    extra_env: Mapping[str, str],
 ) -> RestoreOutputs:
     parent, child = socket.socketpair()
     fds = {child.fileno(), request.io_fd} | ({request.send_back_fd} - {-1})
-    env = dict(os.environ)
+    env = {**os.environ, **extra_env}
     root = str(_PACKAGE_ROOT)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
     proc = subprocess.Popen(

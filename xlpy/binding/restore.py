@@ -144,7 +144,8 @@ def _last_error(loaded: Loaded, handle: Any, err: int, what: str) -> XenError:
     code, message = 0, ""
     if last != ffi.NULL:
         code = int(last.code)
-        message = ffi.string(last.message).decode("utf-8", "replace")
+        # 4.0's xc_set_error keeps a format's trailing newline (4.1+ strip it)
+        message = ffi.string(last.message).decode("utf-8", "replace").rstrip("\n")
     return XenError(code, err, message or f"{what} failed ({_errno_text(err)})")
 
 

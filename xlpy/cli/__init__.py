@@ -15,7 +15,7 @@ from types import ModuleType
 from xlpy.errors import UsageError, XlpyError
 
 #: Sub-command modules, in the order ``xlpy --help`` lists them.
-COMMANDS = ["gen", "inspect", "verify", "restore", "abi", "repro", "convert"]
+COMMANDS = ["gen", "inspect", "verify", "restore", "abi", "repro", "convert", "libxc"]
 
 EXIT_OK = 0
 EXIT_STREAM = 1

@@ -38,6 +38,7 @@ from xlpy.cli.common import source_fd, width_arg
 from xlpy.cli.progress import make_progress
 from xlpy.decision import OperationRefused
 from xlpy.errors import LibraryNotFound, RestoreRefused, UsageError, XenUnavailable
+from xlpy.fakexen import cli as fakexen_cli
 from xlpy.operation import Operation, StreamType, stream_type_for
 from xlpy.outfile import open_output
 from xlpy.progress import ProgressFn
@@ -78,7 +79,8 @@ def add_parser(subparsers: Any) -> None:
         "--backend",
         choices=backend_names(),
         default="sim",
-        help="sim (simulated domain, --out) or libxc (installed libxenguest, --domid)",
+        help="sim (simulated domain, --out), libxc (installed libxenguest, --domid) or "
+        "fakexen (a release's real libxc on the user-space Xen, --release, --out)",
     )
     p.add_argument("--domid", type=int, metavar="N", help="libxc: the domain to restore into")
     p.add_argument(
@@ -131,6 +133,7 @@ def add_parser(subparsers: Any) -> None:
         "--width", type=width_arg, help="toolstack width (4/8 or 32/64); default detected"
     )
     p.add_argument("--guest", choices=["pv", "hvm"], help="guest type; default detected")
+    fakexen_cli.add_arguments(p)
     restore_xenopsd.add_arguments(p)
 
 
@@ -144,11 +147,11 @@ def _progress(args: argparse.Namespace, source_fd: int) -> ProgressFn | None:
 def _operation(args: argparse.Namespace) -> Operation | None:
     """``--operation``, checked against ``--checkpointed``.
 
-    Without one, the simulated release runs raw (``None``); libxc is always driven by an
-    operation, derived from ``--checkpointed`` there.
+    Without one, a backend that can run a release raw (sim, fakexen) does (``None``);
+    libxc is always driven by an operation, derived from ``--checkpointed`` there.
     """
     if args.operation is None:
-        if args.backend == "sim":
+        if get_backend(args.backend).raw:
             return None
         return Operation.REMUS_RECEIVE if args.checkpointed == 1 else Operation.RESTORE
     op = Operation(args.operation)
@@ -163,9 +166,9 @@ def _operation(args: argparse.Namespace) -> Operation | None:
 
 def _request(args: argparse.Namespace, op: Operation | None, fd: int) -> RestoreRequest:
     backend = get_backend(args.backend)
-    raw_only = {"--force": args.force, "--rest-out": args.rest_out}
+    needs_operation = {"--force": args.force, "--rest-out": args.rest_out}
     if op is None:
-        for flag, given in raw_only.items():
+        for flag, given in needs_operation.items():
             if given not in (None, False):
                 raise UsageError(f"{flag} needs --operation")
         if args.release is None or args.out is None:
@@ -174,6 +177,10 @@ def _request(args: argparse.Namespace, op: Operation | None, fd: int) -> Restore
         options = make_options(backend, {"out": args.out, "heartbeat": args.heartbeat})
         if args.domid is not None:
             raise UsageError("--domid is for --backend libxc; the sim restores into --out")
+    elif args.backend == "fakexen":
+        options = make_options(backend, fakexen_cli.options(args))
+        if args.domid is not None:
+            raise UsageError("--domid is for --backend libxc; fakexen restores into --out")
     else:
         options = make_options(backend, {"domid": args.domid})
         if args.out is not None:

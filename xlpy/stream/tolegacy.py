@@ -558,7 +558,9 @@ class _Converter:
             self.data_pages += ndata
         self.pages += ndata
         legacy = np.where(
-            nib == _XTAB, LF.BARE_XTAB_ENTRY, (nib.astype(np.uint64) << np.uint64(28)) | pfns
+            nib == _XTAB,
+            self.p.xtab_entries(pfns, self.kind),
+            (nib.astype(np.uint64) << np.uint64(28)) | pfns,
         ).astype("<u8" if self.w == 8 else "<u4")
         first_data = np.concatenate(([0], np.cumsum(is_data)))
         for s in range(0, entries.size, LF.MAX_BATCH_SIZE):

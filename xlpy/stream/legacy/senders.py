@@ -133,6 +133,27 @@ class SenderProfile:
         """Knows "xcnt" and per-vcpu xsave records (4.1+)."""
         return self.version >= (4, 1)
 
+    def xtab_entries(self, pfns: np.ndarray, guest: str) -> np.ndarray:
+        """The batch entries this sender writes for unmappable ``pfns`` (uint64).
+
+        4.0's HVM save ORs XTAB into the entry that held the gfn
+        (xc_domain_save.c ``pfn_type[j] |= XEN_DOMCTL_PFINFO_XTAB``); 4.1+, and PV
+        everywhere (Xen's getpageframeinfo replaces the entry with the type), write
+        a bare XTAB.
+        """
+        if guest == "hvm" and self.version < (4, 1):
+            return pfns.astype(np.uint64) | np.uint64(F.XEN_DOMCTL_PFINFO_XTAB)
+        return np.full(pfns.shape, F.BARE_XTAB_ENTRY, dtype=np.uint64)
+
+    @property
+    def ext_vcpu_size(self) -> int:
+        """``sizeof(struct xen_domctl_ext_vcpucontext)`` on the sender's Xen: what
+        XEN_DOMCTL_get_ext_vcpucontext puts in ``size`` (domctl.h: the callback fields,
+        32 bytes; + ``mcg_cap`` in 4.2; the union with ``hvm_vmce_vcpu`` from 4.3)."""
+        if self.version >= (4, 3):
+            return 56
+        return 40 if self.version >= (4, 2) else 32
+
     @property
     def has_toolstack_chunk(self) -> bool:
         """libxl's ``toolstack_save`` callback, hence -18 (xl, 4.2+)."""
@@ -264,11 +285,12 @@ class _Stream:
     # -- body ----------------------------------------------------------------------------
 
     def _entries(self, pfns: np.ndarray) -> np.ndarray:
-        """Batch entries: pfn | page type << 28 (page tables typed), bare XTAB for holes."""
+        """Batch entries: pfn | page type << 28 (page tables typed), XTAB for holes."""
         g = self.g
         pop = g.populated[pfns]
         typed = pfns.astype(np.uint64) | (g.page_types[pfns].astype(np.uint64) << np.uint64(28))
-        return np.where(pop, typed, np.uint64(F.BARE_XTAB_ENTRY)).astype(self.entry_dtype)
+        holes = self.p.xtab_entries(pfns, g.kind)
+        return np.where(pop, typed, holes).astype(self.entry_dtype)
 
     def _batches(self, pfns: np.ndarray, epoch: int) -> Iterator[PageBatch]:
         """Format-A batches over ``pfns`` (ascending) with their pages at ``epoch``."""
@@ -380,7 +402,7 @@ class _Stream:
             VcpuState(
                 vcpu_id=v,
                 context=g.vcpu_context(v, epoch),
-                ext=g.ext_vcpu_context(v),
+                ext=g.ext_vcpu_context(v, self.p.ext_vcpu_size),
                 xsave=(
                     XsaveRecord(xfeature_mask=g.XFEATURE_MASK, data=g.xsave_area(v, epoch))
                     if self._xsave
