@@ -54,7 +54,7 @@ def test_harness_reaches_the_xenopsd_reader(monkeypatch: pytest.MonkeyPatch) -> 
         seen.append(image.complete)
         return image
 
-    monkeypatch.setattr(fuzz.inspect_xenopsd, "inspect_image", counting)
+    monkeypatch.setattr(fuzz.xenopsd_inspect, "inspect_image", counting)
     for seed in fuzz.seeds():
         fuzz.one_input(seed)
     assert seen == [True, True, True], "the xenopsd seeds must read completely"
