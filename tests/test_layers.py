@@ -90,3 +90,11 @@ def test_shared_definitions_are_defined_once() -> None:
     for name, pattern in defs.items():
         where = [str(p.relative_to(REPO)) for p, text in sources.items() if pattern.search(text)]
         assert len(where) == 1, (name, where)
+
+
+def test_the_legacy_receiver_names_reader_fields_only_by_constant() -> None:
+    # A renamed reader field must not silently change the receiver's message: the
+    # receiver compares against xlpy.stream.legacy.fields, never a dotted literal.
+    text = (REPO / "xlpy" / "receiver" / "legacy.py").read_text()
+    assert not re.search(r"\bf (==|!=) \"|f\.startswith\(", text)
+    assert "FLD." in text and "Element." in text

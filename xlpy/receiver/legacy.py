@@ -42,9 +42,11 @@ from xlpy.receiver import messages as M
 from xlpy.receiver.domains import Domain, DomainFull, Outcome, ReceiveRequest
 from xlpy.receiver.generations import generation
 from xlpy.receiver.toolstacks import checkpointed_for, toolstack
+from xlpy.stream.legacy import fields as FLD
 from xlpy.stream.legacy import format as F
 from xlpy.stream.legacy import pvcontext
 from xlpy.stream.legacy.compression import CheckpointDecoder
+from xlpy.stream.legacy.fields import Element, element
 from xlpy.stream.legacy.reader import LegacyReader, PagePlacement
 from xlpy.stream.legacy.records import (
     CompressedData,
@@ -425,18 +427,18 @@ class Restore:
     def _ext_info_failure(self, e: StreamError) -> None:
         f = e.field or ""
         self._io_failure(e)
-        if f == "ext_info.vcpu_size":
+        if f == FLD.EXT_INFO_VCPU_SIZE:
             self.log.error(M.EXT_CONTEXT_SIZE, n=e.value)
             return
-        if f.startswith("p2m_frame_list"):
+        if element(f) == Element.P2M_FRAME_LIST:
             msg = M.P2M_FL
-        elif f == "ext_info.signature":
+        elif f == FLD.EXT_INFO_SIGNATURE:
             msg = M.EXT_SIGNATURE
-        elif f == "ext_info.total_bytes":
+        elif f == FLD.EXT_INFO_TOTAL_BYTES:
             msg = M.EXT_SIZE
-        elif f in ("ext_info.block_id", "ext_info.block_size"):
+        elif f in (FLD.EXT_INFO_BLOCK_ID, FLD.EXT_INFO_BLOCK_SIZE):
             msg = M.EXT_CHUNK_SIGNATURE
-        elif f == "ext_info.vcpu":
+        elif f == FLD.EXT_INFO_VCPU:
             msg = M.EXT_VCPU_CONTEXT
         else:
             msg = M.EXT_DISCARD
@@ -491,7 +493,7 @@ class Restore:
 
     def _chunk_failure(self, e: StreamError, head: bytes) -> None:
         f = e.field or ""
-        if f == "chunk_header" and isinstance(e, StreamMalformed):
+        if f == FLD.CHUNK_HEADER and isinstance(e, StreamMalformed):
             self.log.error(M.MAX_BATCH_SIZE, n=e.value)
             self.log.errno = M.EMSGSIZE
             if e.offset is not None:
@@ -499,37 +501,38 @@ class Restore:
             return
         self._io_failure(e)
         chunk_id = int.from_bytes(head, "little", signed=True) if len(head) == 4 else 0
-        if f == "chunk_header":
+        el = element(f)
+        if f == FLD.CHUNK_HEADER:
             msg = M.READING_BATCH_SIZE
-        elif f == "batch.entries":
+        elif f == FLD.BATCH_ENTRIES:
             msg = M.REGION_PFN_TYPES
-        elif f == "batch.pages":
+        elif f == FLD.BATCH_PAGES:
             msg = M.READING_PAGES
-        elif f.startswith("vcpu_info"):
+        elif el == Element.VCPU_INFO:
             msg = M.READING_MAX_VCPU_ID
-        elif f.startswith("hvm_param"):
+        elif el == Element.HVM_PARAM:
             msg = M.HVM_PARAM_READ.get(chunk_id, M.READING_BATCH_SIZE)
-        elif f.startswith("tsc_info"):
+        elif el == Element.TSC_INFO:
             msg = M.TSC_INFO
-        elif f.startswith("tmem_extra"):
+        elif el == Element.TMEM_EXTRA:
             msg = M.TMEM_EXTRA
-        elif f.startswith("tmem"):
+        elif el == Element.TMEM:
             msg = M.TMEM
-        elif f == "compressed_data.length":
+        elif f == FLD.COMPRESSED_DATA_LENGTH:
             msg = M.COMPBUF_SIZE
-        elif f.startswith("compressed_data"):
+        elif el == Element.COMPRESSED_DATA:
             msg = M.COMPBUF_READ
-        elif f.startswith("toolstack") and self.gen.toolstack_errors_ignored:
+        elif el == Element.TOOLSTACK and self.gen.toolstack_errors_ignored:
             # <= 4.3.x ignores both TOOLSTACK reads' errors (f46fa80ec4): after a cut
             # length the blob read fails too (unless the partial length is 0: nothing to
             # read), then the next chunk header read, each on the same EOF / silence.
-            if f == "toolstack.length" and self._partial_length(e) != 0:
+            if f == FLD.TOOLSTACK_LENGTH and self._partial_length(e) != 0:
                 self._io_failure(e)
             self._io_failure(e)
             msg = M.READING_BATCH_SIZE
-        elif f == "toolstack.length":
+        elif f == FLD.TOOLSTACK_LENGTH:
             msg = M.TOOLSTACK_SIZE
-        elif f.startswith("toolstack"):
+        elif el == Element.TOOLSTACK:
             msg = M.TOOLSTACK_READ
         else:
             msg = M.READING_BATCH_SIZE
@@ -718,12 +721,12 @@ class Restore:
         f = e.field or ""
         self._io_failure(e)
         messages = {
-            "pv_tail.pfn_count": M.PV_PFN_COUNT,
-            "pv_tail.pfns": M.PV_PFNTAB,
-            "pv_tail.shared_info": M.PV_SHARED_INFO,
-            "hvm_tail.magic_pfns": M.HVM_MAGIC_PFNS,
-            "hvm_tail.context_length": M.HVM_PARAMS_SIZE,
-            "hvm_tail.context": M.HVM_PARAMS,
+            FLD.PV_TAIL_PFN_COUNT: M.PV_PFN_COUNT,
+            FLD.PV_TAIL_PFNS: M.PV_PFNTAB,
+            FLD.PV_TAIL_SHARED_INFO: M.PV_SHARED_INFO,
+            FLD.HVM_TAIL_MAGIC_PFNS: M.HVM_MAGIC_PFNS,
+            FLD.HVM_TAIL_CONTEXT_LENGTH: M.HVM_PARAMS_SIZE,
+            FLD.HVM_TAIL_CONTEXT: M.HVM_PARAMS,
         }
         self.log.perror(messages.get(f, M.PV_CTXT))
 

@@ -34,8 +34,10 @@ from typing import NoReturn, Protocol
 
 from xlpy.errors import StreamMalformed, StreamTruncated, UsageError
 from xlpy.stream import xlheader
+from xlpy.stream.legacy import fields as FLD
 from xlpy.stream.legacy import format as F
 from xlpy.stream.legacy import framing
+from xlpy.stream.legacy.fields import Element
 from xlpy.stream.legacy.records import (
     CheckpointBegin,
     CompressedData,
@@ -404,35 +406,35 @@ class LegacyReader:
         start = self._begin()
         if self.source.peek(w) != b"\xff" * w:
             return None
-        self._read(w, "ext_info.signature")
-        remaining = self._u32("ext_info.total_bytes")
+        self._read(w, FLD.EXT_INFO_SIGNATURE)
+        remaining = self._u32(FLD.EXT_INFO_TOTAL_BYTES)
         blocks: list[ExtInfoBlock] = []
         while remaining:
             if remaining < 8:
                 self._malformed(
                     f"ext-info: {remaining} bytes left, too few for a block header",
-                    "ext_info.total_bytes",
+                    FLD.EXT_INFO_TOTAL_BYTES,
                     remaining,
                 )
-            block_id = self._read(4, "ext_info.block_id")
-            size = self._u32("ext_info.block_size")
+            block_id = self._read(4, FLD.EXT_INFO_BLOCK_ID)
+            size = self._u32(FLD.EXT_INFO_BLOCK_SIZE)
             remaining -= 8
             if size > remaining:
                 self._malformed(
                     f"ext-info block {block_id!r} of {size} bytes overruns the "
                     f"{remaining} bytes left",
-                    "ext_info.block_size",
+                    FLD.EXT_INFO_BLOCK_SIZE,
                     size,
                 )
             if block_id == b"vcpu" and size not in (F.VCPU_CONTEXT_SIZE_32, F.VCPU_CONTEXT_SIZE_64):
                 self._malformed(
-                    f"bad extended-info context size {size}", "ext_info.vcpu_size", size
+                    f"bad extended-info context size {size}", FLD.EXT_INFO_VCPU_SIZE, size
                 )
             if block_id == b"xcnt" and size < 4:
                 self._malformed(
                     f"ext-info xcnt block of {size} bytes (needs 4)", "ext_info.xcnt_size", size
                 )
-            data = self._read(size, f"ext_info.{_block_name(block_id)}")
+            data = self._read(size, f"{Element.EXT_INFO}.{_block_name(block_id)}")
             remaining -= size
             if block_id == b"xcnt":
                 xcnt = int(_U32.unpack_from(data)[0])
@@ -458,7 +460,7 @@ class LegacyReader:
             raise UsageError("read_header() must come first: p2m_size is not known yet")
         fpp = F.PAGE_SIZE // (self.guest_width or w)
         count = -(-self.p2m_size // fpp)
-        raw = self._read(count * w, "p2m_frame_list.entries")
+        raw = self._read(count * w, FLD.P2M_FRAME_LIST_ENTRIES)
         return P2mFrameList(offset=start, index=self._emit(), entries=_uwords(raw, w))
 
     # -- body (§4, §5) --------------------------------------------------------------
@@ -474,10 +476,10 @@ class LegacyReader:
     ) -> Record:
         """One chunk header and its payload: a ``PageBatch``, a chunk record or
         ``EndOfBody``.  An unknown id or a count outside 1..1024 raises
-        ``StreamMalformed(field="chunk_header", value=<the int>)``.  ``page_sink``
+        ``StreamMalformed(field=FLD.CHUNK_HEADER, value=<the int>)``.  ``page_sink``
         may take the page data of a format-A batch."""
         self._begin()
-        (header,) = _I32.unpack(self._read(4, "chunk_header"))
+        (header,) = _I32.unpack(self._read(4, FLD.CHUNK_HEADER))
         if header == 0:
             return EndOfBody(offset=self._start, index=self._emit())
         if 0 < header <= F.MAX_BATCH_SIZE:
@@ -486,7 +488,7 @@ class LegacyReader:
             self._malformed(
                 f"chunk header {header} is neither a page count 1..{F.MAX_BATCH_SIZE} "
                 "nor a known XC_SAVE_ID",
-                "chunk_header",
+                FLD.CHUNK_HEADER,
                 header,
             )
         return self._read_save_id(header, max_vcpu_id)
@@ -495,7 +497,7 @@ class LegacyReader:
         self, count: int, dataless: frozenset[int], compressed: bool, sink: PageSink | None
     ) -> PageBatch:
         w = self._w
-        entries = self._read(count * w, "batch.entries")
+        entries = self._read(count * w, FLD.BATCH_ENTRIES)
         data: bytes | memoryview | None = None
         if not compressed:
             n = data_bearing_count(entries, w, dataless) * F.PAGE_SIZE
@@ -506,11 +508,11 @@ class LegacyReader:
                 if self._pages is None or len(self._pages) < n:
                     self._pages = bytearray(n)  # the largest batch so far, not 4 MiB up front
                 mv = memoryview(self._pages)[:n]
-                self._readinto(mv, "batch.pages")
+                self._readinto(mv, FLD.BATCH_PAGES)
                 data = mv
             else:
                 buf = bytearray(n)
-                self._readinto(memoryview(buf), "batch.pages")
+                self._readinto(memoryview(buf), FLD.BATCH_PAGES)
                 data = memoryview(buf).toreadonly()
         return PageBatch(
             offset=self._start, index=self._emit(), width=w, entries=entries, data=data
@@ -520,25 +522,25 @@ class LegacyReader:
         """Move a batch's ``n`` page bytes where ``placement`` says, without reading them."""
         try:
             if placement.fd is None:
-                self.source.skip(n, field="batch.pages")
+                self.source.skip(n, field=FLD.BATCH_PAGES)
             elif sum(length for _, length in placement.pieces) != n:
                 raise ValueError(f"page placement does not cover the batch's {n} page bytes")
             else:
-                self.source.transfer(placement.fd, placement.pieces, field="batch.pages")
+                self.source.transfer(placement.fd, placement.pieces, field=FLD.BATCH_PAGES)
         except StreamTruncated as e:
-            raise self._truncated(e, "batch.pages") from None
+            raise self._truncated(e, FLD.BATCH_PAGES) from None
 
     def _read_save_id(self, chunk_id: int, max_vcpu_id: int) -> Record:
         start = self._start
         if chunk_id in F.HVM_PARAM_CHUNKS:
-            pad, value = _HVM_PARAM.unpack(self._read(_HVM_PARAM.size, "hvm_param.value"))
+            pad, value = _HVM_PARAM.unpack(self._read(_HVM_PARAM.size, FLD.HVM_PARAM_VALUE))
             return HvmParamChunk(
                 offset=start, index=self._emit(), chunk_id=chunk_id, value=value, pad=pad
             )
         if chunk_id == F.XC_SAVE_ID_VCPU_INFO:
             return self._read_vcpu_info(max_vcpu_id)
         if chunk_id == F.XC_SAVE_ID_TSC_INFO:
-            mode, nsec, khz, inc = _TSC_INFO.unpack(self._read(_TSC_INFO.size, "tsc_info"))
+            mode, nsec, khz, inc = _TSC_INFO.unpack(self._read(_TSC_INFO.size, FLD.TSC_INFO))
             return TscInfo(
                 offset=start, index=self._emit(), tsc_mode=mode, nsec=nsec, khz=khz, incarnation=inc
             )
@@ -547,20 +549,20 @@ class LegacyReader:
         if chunk_id == F.XC_SAVE_ID_TMEM_EXTRA:
             return self._read_tmem_extra()
         if chunk_id == F.XC_SAVE_ID_COMPRESSED_DATA:
-            n = self._uw("compressed_data.length")
+            n = self._uw(FLD.COMPRESSED_DATA_LENGTH)
             # up to 16 MiB per chunk: read straight into its buffer (one copy)
             payload = bytearray()
             try:
                 if self._payloads is not None:
-                    self._payloads.read(self.source, n, "compressed_data.data")
+                    self._payloads.read(self.source, n, FLD.COMPRESSED_DATA_DATA)
                 else:
-                    self.source.read_append(payload, n, field="compressed_data.data")
+                    self.source.read_append(payload, n, field=FLD.COMPRESSED_DATA_DATA)
             except StreamTruncated as e:
-                raise self._truncated(e, "compressed_data.data") from None
+                raise self._truncated(e, FLD.COMPRESSED_DATA_DATA) from None
             return CompressedData(offset=start, index=self._emit(), data=payload)
         if chunk_id == F.XC_SAVE_ID_TOOLSTACK:
-            n = self._u32("toolstack.length")
-            blob, skipped = self._blob(n, "toolstack.data")
+            n = self._u32(FLD.TOOLSTACK_LENGTH)
+            blob, skipped = self._blob(n, FLD.TOOLSTACK_DATA)
             return Toolstack(offset=start, index=self._emit(), blob=blob, skipped=skipped)
         if chunk_id == F.XC_SAVE_ID_ENABLE_VERIFY_MODE:
             return EnableVerifyMode(offset=start, index=self._emit())
@@ -573,15 +575,15 @@ class LegacyReader:
         raise AssertionError(f"XC_SAVE_ID {chunk_id} has no reader")  # ALL_CHUNK_IDS covered
 
     def _read_vcpu_info(self, max_vcpu_id: int) -> VcpuInfo:
-        (max_id,) = _I32.unpack(self._read(4, "vcpu_info.max_vcpu_id"))
+        (max_id,) = _I32.unpack(self._read(4, FLD.VCPU_INFO_MAX_VCPU_ID))
         if not 0 <= max_id <= max_vcpu_id:
             self._malformed(
                 f"VCPU_INFO max vcpu id {max_id} outside 0..{max_vcpu_id}",
-                "vcpu_info.max_vcpu_id",
+                FLD.VCPU_INFO_MAX_VCPU_ID,
                 max_id,
             )
         words = max_id // 64 + 1
-        raw = self._read(8 * words, "vcpu_info.online_map")
+        raw = self._read(8 * words, FLD.VCPU_INFO_ONLINE_MAP)
         return VcpuInfo(
             offset=self._start,
             index=self._emit(),
@@ -663,10 +665,12 @@ class LegacyReader:
     def _read_pv_tail(self, vcpu_info: VcpuInfo | None) -> PvTail:
         w = self._w
         start = self._begin()
-        n = self._u32("pv_tail.pfn_count")
+        n = self._u32(FLD.PV_TAIL_PFN_COUNT)
         if n > F.MAX_UNMAPPED_PFNS:
-            self._malformed(f"PV tail: {n} unmapped pfns (more than 2^28)", "pv_tail.pfn_count", n)
-        unmapped = _uwords(self._read(n * w, "pv_tail.pfns"), w)
+            self._malformed(
+                f"PV tail: {n} unmapped pfns (more than 2^28)", FLD.PV_TAIL_PFN_COUNT, n
+            )
+        unmapped = _uwords(self._read(n * w, FLD.PV_TAIL_PFNS), w)
         ext = self.ext_info
         ctx_size = (
             F.VCPU_CONTEXT_SIZE_32 if (self.guest_width or w) == 4 else F.VCPU_CONTEXT_SIZE_64
@@ -692,7 +696,7 @@ class LegacyReader:
                     )
                 xsave = XsaveRecord(xfeature_mask=mask, data=self._read(size, "pv_tail.xsave"))
             vcpus.append(VcpuState(vcpu_id=vcpu_id, context=context, ext=ext_ctx, xsave=xsave))
-        shared = self._read(F.SHARED_INFO_SIZE, "pv_tail.shared_info")
+        shared = self._read(F.SHARED_INFO_SIZE, FLD.PV_TAIL_SHARED_INFO)
         return PvTail(
             offset=start,
             index=self._emit(),
@@ -704,10 +708,10 @@ class LegacyReader:
     def _read_hvm_tail(self) -> HvmTail:
         start = self._begin()
         ioreq, bufioreq, store, n = _HVM_TAIL.unpack(
-            self._read(_HVM_TAIL.size - 4, "hvm_tail.magic_pfns")
-            + self._read(4, "hvm_tail.context_length")
+            self._read(_HVM_TAIL.size - 4, FLD.HVM_TAIL_MAGIC_PFNS)
+            + self._read(4, FLD.HVM_TAIL_CONTEXT_LENGTH)
         )
-        context, skipped = self._blob(n, "hvm_tail.context")
+        context, skipped = self._blob(n, FLD.HVM_TAIL_CONTEXT)
         return HvmTail(
             offset=start,
             index=self._emit(),
