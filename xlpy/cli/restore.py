@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from xlpy.cli.common import width_arg
 from xlpy.cli.progress import make_progress
 from xlpy.errors import LibraryNotFound, RestoreRefused, UsageError, XenUnavailable
-from xlpy.outfile import open_output
+from xlpy.outfile import fd_spec, open_output
 from xlpy.receiver import restore
 from xlpy.receiver.backends import ProgressFn
 from xlpy.receiver.generations import GENERATIONS
@@ -230,12 +230,8 @@ def _operation(args: argparse.Namespace) -> Operation:
 def _source_fd(spec: str) -> int | str:
     if spec == "-":
         return sys.stdin.buffer.fileno()
-    if spec.startswith("fd:"):
-        try:
-            return int(spec[3:])
-        except ValueError:
-            raise UsageError(f"not a descriptor: {spec!r} (fd:N)") from None
-    return spec
+    fd = fd_spec(spec)
+    return spec if fd is None else fd
 
 
 class _Unwritten(Exception):
