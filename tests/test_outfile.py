@@ -78,9 +78,8 @@ def test_fd_colon_n_written_in_place(tmp_path: Path) -> None:
 
 
 def test_fd_colon_garbage_is_usage_error() -> None:
-    with pytest.raises(UsageError, match="not a descriptor: 'fd:abc'"):
-        with open_output("fd:abc"):
-            pass
+    with pytest.raises(UsageError, match="not a descriptor: 'fd:abc'"), open_output("fd:abc"):
+        pass
 
 
 def test_rename_noreplace_refuses_existing_names(tmp_path: Path) -> None:
