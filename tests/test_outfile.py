@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from xlpy.errors import UsageError
-from xlpy.outfile import open_output
+from xlpy.outfile import open_output, rename_noreplace
 
 
 def _leftovers(d: Path) -> list[str]:
@@ -40,15 +40,64 @@ def test_failure_keeps_old_content_and_removes_temp(tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == []
 
 
-def test_symlink_kept_and_its_file_replaced(tmp_path: Path) -> None:
+def test_symlink_replaced_its_target_untouched(tmp_path: Path) -> None:
+    # Another user's link in a shared /tmp must not redirect a root-run write onto the
+    # file it names (issue 12: a root-owned 0600 file became the stream, mode 0644).
     real = tmp_path / "real.bin"
     real.write_bytes(b"old")
+    real.chmod(0o600)
     link = tmp_path / "link.bin"
     link.symlink_to(real)
     with open_output(str(link)) as f:
         f.write(b"new")
-    assert link.is_symlink()
-    assert real.read_bytes() == b"new"
+    assert not link.is_symlink()
+    assert link.read_bytes() == b"new"
+    assert real.read_bytes() == b"old"
+    assert real.stat().st_mode & 0o777 == 0o600
+
+
+def test_dangling_symlink_replaced_not_followed(tmp_path: Path) -> None:
+    link = tmp_path / "link.bin"
+    link.symlink_to(tmp_path / "elsewhere.bin")
+    with open_output(str(link)) as f:
+        f.write(b"new")
+    assert not (tmp_path / "elsewhere.bin").exists()
+    assert link.read_bytes() == b"new"
+
+
+def test_fd_colon_n_written_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "out.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        with open_output(f"fd:{fd}") as f:
+            f.write(b"through fd")
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"through fd"
+    assert not (Path.cwd() / f"fd:{fd}").exists()
+
+
+def test_fd_colon_garbage_is_usage_error() -> None:
+    with pytest.raises(UsageError, match="not a descriptor: 'fd:abc'"), open_output("fd:abc"):
+        pass
+
+
+def test_rename_noreplace_refuses_existing_names(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for kind in ("dir", "link", "file"):
+        dst = tmp_path / kind
+        if kind == "dir":
+            dst.mkdir()
+        elif kind == "link":
+            dst.symlink_to(tmp_path / "nowhere")
+        else:
+            dst.write_bytes(b"x")
+        with pytest.raises(FileExistsError):
+            rename_noreplace(src, dst)
+        assert src.is_dir()
+    rename_noreplace(src, tmp_path / "new")
+    assert (tmp_path / "new").is_dir()
 
 
 def test_character_device_written_in_place(tmp_path: Path) -> None:

@@ -7,18 +7,23 @@ Every xlpy command that writes a stream or a file (``gen -o``, ``convert -o``,
   same directory and renamed over the target only when the writer finished
   without an exception, so a failed run leaves no half-written file and the
   previous content untouched; the temporary file is removed on failure;
-* ``-`` is standard output, and with ``fd_numbers=True`` a decimal number is an
-  already open descriptor (Xen's ``open_file_or_fd``); both are written in place;
+* ``-`` is standard output, ``fd:N`` an already open descriptor, and with
+  ``fd_numbers=True`` so is a bare decimal number (Xen's ``open_file_or_fd``); all are
+  written in place;
 * an existing path that is not a regular file (a character or block device, a
-  FIFO, a socket) is opened and written in place: renaming over it would
-  replace the device node with a regular file.
+  FIFO, a socket) is opened with ``O_NOFOLLOW`` and written in place: renaming over
+  it would replace the device node with a regular file.
 
-A symbolic link is followed, so the file it names is replaced and the link kept.
+A symbolic link is never followed: the rename replaces the link itself, so a link
+another user planted in a shared directory cannot redirect a root-run command onto the
+file it names (the target keeps its content and mode).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import io
 import os
 import stat
@@ -41,12 +46,53 @@ def fd_number(text: str) -> int | None:
         return None
 
 
+def fd_spec(text: str) -> int | None:
+    """The descriptor of ``fd:N`` (``None`` for any other text); ``fd:abc`` is a UsageError."""
+    if not text.startswith("fd:"):
+        return None
+    fd = fd_number(text[3:])
+    if fd is None or fd < 0:
+        raise UsageError(f"not a descriptor: {text!r} (fd:N, N a decimal number)")
+    return fd
+
+
 def is_special(path: str) -> bool:
-    """True when ``path`` exists and is not a regular file (renaming over it would replace it)."""
+    """True when ``path`` exists and is neither a regular file nor a symbolic link
+    (renaming over it would replace a device node, FIFO or socket)."""
     try:
-        return not stat.S_ISREG(os.stat(path).st_mode)
+        mode = os.lstat(path).st_mode
     except OSError:
         return False
+    return not (stat.S_ISREG(mode) or stat.S_ISLNK(mode))
+
+
+#: ``renameat2`` flag: fail with EEXIST when the new name exists (linux/fs.h).
+RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def rename_noreplace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Rename ``src`` to ``dst`` atomically, failing with ``FileExistsError`` when ``dst``
+    exists in any form (a directory, a file, a dangling symbolic link).
+
+    ``os.rename`` silently replaces an empty directory and a file, so a name another user
+    creates between a check and the rename would be lost.  Uses ``renameat2`` with
+    ``RENAME_NOREPLACE``; on a file system or libc without it, reserves ``dst`` with
+    ``mkdir`` (atomic, fails when anything exists) and renames the directory ``src`` over
+    that empty directory of its own.
+    """
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is not None:
+        rc = fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), os.fspath(dst))
+    if not os.path.isdir(src):
+        raise OSError(errno.ENOSYS, "renameat2(RENAME_NOREPLACE) unavailable", os.fspath(dst))
+    os.mkdir(dst)
+    os.rename(src, dst)
 
 
 @contextlib.contextmanager
@@ -61,7 +107,9 @@ def open_output(
     ``BrokenPipeError``); any exception from the body propagates unchanged, after
     the temporary file is removed.
     """
-    fd = fd_number(name) if fd_numbers else None
+    fd = fd_spec(name)
+    if fd is None and fd_numbers:
+        fd = fd_number(name)
     if name == "-" or fd is not None:
         what = "standard output" if fd is None else f"fd {fd}"
         if fd is None and sys.stdout is None:
@@ -82,16 +130,15 @@ def open_output(
             with contextlib.suppress(BrokenPipeError):
                 out.close()
         return
-    target = os.path.realpath(name)
-    if is_special(target):
+    if is_special(name):
         with _guarded(name):
-            raw = io.FileIO(target, "wb")
+            raw = io.FileIO(_open_in_place(name), "wb")
         with _Output(raw, name, buffer_size) as out:
             yield out
         return
     with _guarded(name):
         tfd, tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target)
+            prefix=f".{os.path.basename(name)}.", suffix=".tmp", dir=os.path.dirname(name) or "."
         )
     try:
         with _guarded(name):
@@ -102,11 +149,21 @@ def open_output(
         with _Output(io.FileIO(tfd, "wb"), name, buffer_size) as out:
             yield out
         with _guarded(name):
-            os.replace(tmp, target)
+            os.replace(tmp, name)  # the name itself: a symbolic link is replaced, not followed
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _open_in_place(name: str) -> int:
+    """Open the device, FIFO or socket ``name`` for writing, never through a symbolic link
+    (``O_NOFOLLOW``) and never a regular file swapped in since it was looked at."""
+    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EEXIST, "replaced by a regular file while being opened", name)
+    return fd
 
 
 class _Output(io.BufferedWriter):

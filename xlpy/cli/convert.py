@@ -42,7 +42,7 @@ import xlpy
 from xlpy.cli.common import width_arg
 from xlpy.cli.progress import make_progress
 from xlpy.errors import StreamError, UsageError, XlpyError
-from xlpy.outfile import fd_number, open_output
+from xlpy.outfile import fd_number, fd_spec, open_output
 from xlpy.stream.source import ByteSource, open_source
 
 # The sender model's names (xlpy.stream.legacy.senders), not imported: it costs
@@ -248,7 +248,9 @@ def run(args: argparse.Namespace) -> int:
     source, owned = _open_input(args.fin)
     try:
         busy = {source.fileno: "is the input stream"} if source.fileno is not None else {}
-        out_fd = 1 if args.fout == "-" else fd_number(args.fout)
+        out_fd = 1 if args.fout == "-" else fd_spec(args.fout)
+        if out_fd is None:
+            out_fd = fd_number(args.fout)
         if out_fd is not None:
             busy[out_fd] = "is the output stream"
         progress = make_progress(args.progress_fd, busy_fds=busy)

@@ -79,7 +79,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--memory", type=size_arg, required=True, help="guest memory, e.g. 64M, 1G")
     p.add_argument("--vcpus", type=int, default=2)
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0, help="guest content seed (default 0)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file or '-'")
 
 

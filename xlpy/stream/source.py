@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from typing import BinaryIO, Protocol
 
 from xlpy.errors import StreamTimeout, StreamTruncated, UsageError
-from xlpy.outfile import fd_number
+from xlpy.outfile import fd_number, fd_spec
 
 #: Size of one raw read when filling the look-ahead buffer.
 FILL_SIZE = 1 << 16
@@ -506,25 +506,29 @@ class _ReadAdapter:
         return len(data)
 
 
-def open_source(spec: str, *, fd_numbers: bool = False) -> tuple[ByteSource, BinaryIO | None]:
+def open_source(
+    spec: str, *, fd_numbers: bool = False, timeout: float | None = None
+) -> tuple[ByteSource, BinaryIO | None]:
     """Open a command-line SOURCE: a path, ``-`` (stdin) or ``fd:N``.
 
     With ``fd_numbers`` a bare decimal number names a descriptor too (Xen's
     ``open_file_or_fd``).  Returns the source and the file object to close
     (``None`` when the caller does not own the descriptor).  A path that cannot
     be opened or a descriptor that is not open raises ``OSError``; a standard
-    input that was closed when the process started raises ``UsageError``.
+    input that was closed when the process started, or ``fd:`` followed by anything but a
+    number, raises ``UsageError``.  ``timeout`` is the source's stall bound (seconds without
+    a byte before :class:`~xlpy.errors.StreamTimeout`).
     """
     import sys
 
-    fd = fd_number(spec) if fd_numbers else None
+    fd = fd_spec(spec)
+    if fd is None and fd_numbers:
+        fd = fd_number(spec)
     if spec == "-":
         if sys.stdin is None:  # Python leaves it None when fd 0 was closed at start-up
             raise UsageError("standard input is closed")
-        return ByteSource(sys.stdin.fileno()), None
-    if spec.startswith("fd:"):
-        fd = int(spec[3:])
+        return ByteSource(sys.stdin.fileno(), timeout=timeout), None
     if fd is not None:
-        return ByteSource(fd), None
+        return ByteSource(fd, timeout=timeout), None
     f = open(spec, "rb", buffering=0)  # noqa: SIM115 - returned to the caller
-    return ByteSource(f.fileno()), f
+    return ByteSource(f.fileno(), timeout=timeout), f

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from xlpy.errors import UsageError
+from xlpy.outfile import rename_noreplace
 from xlpy.receiver.domains import DomainFull
 from xlpy.stream.legacy.format import PAGE_SIZE
 
@@ -40,7 +41,8 @@ class SimDomain:
 
     def __init__(self, out: Path) -> None:
         self.out = Path(out)
-        if self.out.exists():
+        # lexists: a dangling symbolic link is a name in use too (publish would fail on it).
+        if os.path.lexists(self.out):
             raise UsageError(f"{self.out} already exists; choose a new --out directory")
         if not self.out.parent.is_dir():
             raise UsageError(f"{self.out.parent} is not a directory; cannot create {self.out}")
@@ -123,7 +125,15 @@ class SimDomain:
 
     def publish(self) -> None:
         self._close()
-        os.rename(self._dir(), self.out)
+        try:
+            # Not os.rename: it silently replaces an empty directory someone created
+            # under the name while the restore ran (a shared /tmp).
+            rename_noreplace(self._dir(), self.out)
+        except OSError as e:
+            raise UsageError(
+                f"cannot create {self.out}: {e.strerror} (the name appeared during the "
+                "restore; the restored domain was discarded)"
+            ) from None
         self.tmp = None
 
     def destroy(self) -> None:
