@@ -1,8 +1,15 @@
 """Out-of-process ``xc_domain_restore``: a libxc assert, crash or hang cannot take the
 toolstack down.
 
-The parent starts ``python -m xlpy.binding.helper FD`` with the stream fd (and the COLO
-back channel) inherited under the same numbers and one end of a socketpair as ``FD``.
+The parent starts the helper as ``python -I -c <import xlpy from its own root> ROOT FD``
+with the stream fd (and the COLO back channel) inherited under the same numbers and one
+end of a socketpair as ``FD``.  ``-I`` (isolated mode) keeps the caller's directory off
+``sys.path`` (a ``json.py`` there would otherwise run as root), ignores ``PYTHON*``
+variables and the user site; the library path is resolved to an absolute file before
+the start.  The helper's environment is scrubbed to what libxenguest and its loader use
+(:data:`HELPER_ENV`, ``LC_*``, ``XENSTORE*``/``XENSTORED*`` for libxenstore) plus the
+names listed, space- or comma-separated, in ``XLPY_HELPER_ENV`` (for a stand-in
+library's own settings).
 Frames on the socket are a 4-byte big-endian length and a JSON object:
 
 * parent → helper: ``{"abi": …, "request": …, "callbacks": [names]}``
@@ -45,6 +52,39 @@ log = logging.getLogger("xlpy.libxc")
 _LEN = struct.Struct(">I")
 #: The directory holding the ``xlpy`` package, for the helper's ``sys.path``.
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+#: Variables the helper keeps: the dynamic loader's, the locale, libxc's own
+#: (``XLPY_LIBXENGUEST`` is already resolved; kept for the generation override).
+HELPER_ENV = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "TZ",
+        "LD_LIBRARY_PATH",
+        "LD_PRELOAD",
+        "XLPY_LIBXENGUEST",
+        "XLPY_XENGUEST_GENERATION",
+    }
+)
+#: Prefixes of kept variables: locale, libxenstore (XENSTORED_PATH, XENSTORE_DOMAIN_...).
+HELPER_ENV_PREFIXES = ("LC_", "XENSTORE")
+#: Names listed here (space or comma separated) are passed to the helper as well.
+ENV_HELPER_EXTRA = "XLPY_HELPER_ENV"
+#: The helper's entry: xlpy from the root the parent imported it from, never from cwd.
+_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from xlpy.binding.helper import main; " \
+    "sys.exit(main(sys.argv[2:]))"  # fmt: skip
+
+
+def helper_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The scrubbed environment the helper runs with (see the module docstring)."""
+    extra = set(env.get(ENV_HELPER_EXTRA, "").replace(",", " ").split())
+    return {
+        k: v
+        for k, v in env.items()
+        if k in HELPER_ENV or k in extra or k.startswith(HELPER_ENV_PREFIXES)
+    }
+
+
 _ERRORS: Mapping[str, type[XlpyError]] = {
     "XenUnavailable": XenUnavailable,
     "UsageError": UsageError,
@@ -180,16 +220,16 @@ def _run_helper(
 ) -> RestoreOutputs:
     parent, child = socket.socketpair()
     fds = {child.fileno(), request.io_fd} | ({request.send_back_fd} - {-1})
-    env = {**os.environ, **extra_env}
     root = str(_PACKAGE_ROOT)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
+    if os.sep in abi.library:  # a bare soname is the loader's to find (LD_LIBRARY_PATH)
+        abi = dataclasses.replace(abi, library=os.path.realpath(abi.library))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xlpy.binding.helper", str(child.fileno())],
+        [sys.executable, "-I", "-c", _BOOT, root, str(child.fileno())],
         pass_fds=sorted(fds),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=env,
+        env={**helper_env(os.environ), **extra_env},
     )
     child.close()
     assert proc.stderr is not None
