@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
+from xlpy.receiver import generations
 from xlpy.receiver.domains import Outcome, ProgressFn, ReceiveRequest
 from xlpy.receiver.domains.sim import SimDomain
 from xlpy.receiver.generations import GENERATIONS, Generation, generation
-from xlpy.receiver.generations import generation as generation_of
 from xlpy.receiver.toolstacks import DEFAULT_TOOLSTACK, TOOLSTACKS, Toolstack, toolstack
 from xlpy.stream.source import ByteSource
 
@@ -69,7 +69,7 @@ def restore(
     )
     domain = SimDomain(request.out)
     try:
-        if generation_of(request.generation).stream_format == "v2":
+        if generations.generation(request.generation).stream_format == "v2":
             from xlpy.receiver.v2 import V2Restore
 
             return V2Restore(src, request, domain).run()
