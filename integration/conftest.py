@@ -9,15 +9,59 @@ can never pass by skipping.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+import time
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import dom0lib
 import pytest
 
+#: (nodeid, seconds for setup+call+teardown, outcome, dom0 resources after teardown)
+_TIMINGS: list[tuple[str, float, str, str]] = []
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "dom0: needs a real Xen dom0 (root, /dev/xen/privcmd, xl)")
+
+
+def pytest_report_header() -> str:
+    # Calibrated once, before the first test, so that no test pays for it.
+    return f"dom0: {dom0lib.time_scale_report()}; {dom0lib.resources()}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+    t0 = time.monotonic()
+    yield
+    outcome = "passed"
+    for report in getattr(item, "_xlpy_reports", []):
+        if report.failed:
+            outcome = f"{report.when} failed"
+            break
+        if report.skipped:
+            outcome = "skipped"
+    _TIMINGS.append((item.nodeid, time.monotonic() - t0, outcome, dom0lib.resources()))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, object, None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    item.__dict__.setdefault("_xlpy_reports", []).append(report)
+    if report.failed:
+        # A failure under memory or /tmp pressure says so in its own report.
+        report.sections.append(("dom0 resources at the failure", dom0lib.resources()))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _TIMINGS:
+        return
+    tr = terminalreporter
+    tr.section("dom0 per-test timings (setup+call+teardown) and resources after each")
+    for nodeid, seconds, outcome, res in _TIMINGS:
+        tr.write_line(f"{seconds:7.1f}s  {outcome:16} {nodeid}  [{res}]")
+    tr.write_line(f"{sum(t[1] for t in _TIMINGS):7.1f}s  total; {dom0lib.time_scale_report()}")
 
 
 @pytest.fixture(scope="session")
@@ -41,9 +85,20 @@ def _require_dom0(request: pytest.FixtureRequest, _xen_reason: str | None) -> No
 
 
 @pytest.fixture(scope="module")
-def dom0_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A scratch directory in dom0 (save images, guest configs) for one test module."""
-    return tmp_path_factory.mktemp("dom0")
+def dom0_workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A scratch directory in dom0 (save images, guest configs) for one test module.
+
+    dom0's /tmp is a tmpfs in dom0's own memory: whatever a failing test left here (a
+    half-written image, a simulated domain) is removed with the module, and named, so
+    that it can neither fill /tmp for the next module nor go unnoticed.
+    """
+    path = tmp_path_factory.mktemp("dom0")
+    yield path
+    left = [p for p in path.rglob("*") if p.is_file() and p.stat().st_size > 1 << 20]
+    if left:
+        sizes = ", ".join(f"{p.relative_to(path)} ({p.stat().st_size >> 20}M)" for p in left)
+        print(f"removing what the module left in {path}: {sizes}")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,90 @@ class Dom0Error(AssertionError):
     """A dom0 command failed; the message carries its output."""
 
 
+#: Seconds :func:`_calibrate`'s workload took in an idle harness dom0 (TCG, 2 vCPUs), the
+#: machine every timeout below was set on.
+CALIBRATION_REFERENCE_S = 4.0
+_scale: tuple[float, float] | None = None
+
+
+def _calibrate() -> float:
+    """Seconds this dom0 takes for a fixed CPU-bound workload (Python loop + sha256)."""
+    import hashlib
+
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(3_000_000):
+        x += i
+    hashlib.sha256(bytes(1 << 24)).digest()
+    return time.perf_counter() - t0
+
+
+def time_scale() -> float:
+    """How many times slower than the reference dom0 this one runs (never below 1).
+
+    Measured once per session; every wait and command bound is multiplied by it, so a
+    loaded or slower host stretches the deadlines instead of failing them.
+    ``XLPY_DOM0_TIME_SCALE`` overrides the measurement.
+    """
+    global _scale
+    if _scale is None:
+        override = os.environ.get("XLPY_DOM0_TIME_SCALE")
+        took = _calibrate()
+        factor = float(override) if override else took / CALIBRATION_REFERENCE_S
+        _scale = (max(1.0, factor), took)
+    return _scale[0]
+
+
+def bound(seconds: float) -> float:
+    """``seconds`` (a bound set on the reference dom0) stretched to this one."""
+    return seconds * time_scale()
+
+
+def time_scale_report() -> str:
+    """The scale and the calibration it came from, for the session summary."""
+    scale = time_scale()
+    assert _scale is not None
+    took = _scale[1]
+    return f"time scale {scale:.2f} (calibration {took:.2f}s, reference {CALIBRATION_REFERENCE_S}s)"
+
+
+def resources() -> str:
+    """dom0's free /tmp (a tmpfs: it holds the images), available memory and load, in one line.
+
+    Logged after every test and in every failure report: a test that fails because an
+    earlier one filled /tmp or dom0's memory must say so, not look like a libxc bug.
+    """
+    parts = []
+    try:
+        st = os.statvfs("/tmp")
+        parts.append(
+            f"/tmp {(st.f_blocks - st.f_bfree) * st.f_frsize >> 20}M used, "
+            f"{st.f_bavail * st.f_frsize >> 20}M free"
+        )
+    except OSError as e:
+        parts.append(f"/tmp: {e}")
+    try:
+        meminfo = dict(
+            line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines()
+        )
+        parts.append(f"MemAvailable {int(meminfo['MemAvailable'].split()[0]) >> 10}M")
+        parts.append(f"Shmem {int(meminfo['Shmem'].split()[0]) >> 10}M")
+    except (OSError, KeyError, ValueError) as e:
+        parts.append(f"meminfo: {e}")
+    try:
+        parts.append("load " + " ".join(Path("/proc/loadavg").read_text().split()[:3]))
+    except OSError as e:
+        parts.append(f"loadavg: {e}")
+    return "; ".join(parts)
+
+
 def run(
     cmd: list[str], *, timeout: float = 120, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` with a bound; on failure (if ``check``) raise with its full output."""
     t0 = time.monotonic()
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+        cmd, capture_output=True, text=True, timeout=timeout * time_scale(), env=env, check=False
     )
     dt = time.monotonic() - t0
     print(f"$ {' '.join(cmd)}  -> rc {proc.returncode} in {dt:.2f}s")
@@ -205,7 +282,7 @@ class PVGuest:
             return ""
 
     def console_log_appears(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * time_scale()
         while not self.console_log.exists():
             if time.monotonic() > deadline:
                 return False
@@ -222,6 +299,7 @@ class PVGuest:
 
     def wait_tick_after(self, tick: int, timeout: float = 120) -> int:
         """Wait until the guest prints a tick numbered above ``tick``; return the newest."""
+        timeout *= time_scale()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ticks = self.ticks()
@@ -267,6 +345,7 @@ def assert_resumed_since(guest: PVGuest, mark: int, last_tick: int, timeout: flo
     or two printed into the ring around the save may be re-read or lost), and init is
     not started again (no new ``GUEST-UP``).
     """
+    timeout *= time_scale()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         new = ticks_since(guest, mark)
@@ -394,9 +473,9 @@ class HVMGuest(PVGuest):
     """A tiny HVM guest: dom0's kernel and the same busybox initramfs, direct-booted by
     qemu-xen and SeaBIOS (no disk, no network, no display).
 
-    Its serial port (the kernel's and init's console) goes to an append-mode file in
-    ``workdir``: a restored qemu appends there too, so ticks run on in one log.  A Linux
-    HVM guest boots in about 50 s under TCG: share one per module.
+    Its serial port (the kernel's and init's console) goes to an append-mode file in the
+    console log directory: a restored qemu appends there too, so ticks run on in one log.
+    A Linux HVM guest boots in about 50 s under TCG: share one per module.
     """
 
     def __post_init__(self) -> None:
@@ -416,7 +495,8 @@ class HVMGuest(PVGuest):
 
     @property
     def console_log(self) -> Path:
-        return self.workdir / f"{self.name}-serial.log"
+        # Beside xenconsoled's logs, so that the harness brings it back with them.
+        return console_log_dir() / f"hvm-{self.name}-serial.log"
 
 
 def pages_differing(core: Path, sim_memory: Path) -> tuple[int, list[int]]:
@@ -447,4 +527,85 @@ def pages_differing(core: Path, sim_memory: Path) -> tuple[int, list[int]]:
     finally:
         # Unmap now: a failing test's traceback would keep both files' tmpfs space.
         del real, simulated
+    return len(pfns), differ
+
+
+# --- a paused domain's pages, read in place (libxenforeignmemory) ---------------------------
+
+
+def stream_data_pfns(image: Path) -> list[int]:
+    """Every pfn whose page data a v2 image carries (its libxc PAGE_DATA records), sorted."""
+    import numpy as np
+
+    from xlpy.stream.source import ByteSource
+    from xlpy.stream.v2.reader import V2Reader
+    from xlpy.stream.v2.records import LIBXC, PageData, V2Record, carries_data
+
+    pfns: set[int] = set()
+    with image.open("rb", buffering=0) as f:
+        for el in V2Reader(ByteSource(f.fileno())).elements():
+            if isinstance(el, V2Record) and el.layer == LIBXC:
+                body = el.decode()
+                if isinstance(body, PageData):
+                    with_data = body.pfns[carries_data(body.type_nibbles)]
+                    pfns.update(with_data.astype(np.int64).tolist())
+    return sorted(pfns)
+
+
+def pages_differing_in_domain(
+    domid: int, pfns: list[int], sim_memory: Path, batch: int = 1024
+) -> tuple[int, list[int]]:
+    """(pages compared, pfns whose page in domain ``domid`` differs from ``sim_memory``).
+
+    The pages are mapped read-only from the (paused, auto-translated: HVM) domain with
+    libxenforeignmemory, ``batch`` at a time.  ``xl dump-core`` would give the same bytes
+    but walks every gfn below the domain's max_gpfn (0xfefff for any HVM guest): about
+    four and a half minutes under TCG against seconds for the stream's own pfns.
+    """
+    import ctypes
+
+    import numpy as np
+
+    lib = ctypes.CDLL("libxenforeignmemory.so.1", use_errno=True)
+    lib.xenforeignmemory_open.restype = ctypes.c_void_p
+    lib.xenforeignmemory_open.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+    lib.xenforeignmemory_map.restype = ctypes.c_void_p
+    lib.xenforeignmemory_map.argtypes = [
+        ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_int),
+    ]  # fmt: skip
+    lib.xenforeignmemory_unmap.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    lib.xenforeignmemory_close.argtypes = [ctypes.c_void_p]
+    fmem = lib.xenforeignmemory_open(None, 0)
+    if not fmem:
+        raise Dom0Error(f"xenforeignmemory_open: {os.strerror(ctypes.get_errno())}")
+    simulated = np.memmap(sim_memory, dtype=np.uint8, mode="r").reshape(-1, 4096)
+    differ: list[int] = []
+    try:
+        for i in range(0, len(pfns), batch):
+            chunk = pfns[i : i + batch]
+            arr = (ctypes.c_uint64 * len(chunk))(*chunk)
+            errs = (ctypes.c_int * len(chunk))()
+            addr = lib.xenforeignmemory_map(fmem, domid, 1, len(chunk), arr, errs)  # PROT_READ
+            if not addr:
+                raise Dom0Error(
+                    f"xenforeignmemory_map of d{domid} pfns {chunk[0]:#x}..{chunk[-1]:#x}: "
+                    f"{os.strerror(ctypes.get_errno())}"
+                )
+            try:
+                failed = [(p, e) for p, e in zip(chunk, errs, strict=True) if e]
+                if failed:
+                    raise Dom0Error(f"d{domid}: pages not mappable (pfn, -errno): {failed[:10]}")
+                real = np.frombuffer(ctypes.string_at(addr, len(chunk) * 4096), dtype=np.uint8)
+                idx = np.array(chunk, dtype=np.int64)
+                inside = idx < len(simulated)
+                sim_rows = np.zeros((len(chunk), 4096), dtype=np.uint8)
+                sim_rows[inside] = simulated[idx[inside]]
+                bad = (real.reshape(-1, 4096) != sim_rows).any(axis=1)
+                differ += idx[bad].tolist()
+            finally:
+                lib.xenforeignmemory_unmap(fmem, addr, len(chunk))
+    finally:
+        del simulated
+        lib.xenforeignmemory_close(fmem)
     return len(pfns), differ

@@ -33,6 +33,8 @@ pytestmark = pytest.mark.dom0
 CHECKPOINT = (0x0000000E).to_bytes(4, "little") + bytes(4)  # REC_TYPE_CHECKPOINT, length 0
 #: libxc's own words (xg_sr_restore.c handle_checkpoint).
 PLAIN_CHECKPOINT_ERROR = "Found checkpoint in non-checkpointed stream"
+#: The bound on one restore (or conversion) of the image, stretched to this dom0's speed.
+_LIBXC = dom0lib.bound(600)
 
 
 @dataclass
@@ -128,7 +130,7 @@ def test_xend_toolstack_restores_the_xl_save_image(
     from xlpy.operation import StreamType
 
     mark = dom0lib.console_mark(saved.guest)
-    done = xend.restore_xl_image(saved.image, toolstack=toolstack, timeout=600)  # type: ignore[arg-type]
+    done = xend.restore_xl_image(saved.image, toolstack=toolstack, timeout=_LIBXC)  # type: ignore[arg-type]
     print(done.domain, done.restored.decision)
     assert done.restored.backend == "libxc"
     assert done.restored.decision.stream_type is StreamType.PLAIN
@@ -157,7 +159,7 @@ def test_plain_restore_of_a_checkpointed_stream_fails_in_libxc(
     domain = toolstack.create(_config(saved))  # type: ignore[attr-defined]
     try:
         with remus_stream.open("rb", buffering=0) as f:
-            done = toolstack.restore(domain, f.fileno(), operation="restore", timeout=600)  # type: ignore[attr-defined]
+            done = toolstack.restore(domain, f.fileno(), operation="restore", timeout=_LIBXC)  # type: ignore[attr-defined]
     finally:
         toolstack.destroy(domain.domid)  # type: ignore[attr-defined]
     print(done.error, done.messages)
@@ -184,7 +186,7 @@ def test_remus_without_checkpoint_callback_is_refused_before_libxc(
     domain = toolstack.create(_config(saved))  # type: ignore[attr-defined]
     try:
         with remus_stream.open("rb", buffering=0) as f, pytest.raises(XlpyError) as refused:
-            toolstack.restore(domain, f.fileno(), operation="remus-receive", timeout=600)  # type: ignore[attr-defined]
+            toolstack.restore(domain, f.fileno(), operation="remus-receive", timeout=_LIBXC)  # type: ignore[attr-defined]
             # Reaching here means libxc ran: its assert would have killed the helper.
         assert not isinstance(refused.value, LibxcCrashed), repr(refused.value)
         assert "checkpoint" in str(refused.value), str(refused.value)
@@ -214,7 +216,7 @@ def test_remus_receive_commits_the_last_complete_checkpoint(
                 f.fileno(),
                 operation="remus-receive",
                 callbacks={"checkpoint": checkpoint},
-                timeout=600,
+                timeout=_LIBXC,
             )
         print(done.decision, done.error, done.messages)
         assert done.ok, done.error
@@ -278,7 +280,7 @@ def _convert_back(converter: str, legacy: Path, back: Path, image: Path) -> None
         fout.flush()
         proc = subprocess.run(
             [*cmd, "-i", "0", "-o", "1", *common],
-            stdin=fin, stdout=fout, stderr=subprocess.PIPE, env=env, timeout=600, check=False,
+            stdin=fin, stdout=fout, stderr=subprocess.PIPE, env=env, timeout=_LIBXC, check=False,
         )  # fmt: skip
     print(f"$ {' '.join(cmd)} -> rc {proc.returncode}\n{proc.stderr.decode()[-2000:]}")
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
@@ -389,25 +391,26 @@ def test_paused_restore_matches_the_simulated_restore_page_for_page(
 ) -> None:
     domain = toolstack.create(_config(saved))  # type: ignore[attr-defined]
     core = saved.workdir / "tiny.core"
-    try:
-        with saved.image.open("rb", buffering=0) as f:
-            from xlpy import xend
-
-            xend.read_xl_prefix(f.fileno())
-            done = toolstack.restore(domain, f.fileno(), timeout=600)  # type: ignore[attr-defined]
-        assert done.ok, done.error
-        # Never unpaused nor introduced: no guest, xenstored or xenconsoled write yet.
-        dom0lib.xl("dump-core", str(domain.domid), str(core), timeout=600)
-    finally:
-        toolstack.destroy(domain.domid)  # type: ignore[attr-defined]
     out = saved.workdir / "sim-core"
-    import xlpy
-
-    sim = xlpy.restore(saved.image, operation="restore", out=out, release="xen-4.17")
     try:
+        try:
+            with saved.image.open("rb", buffering=0) as f:
+                from xlpy import xend
+
+                xend.read_xl_prefix(f.fileno())
+                done = toolstack.restore(domain, f.fileno(), timeout=_LIBXC)  # type: ignore[attr-defined]
+            assert done.ok, done.error
+            # Never unpaused nor introduced: no guest, xenstored or xenconsoled write yet.
+            dom0lib.xl("dump-core", str(domain.domid), str(core), timeout=600)
+        finally:
+            toolstack.destroy(domain.domid)  # type: ignore[attr-defined]
+        import xlpy
+
+        sim = xlpy.restore(saved.image, operation="restore", out=out, release="xen-4.17")
         assert sim.ok, sim.error
         compared, differ = dom0lib.pages_differing(core, out / "memory")
     finally:
+        # A failed dump leaves a partial core: dom0's /tmp is a small tmpfs.
         shutil.rmtree(out, ignore_errors=True)
         core.unlink(missing_ok=True)
     kinds = _rewritten_pfns(saved.image)

@@ -67,7 +67,7 @@ rm -rf "$RUN/src"
 tar -C "$RUN/payload" -cf "$RUN/payload.tar" . && rm -rf "$RUN/payload"
 truncate -s 256M "$RUN/results.img"   # raw results disk: dom0 writes a tar stream
 
-XEN_CMDLINE="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 loglvl=all guest_loglvl=all"
+XEN_CMDLINE="console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M dom0_max_vcpus=2 loglvl=all guest_loglvl=all"
 DOM0_CMDLINE="root=/dev/vda ro console=hvc0 earlyprintk=xen init=/opt/xlpy-vm/dom0-init loglevel=4"
 DOM0_CMDLINE+=" net.ifnames=0 xlpy.timeout=$SUITE_TIMEOUT"
 [ -n "${XLPY_VM_PYTEST_ARGS:-}" ] && DOM0_CMDLINE+=" xlpy.pytest=${XLPY_VM_PYTEST_ARGS// /+}"
@@ -76,7 +76,7 @@ T0=$(date +%s.%N)
 elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 log "booting Xen + dom0 (bound ${TIMEOUT}s); console: $RUN/serial.log"
 # shellcheck disable=SC2086
-nice -n 10 qemu-system-x86_64 $ACCEL -smp 2 -m 2048 -machine pc \
+nice -n 10 qemu-system-x86_64 $ACCEL -smp 2 -m 3072 -machine pc \
   -nodefaults -display none -no-reboot -monitor none -serial "file:$RUN/serial.log" \
   -kernel "$IMAGE/xen" -append "$XEN_CMDLINE" \
   -initrd "$IMAGE/vmlinuz ${DOM0_CMDLINE//,/,,},$IMAGE/initrd.img" \
