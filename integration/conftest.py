@@ -40,7 +40,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
             outcome = f"{report.when} failed"
             break
         if report.skipped:
-            outcome = "skipped"
+            outcome = "xfailed" if hasattr(report, "wasxfail") else "skipped"
     _TIMINGS.append((item.nodeid, time.monotonic() - t0, outcome, dom0lib.resources()))
 
 

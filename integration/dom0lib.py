@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xlpy.stream import xlheader
+
 HERE = Path(__file__).resolve().parent
 GUEST_INIT = HERE / "guest" / "init"
 XEN_PRIVCMD = Path("/dev/xen/privcmd")
@@ -361,6 +363,20 @@ def assert_resumed_since(guest: PVGuest, mark: int, last_tick: int, timeout: flo
     assert last_tick - 1 <= new[0] <= last_tick + 2, (last_tick, new)
     assert new == list(range(new[0], new[0] + len(new))), new
     assert "GUEST-UP" not in guest.console()[mark:], guest.console()[mark:][-800:]
+
+
+# --- the xl header of a save image ------------------------------------------------------
+
+#: Bytes to read to know the size of an xl header (:func:`xl_header_size`).
+XL_HEADER_PEEK = xlheader.XL_HEADER_SIZE
+
+
+def xl_header_size(head: bytes) -> int:
+    """Bytes of the xl header (magic, fixed fields, xl's config) that ``head`` starts with:
+    0 for a bare libxc stream.  ``head`` holds at least :data:`XL_HEADER_PEEK` bytes."""
+    if not head.startswith(xlheader.XL_MAGIC):
+        return 0
+    return xlheader.XL_HEADER_SIZE + xlheader.parse(head).optional_length
 
 
 # --- v2 stream surgery on a real save image ----------------------------------------------

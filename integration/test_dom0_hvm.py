@@ -122,23 +122,12 @@ def test_paused_hvm_restore_matches_the_simulated_restore_page_for_page(
     assert not unexplained, f"pages libxc does not clear differ: {[hex(p) for p in unexplained]}"
 
 
-def _xl_header_size(head: bytes) -> int:
-    from xlpy.stream.legacy.format import XL_MAGIC
-    from xlpy.stream.v2 import format as F
-
-    if head[: len(XL_MAGIC)] != XL_MAGIC:
-        return 0
-    return F.XL_HEADER_SIZE + F.XL_HEADER_FORMAT.unpack_from(head, len(XL_MAGIC))[3]
-
-
 def _relay(src: IO[bytes], dst: IO[bytes], skip_xl_header: bool, tail: bytearray) -> None:
     """Copy ``src`` to ``dst`` (dropping an xl header if asked), keeping the last 1 MiB."""
-    from xlpy.stream.v2 import format as F
-
     try:
         if skip_xl_header:
-            head = src.read(F.XL_HEADER_SIZE)
-            src.read(_xl_header_size(head) - F.XL_HEADER_SIZE)
+            head = src.read(dom0lib.XL_HEADER_PEEK)
+            src.read(dom0lib.xl_header_size(head) - len(head))
         while chunk := src.read(1 << 20):
             dst.write(chunk)
             tail += chunk
@@ -185,8 +174,8 @@ def test_hvm_legacy_round_trip_comes_back_alive(
         ):
             if not keep_xl:
                 with saved.image.open("rb") as f:
-                    head = f.read(48)
-                    fout.write(head + f.read(_xl_header_size(head) - 48))
+                    head = f.read(dom0lib.XL_HEADER_PEEK)
+                    fout.write(head + f.read(dom0lib.xl_header_size(head) - len(head)))
                 fout.flush()
             producer = subprocess.Popen(tolegacy, stdout=subprocess.PIPE, stderr=perr)
             consumer = subprocess.Popen(

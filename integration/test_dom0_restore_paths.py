@@ -241,14 +241,8 @@ def test_remus_receive_commits_the_last_complete_checkpoint(
 
 def _xl_header_size(path: Path) -> int:
     """Bytes of ``path``'s xl header (0 for a bare stream)."""
-    from xlpy.stream.legacy.format import XL_MAGIC
-    from xlpy.stream.v2 import format as F
-
     with path.open("rb") as f:
-        head = f.read(F.XL_HEADER_SIZE)
-    if head[: len(XL_MAGIC)] != XL_MAGIC:
-        return 0
-    return F.XL_HEADER_SIZE + F.XL_HEADER_FORMAT.unpack_from(head, len(XL_MAGIC))[3]
+        return dom0lib.xl_header_size(f.read(dom0lib.XL_HEADER_PEEK))
 
 
 def _convert_back(converter: str, legacy: Path, back: Path, image: Path) -> None:
