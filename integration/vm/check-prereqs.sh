@@ -20,6 +20,8 @@ case "${1:-}" in
     need tar tar
     need truncate coreutils
     need git git
+    need as binutils
+    need ld binutils
     ;;
   *) echo "usage: $0 build|run" >&2; exit 2 ;;
 esac

@@ -64,6 +64,13 @@ if ! chroot "$BASE" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.
 fi
 cleanup; trap - EXIT
 cp -a "$RUN/src/integration" "$RUN/src/pyproject.toml" "$RUN/payload/tests-root/"
+# The tiny HVM guest is assembled here: dom0's image has no toolchain.
+GUEST=$RUN/payload/tests-root/integration/guest
+as --32 -o "$RUN/hvm-tick.o" "$GUEST/hvm-tick.S" \
+  && ld -m elf_i386 -N -Ttext 0x100000 -e _start --build-id=none --no-warn-rwx-segments \
+    -o "$GUEST/hvm-tick.elf" "$RUN/hvm-tick.o" \
+  || { log "cannot assemble the HVM guest $GUEST/hvm-tick.S"; exit 13; }
+rm -f "$RUN/hvm-tick.o"
 rm -rf "$RUN/src"
 tar -C "$RUN/payload" -cf "$RUN/payload.tar" . && rm -rf "$RUN/payload"
 truncate -s 256M "$RUN/results.img"   # raw results disk: dom0 writes a tar stream
