@@ -169,8 +169,8 @@ def test_hvm_legacy_round_trip_comes_back_alive(
     if converter == "xlpy":
         convert = [sys.executable, "-m", "xlpy", "convert", *(["-x"] if keep_xl else [])]
     else:
-        convert = sorted(Path("/").glob("usr/lib/xen-*/bin/convert-legacy-stream"))[-1:]
-        convert = [str(c) for c in convert]
+        found = sorted(Path("/").glob("usr/lib/xen-*/bin/convert-legacy-stream"))[-1:]
+        convert = [str(c) for c in found]
         assert convert, "Xen's convert-legacy-stream is not installed"
         env["PYTHONPATH"] = str(dom0lib.xen_python_dir())
     tail = bytearray()

@@ -92,7 +92,7 @@ def remus_stream(saved: Saved, layout: dom0lib.LibxcLayout) -> Iterator[Path]:
     assert lay.records[-1].type == 0, "the libxc image ends with END"
     batch = next(r for r in body if r.type == 1)
     state = [r for r in body if r.type != 1]
-    assert {4, 7} <= {r.type for r in state}, [hex(t) for t in types[:50]]
+    assert {4, 7} <= {r.type for r in state}, [f"{t:#x}" for t in types[:50] if t is not None]
     cut = dom0lib.Span(batch.offset, batch.size // 2)
     pieces: list[dom0lib.Span | bytes] = [lay.headers, *prefix, *body, CHECKPOINT]
     pieces += [batch, *state, CHECKPOINT, cut]
@@ -133,6 +133,7 @@ def test_xend_toolstack_restores_the_xl_save_image(
     done = xend.restore_xl_image(saved.image, toolstack=toolstack, timeout=_LIBXC)  # type: ignore[arg-type]
     print(done.domain, done.restored.decision)
     assert done.restored.backend == "libxc"
+    assert done.restored.decision is not None
     assert done.restored.decision.stream_type is StreamType.PLAIN
     assert [r.type for r in done.libxl_tail] == [0], "a PV save ends with libxl's END"
     assert done.domain.console_mfn and done.domain.store_mfn
@@ -272,12 +273,12 @@ def _convert_back(converter: str, legacy: Path, back: Path, image: Path) -> None
         fin.read(skip)  # the legacy xl header: the original's replaces it
         fout.write(header)
         fout.flush()
-        proc = subprocess.run(
+        conv = subprocess.run(
             [*cmd, "-i", "0", "-o", "1", *common],
             stdin=fin, stdout=fout, stderr=subprocess.PIPE, env=env, timeout=_LIBXC, check=False,
         )  # fmt: skip
-    print(f"$ {' '.join(cmd)} -> rc {proc.returncode}\n{proc.stderr.decode()[-2000:]}")
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    print(f"$ {' '.join(cmd)} -> rc {conv.returncode}\n{conv.stderr.decode()[-2000:]}")
+    assert conv.returncode == 0, conv.stderr.decode()[-2000:]
 
 
 def _xen_converter() -> list[str]:
