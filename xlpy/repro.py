@@ -33,6 +33,7 @@ real value (1 s) is the default of ``xlpy restore``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -44,7 +45,7 @@ from functools import lru_cache
 from importlib import resources
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -146,11 +147,24 @@ def terms_match(
     return True
 
 
-@dataclass(slots=True)
-class CellResult:
-    """What one cell did: the observed outcome code and libxc's messages."""
+class MatrixCell(Protocol):
+    """What :class:`CellResult` needs of a cell: a dataclass with an expected code."""
 
-    cell: Cell
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def expected(self) -> str: ...
+
+
+CellT = TypeVar("CellT", bound=MatrixCell)
+
+
+@dataclass(slots=True)
+class CellResult(Generic[CellT]):
+    """What one cell of a matrix (§12 here, the xenopsd rows in ``repro_xenopsd``) did:
+    the observed outcome code and libxc's messages."""
+
+    cell: CellT
     observed: str
     messages: list[str] = field(default_factory=list)
 
@@ -160,19 +174,10 @@ class CellResult:
         return self.observed == self.cell.expected
 
     def to_json(self) -> dict[str, Any]:
-        """The ``xlpy repro --json`` object of this cell (issue 3's field list)."""
-        c = self.cell
-        return {
-            "sender": c.sender,
-            "mode": c.mode,
-            "guest": c.guest,
-            "trailer": c.trailer,
-            "receiver": c.receiver,
-            "checkpointed": c.checkpointed,
-            "expected": c.expected,
-            "observed": self.observed,
-            "messages": self.messages,
-        }
+        """The ``xlpy repro [--xenopsd] --json`` object of this cell: its coordinates and
+        expected code in field order (not the spec text it cites), then what happened."""
+        cell = {k: v for k, v in dataclasses.asdict(self.cell).items() if k != "cite"}
+        return {**cell, "observed": self.observed, "messages": self.messages}
 
 
 def load_cells() -> list[Cell]:
@@ -342,7 +347,7 @@ def _memory_ok(cell: Cell, out: Path, committed: int) -> bool:
     return bool(np.array_equal(mem[pop], want) and not mem[holes].any())
 
 
-def run_cell(cell: Cell, workdir: Path, heartbeat: float = DEFAULT_HEARTBEAT) -> CellResult:
+def run_cell(cell: Cell, workdir: Path, heartbeat: float = DEFAULT_HEARTBEAT) -> CellResult[Cell]:
     """Stream the cell's row through a socketpair into its receiver and classify."""
     if cell.sender == V2_SENDER:
         data = v2_cell_stream(cell.mode, cell.guest, cell.trailer)
@@ -396,18 +401,18 @@ def story_cells() -> list[Cell]:
 
 def run_matrix(
     cells: Iterable[Cell], *, heartbeat: float = DEFAULT_HEARTBEAT
-) -> Iterator[CellResult]:
+) -> Iterator[CellResult[Cell]]:
     """Run ``cells`` one after another (each gets a fresh domain directory)."""
     with tempfile.TemporaryDirectory(prefix="xlpy-repro-") as tmp:
         for cell in cells:
             yield run_cell(cell, Path(tmp), heartbeat)
 
 
-def render(results: list[CellResult]) -> str:
+def render(results: list[CellResult[Cell]]) -> str:
     """The matrix as text: rows sender/mode/guest/trailer, one column per receiver."""
     columns: list[str] = []
     rows: list[tuple[str, str, str, str]] = []
-    grid: dict[tuple[tuple[str, str, str, str], str], CellResult] = {}
+    grid: dict[tuple[tuple[str, str, str, str], str], CellResult[Cell]] = {}
     for res in results:
         c = res.cell
         if c.column not in columns:

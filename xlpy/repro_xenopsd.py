@@ -17,23 +17,21 @@ Then the rest of the image is read as xenopsd does.  The expected codes are data
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import socket
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 from xlpy.errors import StreamError, UsageError
 from xlpy.repro import Cell as MatrixCell
-from xlpy.repro import _memory_ok, _spec, terms_match
+from xlpy.repro import CellResult, _memory_ok, _spec, terms_match
 from xlpy.stream import xenopsd as X
 from xlpy.stream.legacy.senders import SenderProfile
 from xlpy.stream.xenopsd_gen import generate_image
@@ -70,25 +68,6 @@ class Cell:
         return terms_match(coords, set(coords.values()), terms)
 
 
-@dataclass(slots=True)
-class CellResult:
-    """What one cell did."""
-
-    cell: Cell
-    observed: str
-    messages: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """Observed as expected."""
-        return self.observed == self.cell.expected
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``xlpy repro --xenopsd --json`` object of this cell."""
-        cell = {k: v for k, v in dataclasses.asdict(self.cell).items() if k != "cite"}
-        return {**cell, "observed": self.observed, "messages": self.messages}
-
-
 def load_cells() -> list[Cell]:
     """The expected table (``xlpy/data/xenopsd_outcomes.json``)."""
     text = resources.files("xlpy").joinpath("data/xenopsd_outcomes.json").read_text()
@@ -117,7 +96,7 @@ def _send(sock: socket.socket, data: bytes) -> None:
         sock.close()
 
 
-def run_cell(cell: Cell, workdir: Path) -> CellResult:
+def run_cell(cell: Cell, workdir: Path) -> CellResult[Cell]:
     """Send the cell's image through a socketpair and restore it the cell's way."""
     tx, rx = socket.socketpair()
     t = threading.Thread(target=_send, args=(tx, cell_image(cell.image, cell.guest)), daemon=True)
@@ -175,18 +154,18 @@ def _matrix_cell(cell: Cell) -> MatrixCell:
     )
 
 
-def run_matrix(cells: Iterable[Cell]) -> Iterator[CellResult]:
+def run_matrix(cells: Iterable[Cell]) -> Iterator[CellResult[Cell]]:
     """Run ``cells`` one after another (each gets a fresh domain directory)."""
     with tempfile.TemporaryDirectory(prefix="xlpy-repro-xenopsd-") as tmp:
         for cell in cells:
             yield run_cell(cell, Path(tmp))
 
 
-def render(results: list[CellResult]) -> str:
+def render(results: list[CellResult[Cell]]) -> str:
     """Rows image/guest/handoff, one column per receiver."""
     width = 14
     lines = ["image        guest handoff   " + "".join(r.ljust(width) for r in RECEIVERS)]
-    rows: dict[tuple[str, str, str], dict[str, CellResult]] = {}
+    rows: dict[tuple[str, str, str], dict[str, CellResult[Cell]]] = {}
     for res in results:
         c = res.cell
         rows.setdefault((c.image, c.guest, c.handoff), {})[c.receiver] = res
