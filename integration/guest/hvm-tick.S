@@ -155,25 +155,18 @@ isr_fault:
 	jmp	5b
 
 /* COM1 at 115200 8N1, FIFOs on, no UART interrupts. */
+	.macro	UART_SET reg, value
+	movw	$(COM1 + \reg), %dx
+	movb	$\value, %al
+	outb	%al, %dx
+	.endm
 serial_init:
-	movw	$COM1+1, %dx
-	xorb	%al, %al
-	outb	%al, %dx
-	movw	$COM1+3, %dx
-	movb	$0x80, %al
-	outb	%al, %dx
-	movw	$COM1, %dx
-	movb	$1, %al
-	outb	%al, %dx
-	movw	$COM1+1, %dx
-	xorb	%al, %al
-	outb	%al, %dx
-	movw	$COM1+3, %dx
-	movb	$0x03, %al
-	outb	%al, %dx
-	movw	$COM1+2, %dx
-	movb	$0xC7, %al
-	outb	%al, %dx
+	UART_SET 1, 0x00		/* IER: no interrupts */
+	UART_SET 3, 0x80		/* LCR: DLAB, the divisor follows */
+	UART_SET 0, 0x01		/* divisor 1: 115200 baud */
+	UART_SET 1, 0x00
+	UART_SET 3, 0x03		/* LCR: 8N1 */
+	UART_SET 2, 0xC7		/* FCR: FIFOs on and cleared */
 	ret
 
 /* putc: %al; waits for the transmit holding register (LSR bit 5). */
