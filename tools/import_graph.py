@@ -4,6 +4,9 @@
     python3 tools/import_graph.py            module -> module edges
     python3 tools/import_graph.py --layers   edges between top-level layers, with counts
     python3 tools/import_graph.py --check    the layering rules; exit 1 on a violation
+    python3 tools/import_graph.py --root DIR ...   the same for another tree's package, e.g.
+        git archive 63b62bd xlpy | tar -x -C /tmp/before && \
+        python3 tools/import_graph.py --root /tmp/before/xlpy --check
 
 Every ``import`` counts, including those inside functions and ``TYPE_CHECKING``
 blocks: a deferred import is still a dependency of the module that makes it.
@@ -173,7 +176,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", action="store_true", help="edges between top-level layers")
     ap.add_argument("--check", action="store_true", help="check the layering rules")
+    ap.add_argument("--root", type=Path, help="the xlpy package directory to read")
     args = ap.parse_args()
+    if args.root is not None:
+        global ROOT
+        ROOT = args.root.resolve()
     graph = edges()
     if args.check:
         bad = violations(graph)
