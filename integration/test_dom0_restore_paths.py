@@ -7,7 +7,11 @@
   is refused in Python, a Remus receive commits checkpoint 2 and the guest runs;
 * item 3: the image made legacy (xen-4.3 and xen-4.0 senders, xl framing), back to v2
   by ``xlpy convert`` and by Xen's ``convert-legacy-stream``, restored by ``xl restore``;
-* item 5: xlpy's simulated 4.17 receiver gives the same verdicts on the same streams.
+* item 5: xlpy's simulated 4.17 receiver gives the same verdicts on the same streams;
+* issue 13: the image's libxc part as a XenServer-classic ``XenSavedDomain`` image (made
+  legacy by ``xlpy convert --to legacy``), upgraded by ``xlpy convert`` to a structured
+  ``XenSavedDomv2-`` image with a Libxc record, restored by real libxc through
+  :class:`xlpy.xenopsd.Image` and ``xlpy.restore(..., backend="libxc")``.
 
 The guest is booted and saved once; every restore is destroyed before the next.
 """
@@ -324,6 +328,93 @@ def test_legacy_round_trip_restores_with_xl(
     finally:
         back.unlink(missing_ok=True)
     dom0lib.assert_resumed_since(saved.guest, mark, saved.last_tick)
+
+
+# --- issue 13: a xenopsd image, upgraded by xlpy convert, restored by real libxc ---------------
+
+
+@pytest.fixture
+def xenopsd_image(saved: Saved) -> Iterator[Path]:
+    """The saved guest as a structured xenopsd image whose Libxc record ``xlpy convert``
+    wrote: ``XenSavedDomain\n`` + the image made legacy (a PV legacy image is its libxc
+    part alone), then the upgrade xenopsd does through Xen's converter, by xlpy."""
+    from xlpy.stream import xenopsd as X
+
+    bare = saved.workdir / "xenopsd.libxc"
+    legacy = saved.workdir / "legacy.xenopsd"
+    structured = saved.workdir / "structured.xenopsd"
+    try:
+        proc = dom0lib.xlpy(
+            "convert", "--to", "legacy", "--sender", "xen-4.3", "--toolstack", "bare",
+            "-i", str(saved.image), "-o", str(bare),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        with legacy.open("wb") as out, bare.open("rb") as libxc:
+            out.write(X.LEGACY_SIGNATURE)
+            shutil.copyfileobj(libxc, out)
+        bare.unlink()
+        proc = dom0lib.xlpy("convert", "-v", "-i", str(legacy), "-o", str(structured))
+        print(proc.stderr)
+        assert proc.returncode == 0, proc.stderr
+        legacy.unlink()
+        yield structured
+    finally:
+        for p in (bare, legacy, structured):
+            p.unlink(missing_ok=True)
+
+
+def test_xenopsd_image_from_xlpy_convert_restores_on_real_xen(
+    saved: Saved, toolstack: object, xenopsd_image: Path, cleanup: None
+) -> None:
+    import xlpy.xenopsd
+    from xlpy.stream import xenopsd as X
+
+    with xenopsd_image.open("rb") as f:
+        assert f.read(X.SIGNATURE_SIZE) == X.SIGNATURE
+    mark = dom0lib.console_mark(saved.guest)
+    domain: Any = toolstack.create(_config(saved))  # type: ignore[attr-defined]
+    seen: list[str] = []
+    try:
+        with xlpy.xenopsd.Image(xenopsd_image) as image:
+            for rec in image:
+                seen.append(rec.name)
+                if rec.type == X.LIBXC:
+                    # As xenopsd's process_header: exactly this record to libxc, on the
+                    # image's own descriptor; the next header is read after it returns.
+                    done = image.restore(
+                        rec,
+                        operation="restore",
+                        backend="libxc",
+                        domid=domain.domid,
+                        guest="pv",
+                        store_evtchn=domain.store_evtchn,
+                        console_evtchn=domain.console_evtchn,
+                        store_domid=0,
+                        console_domid=0,
+                        timeout=_LIBXC,
+                    )
+                    print(done.decision, done.error, done.messages[-5:])
+                    assert done.ok, done.error
+                    assert done.backend == "libxc"
+                    domain.store_mfn, domain.console_mfn = done.store_mfn, done.console_mfn
+        # The header after the Libxc record was intact: libxc stopped at its image's end.
+        assert seen == ["Xenops", "Libxc", "End_of_image"], seen
+        toolstack.introduce(domain)  # type: ignore[attr-defined]
+        toolstack.unpause(domain.domid)  # type: ignore[attr-defined]
+    except BaseException:
+        toolstack.destroy(domain.domid)  # type: ignore[attr-defined]
+        raise
+    dom0lib.assert_resumed_since(saved.guest, mark, saved.last_tick)
+    # The simulated 4.17 receiver restores the same image through xlpy restore.
+    out = saved.workdir / "sim-xenopsd"
+    try:
+        proc = dom0lib.xlpy(
+            "restore", str(xenopsd_image), "--release", "xen-4.17", "--out", str(out), "--json"
+        )
+        print(proc.stdout[-2000:], proc.stderr[-2000:])
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 # --- item 5: a paused restore on real Xen, page for page against the simulated one ------------
