@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,6 +344,7 @@ def xenopsd_image(saved: Saved) -> Iterator[Path]:
     bare = saved.workdir / "xenopsd.libxc"
     legacy = saved.workdir / "legacy.xenopsd"
     structured = saved.workdir / "structured.xenopsd"
+    start = time.monotonic()
     try:
         proc = dom0lib.xlpy(
             "convert", "--to", "legacy", "--sender", "xen-4.3", "--toolstack", "bare",
@@ -353,10 +355,15 @@ def xenopsd_image(saved: Saved) -> Iterator[Path]:
             out.write(X.LEGACY_SIGNATURE)
             shutil.copyfileobj(libxc, out)
         bare.unlink()
+        made_legacy = time.monotonic()
         proc = dom0lib.xlpy("convert", "-v", "-i", str(legacy), "-o", str(structured))
         print(proc.stderr)
         assert proc.returncode == 0, proc.stderr
         legacy.unlink()
+        print(
+            f"made legacy in {made_legacy - start:.1f}s, "
+            f"upgraded in {time.monotonic() - made_legacy:.1f}s"
+        )
         yield structured
     finally:
         for p in (bare, legacy, structured):
@@ -372,6 +379,7 @@ def test_xenopsd_image_from_xlpy_convert_restores_on_real_xen(
     with xenopsd_image.open("rb") as f:
         assert f.read(X.SIGNATURE_SIZE) == X.SIGNATURE
     mark = dom0lib.console_mark(saved.guest)
+    start = time.monotonic()
     domain: Any = toolstack.create(_config(saved))  # type: ignore[attr-defined]
     seen: list[str] = []
     try:
@@ -404,17 +412,11 @@ def test_xenopsd_image_from_xlpy_convert_restores_on_real_xen(
     except BaseException:
         toolstack.destroy(domain.domid)  # type: ignore[attr-defined]
         raise
+    restored = time.monotonic()
     dom0lib.assert_resumed_since(saved.guest, mark, saved.last_tick)
-    # The simulated 4.17 receiver restores the same image through xlpy restore.
-    out = saved.workdir / "sim-xenopsd"
-    try:
-        proc = dom0lib.xlpy(
-            "restore", str(xenopsd_image), "--release", "xen-4.17", "--out", str(out), "--json"
-        )
-        print(proc.stdout[-2000:], proc.stderr[-2000:])
-        assert proc.returncode == 0, proc.stderr
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    # (The simulated receivers' restore of such images is tests/test_xenopsd_restore.py's:
+    # 128 MiB through them here would cost this test about 40 s more.)
+    print(f"restored in {restored - start:.1f}s, ticking {time.monotonic() - restored:.1f}s later")
 
 
 # --- item 5: a paused restore on real Xen, page for page against the simulated one ------------
