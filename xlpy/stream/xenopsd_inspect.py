@@ -15,7 +15,7 @@ from typing import Any
 
 from xlpy.errors import StreamError
 from xlpy.stream import xenopsd as X
-from xlpy.stream.legacy.inspect import Summary, inspect_stream
+from xlpy.stream.legacy.inspect import Summary, inspect_stream, keeping_error, status_line
 from xlpy.stream.legacy.inspect import render_text as render_legacy
 from xlpy.stream.source import ByteSource
 from xlpy.stream.v2.records import LIBXC
@@ -95,7 +95,7 @@ def inspect_image(
     """
     reader = X.XenopsdReader(source)
     summary = ImageSummary()
-    try:
+    with keeping_error(summary, source):
         for rec in reader.records():
             part = RecordSummary(rec)
             summary.records.append(part)
@@ -109,10 +109,7 @@ def inspect_image(
             if error is not None:
                 summary.error = error
                 break
-    except StreamError as e:
-        summary.error = e.with_traceback(None)
     summary.kind = reader.kind
-    summary.end_offset = source.offset
     return summary
 
 
@@ -137,8 +134,5 @@ def render_text(s: ImageSummary) -> str:
                 f"      {state} v2 libxc stream: guest {r.guest or '?'}, image version "
                 f"{r.version or '?'}, {r.records} records, {r.pages} pages"
             )
-    if s.error is not None:
-        lines.append(f"ERROR ({s.error.kind}): {s.error}")
-    else:
-        lines.append(f"complete: {s.end_offset} bytes" if s.complete else "incomplete")
+    lines.append(status_line(s))
     return "\n".join(lines)

@@ -7,8 +7,10 @@ partial checkpoints and carries the error with its offset.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from xlpy.errors import StreamError, StreamMalformed
 from xlpy.stream.legacy import format as F
@@ -112,6 +114,41 @@ class Summary:
         }
 
 
+class ReadOutcome(Protocol):
+    """What every ``xlpy inspect`` summary records about how reading ended."""
+
+    error: StreamError | None
+    end_offset: int
+
+    @property
+    def complete(self) -> bool:
+        """Read to the end without error."""
+        ...
+
+
+@contextmanager
+def keeping_error(summary: ReadOutcome, source: ByteSource) -> Iterator[None]:
+    """Read inside this block without losing what was read before a fault.
+
+    A stream error raised inside ends up in ``summary.error`` instead of propagating
+    (others propagate); ``summary.end_offset`` is where reading stopped.
+    """
+    try:
+        yield
+    except StreamError as e:
+        # Without its traceback the error holds no frame, hence no cycle back
+        # to this summary and the reader's buffers.
+        summary.error = e.with_traceback(None)
+    summary.end_offset = source.offset
+
+
+def status_line(summary: ReadOutcome) -> str:
+    """The last line of an ``xlpy inspect`` report: the error, or whether all was read."""
+    if summary.error is not None:
+        return f"ERROR ({summary.error.kind}): {summary.error}"
+    return f"complete: {summary.end_offset} bytes" if summary.complete else "incomplete"
+
+
 def _check_guest(reader: LegacyReader, header: StreamHeader) -> None:
     """A guest type given by the caller must not contradict what the stream says."""
     said = reader.stream_guest
@@ -179,7 +216,7 @@ def inspect_stream(
     summary = Summary()
     cp: CheckpointSummary | None = None
     compressed = _CompressedPages()
-    try:
+    with keeping_error(summary, source):
         for rec in reader.records(page_sink=SKIP_PAGES, one_image=one_image):
             if isinstance(rec, PageBatch):
                 assert cp is not None
@@ -221,12 +258,7 @@ def inspect_stream(
             elif isinstance(rec, PvTail | HvmTail):
                 assert cp is not None
                 cp.tail = True
-    except StreamError as e:
-        # Without its traceback the error holds no frame, hence no cycle back
-        # to this summary and the reader's buffers.
-        summary.error = e.with_traceback(None)
     summary.framing = reader.framing
-    summary.end_offset = source.offset
     return summary
 
 
@@ -261,8 +293,5 @@ def render_text(s: Summary) -> str:
         lines.append(
             f"trailer: {len(s.trailer.data) + s.trailer.skipped} bytes at offset {s.trailer.offset}"
         )
-    if s.error is not None:
-        lines.append(f"ERROR ({s.error.kind}): {s.error}")
-    else:
-        lines.append(f"complete: {s.end_offset} bytes" if s.complete else "incomplete")
+    lines.append(status_line(s))
     return "\n".join(lines)

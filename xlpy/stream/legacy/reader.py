@@ -602,13 +602,9 @@ class LegacyReader:
                 m1 if m1 != _U32_ALL_ONES else m2,
             )
         pools: list[TmemPool] = []
-        while True:
-            pool_id = self._u32("tmem.pool_id")
-            if pool_id == _U32_ALL_ONES:
-                break
-            _, pflags, n_pages, uuid0, uuid1 = _TMEM_POOL.unpack(
-                _U32.pack(pool_id) + self._read(_TMEM_POOL.size - 4, "tmem.pool")
-            )
+        for pool_id, pflags, n_pages, uuid0, uuid1 in self._pool_list(
+            _TMEM_POOL, "tmem.pool_id", "tmem.pool"
+        ):
             shift = (pflags >> F.TMEM_POOL_PAGESIZE_SHIFT) & F.TMEM_POOL_PAGESIZE_MASK
             pagesize = F.PAGE_SIZE << shift
             pages: list[TmemPage] = []
@@ -642,15 +638,26 @@ class LegacyReader:
             pools=tuple(pools),
         )
 
+    def _pool_list(
+        self, entry: struct.Struct, id_field: str, entry_field: str
+    ) -> Iterator[tuple[int, ...]]:
+        """The ``entry`` structs of a list that ends with pool id ``0xffffffff`` (§5.2).
+
+        Each entry opens with its u32 pool id, so the id is read alone first: the
+        terminator is only those four bytes.  Lazy, so that what follows an entry (a
+        pool's pages) is read before the next id.
+        """
+        while True:
+            pool_id = self._u32(id_field)
+            if pool_id == _U32_ALL_ONES:
+                return
+            yield entry.unpack(_U32.pack(pool_id) + self._read(entry.size - 4, entry_field))
+
     def _read_tmem_extra(self) -> TmemExtra:
         entries: list[TmemExtraEntry] = []
-        while True:
-            pool_id = self._u32("tmem_extra.pool_id")
-            if pool_id == _U32_ALL_ONES:
-                break
-            _, o0, o1, o2, index = _TMEM_EXTRA.unpack(
-                _U32.pack(pool_id) + self._read(_TMEM_EXTRA.size - 4, "tmem_extra.entry")
-            )
+        for pool_id, o0, o1, o2, index in self._pool_list(
+            _TMEM_EXTRA, "tmem_extra.pool_id", "tmem_extra.entry"
+        ):
             entries.append(TmemExtraEntry(pool_id=pool_id, oid=(o0, o1, o2), index=index))
         return TmemExtra(offset=self._start, index=self._emit(), entries=tuple(entries))
 

@@ -364,41 +364,23 @@ class Trailer(BlobRecord):
     data: bytes
 
 
-CHUNK_RECORD_TYPES = (
-    EnableVerifyMode,
-    VcpuInfo,
-    HvmParamChunk,
-    Tmem,
-    TmemExtra,
-    TscInfo,
-    LastCheckpoint,
-    CompressedData,
-    EnableCompression,
-    Toolstack,
-)
+#: The ``XC_SAVE_ID_*`` of each chunk record but :class:`HvmParamChunk`, whose id is
+#: one of several and travels in the record.
+CHUNK_IDS: dict[type[Record], int] = {
+    EnableVerifyMode: F.XC_SAVE_ID_ENABLE_VERIFY_MODE,
+    VcpuInfo: F.XC_SAVE_ID_VCPU_INFO,
+    Tmem: F.XC_SAVE_ID_TMEM,
+    TmemExtra: F.XC_SAVE_ID_TMEM_EXTRA,
+    TscInfo: F.XC_SAVE_ID_TSC_INFO,
+    LastCheckpoint: F.XC_SAVE_ID_LAST_CHECKPOINT,
+    CompressedData: F.XC_SAVE_ID_COMPRESSED_DATA,
+    EnableCompression: F.XC_SAVE_ID_ENABLE_COMPRESSION,
+    Toolstack: F.XC_SAVE_ID_TOOLSTACK,
+}
 
 
 def chunk_id_of(rec: Record) -> int | None:
     """The ``XC_SAVE_ID_*`` of a chunk record, ``None`` for other records."""
-    match rec:
-        case HvmParamChunk():
-            return rec.chunk_id
-        case EnableVerifyMode():
-            return F.XC_SAVE_ID_ENABLE_VERIFY_MODE
-        case VcpuInfo():
-            return F.XC_SAVE_ID_VCPU_INFO
-        case Tmem():
-            return F.XC_SAVE_ID_TMEM
-        case TmemExtra():
-            return F.XC_SAVE_ID_TMEM_EXTRA
-        case TscInfo():
-            return F.XC_SAVE_ID_TSC_INFO
-        case LastCheckpoint():
-            return F.XC_SAVE_ID_LAST_CHECKPOINT
-        case CompressedData():
-            return F.XC_SAVE_ID_COMPRESSED_DATA
-        case EnableCompression():
-            return F.XC_SAVE_ID_ENABLE_COMPRESSION
-        case Toolstack():
-            return F.XC_SAVE_ID_TOOLSTACK
-    return None
+    if isinstance(rec, HvmParamChunk):
+        return rec.chunk_id
+    return CHUNK_IDS.get(type(rec))
