@@ -73,12 +73,10 @@ class Generation:
     #: ``xc_domain_restore`` parameters in C order.
     params: tuple[str, ...]
     #: Name of the stream-type parameter, or None where libxc has no such argument.
-    stream_param: str | None
-    #: Stream types this generation can receive (COLO needs 4.7's enum).
-    stream_types: frozenset[StreamType]
+    stream_param: str | None = None
     #: ``struct restore_callbacks`` function slots in order (``data`` follows); empty
     #: where the struct does not exist (4.0, 4.1).
-    callback_slots: tuple[str, ...]
+    callback_slots: tuple[str, ...] = ()
     #: Slots a release may actually set, where it differs from ``callback_slots``
     #: (4.5 and 4.6 share one slot with two meanings).
     release_callbacks: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -86,6 +84,14 @@ class Generation:
     domid16: tuple[str, ...] = ()
     #: ``struct restore_callbacks`` LP64 size and slot offsets, from abi.md §2.
     callbacks_size: int | None = None
+
+    @property
+    def stream_types(self) -> frozenset[StreamType]:
+        """Stream types this generation can receive: COLO needs 4.7's ``stream_type`` enum
+        (``checkpointed_stream``, or no argument at all, says plain or Remus only)."""
+        if self.stream_param == "stream_type":
+            return frozenset({PLAIN, REMUS, COLO})
+        return frozenset({PLAIN, REMUS})
 
     @property
     def handle_is_fd(self) -> bool:
@@ -118,26 +124,18 @@ GENERATIONS: tuple[Generation, ...] = (
         releases=("4.0",),
         cdefs=("4.0.h",),
         params=("xc_handle", *_P_4_0),
-        stream_param=None,
-        stream_types=frozenset({PLAIN, REMUS}),
-        callback_slots=(),
     ),
     Generation(
         name="4.1",
         releases=("4.1",),
         cdefs=(_COMMON, "4.1.h"),
         params=("xch", *_P_4_0),
-        stream_param=None,
-        stream_types=frozenset({PLAIN, REMUS}),
-        callback_slots=(),
     ),
     Generation(
         name="4.2-4.3.1",
         releases=("4.2", "4.3.0", "4.3.1"),
         cdefs=(_COMMON, "4.2-4.3.1.h"),
         params=("xch", *_P_4_2, "no_incr_generationid", "vm_generationid_addr", "callbacks"),
-        stream_param=None,
-        stream_types=frozenset({PLAIN, REMUS}),
         callback_slots=("toolstack_restore",),
         domid16=_DOMIDS_16,
         callbacks_size=16,
@@ -148,7 +146,6 @@ GENERATIONS: tuple[Generation, ...] = (
         cdefs=(_COMMON, "4.3.2-4.4.h"),
         params=("xch", *_P_4_2, "no_incr_generationid", *_P_4_4_TAIL),
         stream_param="checkpointed_stream",
-        stream_types=frozenset({PLAIN, REMUS}),
         callback_slots=("toolstack_restore",),
         domid16=_DOMIDS_16,
         callbacks_size=16,
@@ -159,7 +156,6 @@ GENERATIONS: tuple[Generation, ...] = (
         cdefs=(_COMMON, "4.5-4.6.h"),
         params=("xch", *_P_4_2, "checkpointed_stream", "callbacks"),
         stream_param="checkpointed_stream",
-        stream_types=frozenset({PLAIN, REMUS}),
         callback_slots=("toolstack_restore", "checkpoint"),
         release_callbacks={
             "4.5": frozenset({"toolstack_restore"}),
@@ -174,7 +170,6 @@ GENERATIONS: tuple[Generation, ...] = (
         cdefs=(_COMMON, "4.7-4.9.h"),
         params=("xch", *_P_4_2, "stream_type", "callbacks", "send_back_fd"),
         stream_param="stream_type",
-        stream_types=frozenset({PLAIN, REMUS, COLO}),
         callback_slots=_CB_4_7,
         domid16=_DOMIDS_16,
         callbacks_size=_layout(_CB_4_7),
@@ -185,7 +180,6 @@ GENERATIONS: tuple[Generation, ...] = (
         cdefs=(_COMMON, "4.10-4.13.h"),
         params=("xch", *_P_4_10, "hvm", "pae", "stream_type", "callbacks", "send_back_fd"),
         stream_param="stream_type",
-        stream_types=frozenset({PLAIN, REMUS, COLO}),
         callback_slots=_CB_4_7,
         callbacks_size=_layout(_CB_4_7),
     ),
@@ -195,7 +189,6 @@ GENERATIONS: tuple[Generation, ...] = (
         cdefs=(_COMMON, "4.14-4.21.h"),
         params=("xch", *_P_4_10, "stream_type", "callbacks", "send_back_fd"),
         stream_param="stream_type",
-        stream_types=frozenset({PLAIN, REMUS, COLO}),
         callback_slots=("static_data_done", *_CB_4_7),
         callbacks_size=_layout(("static_data_done", *_CB_4_7)),
     ),
@@ -205,7 +198,6 @@ GENERATIONS: tuple[Generation, ...] = (
         cdefs=(_COMMON, "4.22.h"),
         params=("xch", *_P_4_10, "stream_type", "callbacks", "send_back_fd", "memflags"),
         stream_param="stream_type",
-        stream_types=frozenset({PLAIN, REMUS, COLO}),
         callback_slots=("static_data_done", *_CB_4_7),
         callbacks_size=_layout(("static_data_done", *_CB_4_7)),
     ),

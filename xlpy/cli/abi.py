@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY, detect
+from xlpy.cli.common import command_parser
 from xlpy.errors import LibraryNotFound, UsageError, XenUnavailable, error_json
 from xlpy.operation import Operation, decide
 
@@ -21,10 +22,11 @@ EXIT_MISSING = 2
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "abi",
-        help="show the installed libxenguest and its ABI generation",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        __doc__,
+        "show the installed libxenguest and its ABI generation",
         epilog=f"Environment: {ENV_LIBRARY}=/path/libxenguest.so.4.N picks the library; "
         f"{ENV_GENERATION}=GEN (e.g. 4.14-4.21) overrides the detected generation.",
     )

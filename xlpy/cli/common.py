@@ -1,17 +1,22 @@
-"""Argument types the sub-commands share (argparse ``type=`` callables).
+"""What the sub-commands share: their parsers' set-up, argument types, SOURCE, JSON output.
 
-A bad value becomes argparse's usage error (exit 2) with the parser's message.
+A bad argument value (the ``type=`` callables) becomes argparse's usage error (exit 2)
+with the parser's message.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import re
-from typing import BinaryIO
+import sys
+from collections.abc import Iterator
+from typing import Any
 
 from xlpy.errors import UsageError
 from xlpy.stream.legacy.framing import parse_width
-from xlpy.stream.source import open_source
+from xlpy.stream.source import ByteSource, open_source
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -40,12 +45,47 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def source_fd(spec: str) -> tuple[int, BinaryIO | None]:
-    """SOURCE (a path, ``-`` or ``fd:N``) as a descriptor, and the file to close when it
-    was a path; one that cannot be opened is a :class:`~xlpy.errors.UsageError`."""
+def command_parser(
+    subparsers: Any, name: str, doc: str | None, help: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """Sub-command ``name``'s parser: ``help`` in ``xlpy --help``, the first line of its
+    module's ``doc`` as its description (``kwargs``: more of ``add_parser``'s)."""
+    description = doc.splitlines()[0] if doc else None
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=help, description=description, **kwargs
+    )
+    return parser
+
+
+def add_source(parser: argparse.ArgumentParser, metavar: str) -> None:
+    """The SOURCE positional (``args.source``), as :func:`opened_source` takes it."""
+    parser.add_argument("source", metavar=metavar, help="stream file, '-' for stdin, or fd:N")
+
+
+@contextlib.contextmanager
+def opened_source(spec: str) -> Iterator[ByteSource]:
+    """SOURCE (a path, ``-`` or ``fd:N``) open for the block, a path closed after it; one
+    that cannot be opened is a :class:`~xlpy.errors.UsageError`."""
     try:
         source, owned = open_source(spec)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot open {spec}: {e}") from None
-    assert source.fileno is not None
-    return source.fileno, owned
+    try:
+        yield source
+    finally:
+        if owned is not None:
+            owned.close()
+
+
+@contextlib.contextmanager
+def source_fd(spec: str) -> Iterator[int]:
+    """SOURCE as a descriptor, for a receiver that reads it itself (:func:`opened_source`)."""
+    with opened_source(spec) as source:
+        assert source.fileno is not None
+        yield source.fileno
+
+
+def print_json(doc: Any, indent: int | None = None) -> None:
+    """``doc`` as one JSON document on stdout, ended by a newline."""
+    json.dump(doc, sys.stdout, indent=indent)
+    sys.stdout.write("\n")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from xlpy.cli.common import size_arg, width_arg
+from xlpy.cli.common import command_parser, size_arg, width_arg
 from xlpy.errors import UsageError
 from xlpy.guest import GuestSpec
 from xlpy.outfile import open_output
@@ -32,11 +32,7 @@ _EXTRA_FLAGS = {"demu": X.DEMU, "varstored": X.VARSTORED, "swtpm": X.SWTPM}
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "gen",
-        help="generate a legacy stream from a sender profile",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
+    p = command_parser(subparsers, "gen", __doc__, "generate a legacy stream from a sender profile")
     p.add_argument("--guest", choices=["pv", "hvm"], required=True)
     p.add_argument(
         "--guest-width", type=width_arg, default=8, help="PV guest width: 32 or 64 (default 64)"

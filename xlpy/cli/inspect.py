@@ -11,24 +11,17 @@ still shows everything up to the fault), 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
-from xlpy.cli.common import width_arg
+from xlpy.cli.common import add_source, command_parser, opened_source, print_json, width_arg
 from xlpy.errors import UsageError
 from xlpy.stream import xenopsd, xenopsd_inspect
 from xlpy.stream.legacy.inspect import Summary, inspect_stream, render_text
-from xlpy.stream.source import open_source
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "inspect",
-        help="summarise a legacy stream",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
-    p.add_argument("source", metavar="FILE", help="stream file, '-' for stdin, or fd:N")
+    p = command_parser(subparsers, "inspect", __doc__, "summarise a legacy stream")
+    add_source(p, "FILE")
     p.add_argument(
         "--width",
         type=width_arg,
@@ -39,28 +32,20 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        source, owned = open_source(args.source)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot open {args.source}: {e}") from None
-    try:
-        summary: xenopsd_inspect.ImageSummary | Summary
-        if xenopsd.is_xenopsd(source.peek(xenopsd.SIGNATURE_SIZE)):
-            summary = xenopsd_inspect.inspect_image(source, width=args.width, guest=args.guest)
-        else:
-            summary = inspect_stream(source, width=args.width, guest=args.guest)
-    except UsageError as e:
-        if args.json:  # a JSON reader still gets one object (exit 2 all the same)
-            error = {"kind": "usage", "offset": None, "message": str(e)}
-            json.dump({"format": "legacy", "complete": False, "error": error}, sys.stdout)
-            sys.stdout.write("\n")
-        raise
-    finally:
-        if owned is not None:
-            owned.close()
+    with opened_source(args.source) as source:
+        try:
+            summary: xenopsd_inspect.ImageSummary | Summary
+            if xenopsd.is_xenopsd(source.peek(xenopsd.SIGNATURE_SIZE)):
+                summary = xenopsd_inspect.inspect_image(source, width=args.width, guest=args.guest)
+            else:
+                summary = inspect_stream(source, width=args.width, guest=args.guest)
+        except UsageError as e:
+            if args.json:  # a JSON reader still gets one object (exit 2 all the same)
+                error = {"kind": "usage", "offset": None, "message": str(e)}
+                print_json({"format": "legacy", "complete": False, "error": error})
+            raise
     if args.json:
-        json.dump(summary.to_json(), sys.stdout)
-        sys.stdout.write("\n")
+        print_json(summary.to_json())
     elif isinstance(summary, xenopsd_inspect.ImageSummary):
         print(xenopsd_inspect.render_text(summary))
     else:

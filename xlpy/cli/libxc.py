@@ -15,14 +15,13 @@ import json
 import sys
 from typing import Any
 
+from xlpy.cli.common import command_parser
 from xlpy.fakexen import builder
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "libxc",
-        help="build and list real libxc releases for --backend fakexen",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+    p = command_parser(
+        subparsers, "libxc", __doc__, "build and list real libxc releases for --backend fakexen"
     )
     sub = p.add_subparsers(dest="libxc_command", metavar="ACTION", required=True)
     b = sub.add_parser("build", help="build releases (cached by source hash)")

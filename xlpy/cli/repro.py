@@ -9,19 +9,24 @@ instead (:mod:`xlpy.repro_xenopsd`: does the next header survive the libxc recor
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeVar
 
+from xlpy.cli.common import command_parser, print_json
 from xlpy.errors import UsageError
-from xlpy.repro import DEFAULT_HEARTBEAT, load_cells, render, run_matrix
+from xlpy.repro import (
+    DEFAULT_HEARTBEAT,
+    CellResult,
+    MatrixCell,
+    load_cells,
+    render,
+    run_matrix,
+)
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "repro",
-        help="run the outcome matrix of the LAST_CHECKPOINT regression",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+    p = command_parser(
+        subparsers, "repro", __doc__, "run the outcome matrix of the LAST_CHECKPOINT regression"
     )
     p.add_argument("--json", action="store_true", help="print the cells as a JSON list")
     p.add_argument(
@@ -50,35 +55,41 @@ def run(args: argparse.Namespace) -> int:
     if args.heartbeat <= 0:
         raise UsageError("--heartbeat must be positive")
     if args.xenopsd:
-        return _run_xenopsd(args)
-    cells = load_cells()
-    if args.only:
-        terms = [t.strip() for t in args.only.split(",") if t.strip()]
-        cells = [c for c in cells if c.matches(terms)]
-        if not cells:
-            raise UsageError(f"--only {args.only!r} selects no cell")
-    results = list(run_matrix(cells, heartbeat=args.heartbeat))
+        from xlpy import repro_xenopsd as RX
+
+        return _report(args, RX.run_matrix(_selected(RX.load_cells(), args.only)), RX.render)
+    cells = _selected(load_cells(), args.only)
+    return _report(args, run_matrix(cells, heartbeat=args.heartbeat), render)
+
+
+class _Selectable(Protocol):
+    def matches(self, terms: Iterable[str]) -> bool: ...
+
+
+_C = TypeVar("_C", bound=_Selectable)
+_M = TypeVar("_M", bound=MatrixCell)
+
+
+def _selected(cells: list[_C], only: str | None) -> list[_C]:
+    """The cells ``--only`` selects (all without it); selecting none is a usage error."""
+    if not only:
+        return cells
+    terms = [t.strip() for t in only.split(",") if t.strip()]
+    chosen = [c for c in cells if c.matches(terms)]
+    if not chosen:
+        raise UsageError(f"--only {only!r} selects no cell")
+    return chosen
+
+
+def _report(
+    args: argparse.Namespace,
+    results: Iterable[CellResult[_M]],
+    render_fn: Callable[[list[CellResult[_M]]], str],
+) -> int:
+    """Run the matrix, print it (``--json``: the cells as a list); exit 0 when all matched."""
+    done = list(results)
     if args.json:
-        json.dump([r.to_json() for r in results], sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        print_json([r.to_json() for r in done], indent=1)
     else:
-        print(render(results))
-    return 0 if all(r.ok for r in results) else 1
-
-
-def _run_xenopsd(args: argparse.Namespace) -> int:
-    from xlpy import repro_xenopsd as RX
-
-    cells = RX.load_cells()
-    if args.only:
-        terms = [t.strip() for t in args.only.split(",") if t.strip()]
-        cells = [c for c in cells if c.matches(terms)]
-        if not cells:
-            raise UsageError(f"--only {args.only!r} selects no cell")
-    results = list(RX.run_matrix(cells))
-    if args.json:
-        json.dump([r.to_json() for r in results], sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        print(RX.render(results))
-    return 0 if all(r.ok for r in results) else 1
+        print(render_fn(done))
+    return 0 if all(r.ok for r in done) else 1

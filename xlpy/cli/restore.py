@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import logging
 import shutil
 import sys
@@ -34,7 +33,7 @@ from typing import Any
 from xlpy.api import run as run_pipeline
 from xlpy.backends import RestoreRequest, RestoreResult, backend_names, get_backend, make_options
 from xlpy.cli import restore_xenopsd
-from xlpy.cli.common import source_fd, width_arg
+from xlpy.cli.common import add_source, command_parser, print_json, source_fd, width_arg
 from xlpy.cli.progress import make_progress
 from xlpy.decision import OperationRefused
 from xlpy.errors import LibraryNotFound, RestoreRefused, UsageError, XenUnavailable
@@ -57,12 +56,13 @@ def _seconds(text: str) -> float:
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "restore",
-        help="restore a stream with a chosen libxc release (simulated or real)",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        __doc__,
+        "restore a stream with a chosen libxc release (simulated or real)",
     )
-    p.add_argument("source", metavar="SOURCE", help="stream file, '-' for stdin, or fd:N")
+    add_source(p, "SOURCE")
     p.add_argument(
         "--release",
         metavar="RELEASE",
@@ -217,9 +217,9 @@ def run(args: argparse.Namespace) -> int:
     # last-resort handler.
     logging.getLogger("xlpy.toolstack").addHandler(logging.NullHandler())
     op = _operation(args)
-    fd, owned = source_fd(args.source)
     try:
         with contextlib.ExitStack() as stack:
+            fd = stack.enter_context(source_fd(args.source))
             # Opened first: an unwritable FILE is a usage error before anything is restored.
             rest_out = (
                 None if args.rest_out is None else stack.enter_context(open_output(args.rest_out))
@@ -243,11 +243,8 @@ def run(args: argparse.Namespace) -> int:
             if isinstance(e, LibraryNotFound):
                 raise UsageError(str(e)) from None
             raise
-        _print_json(_unrestored(args, op, e).to_json())
+        print_json(_unrestored(args, op, e).to_json())
         return 2 if isinstance(e, LibraryNotFound) else 1
-    finally:
-        if owned is not None:
-            owned.close()
     return _report(args, result)
 
 
@@ -282,14 +279,9 @@ def _unrestored(args: argparse.Namespace, op: Operation | None, error: Exception
     )
 
 
-def _print_json(doc: dict[str, Any]) -> None:
-    json.dump(doc, sys.stdout)
-    sys.stdout.write("\n")
-
-
 def _report(args: argparse.Namespace, result: RestoreResult) -> int:
     if args.json:
-        _print_json(result.to_json())
+        print_json(result.to_json())
         return 0 if result.ok else 1
     sim = result.backend == "sim"
     if not args.quiet:

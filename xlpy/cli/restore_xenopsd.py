@@ -11,12 +11,11 @@ directory for the records).  ``--operation`` defaults to ``restore``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from xlpy.cli.common import source_fd
+from xlpy.cli.common import print_json, source_fd
 from xlpy.errors import UsageError
 from xlpy.stream import xenopsd as X
 
@@ -63,15 +62,10 @@ def run(args: argparse.Namespace) -> int:
         kwargs["release"] = args.release
     else:
         kwargs["domid"] = args.domid
-    fd, owned = source_fd(args.source)
-    try:
+    with source_fd(args.source) as fd:
         result = restore_image(fd, out=args.out, operation=args.operation or "restore", **kwargs)
-    finally:
-        if owned is not None:
-            owned.close()
     if args.json:
-        json.dump(result.to_json(), sys.stdout)
-        sys.stdout.write("\n")
+        print_json(result.to_json())
         return 0 if result.ok else 1
     libxc = result.libxc
     if not args.quiet and libxc is not None:

@@ -10,22 +10,16 @@ default accepts what libxc's and libxl's receivers accept.  Exit 0 valid,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from xlpy.errors import UsageError
-from xlpy.stream.source import open_source
+from xlpy.cli.common import add_source, command_parser, opened_source, print_json
 from xlpy.stream.v2.verify import VerifyReport, verify_stream
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "verify",
-        help="check a migration v2 stream",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
-    p.add_argument("source", metavar="FILE", help="stream file, '-' for stdin, or fd:N")
+    p = command_parser(subparsers, "verify", __doc__, "check a migration v2 stream")
+    add_source(p, "FILE")
     p.add_argument(
         "--strict",
         action="store_true",
@@ -62,21 +56,13 @@ def render_text(r: VerifyReport) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        source, owned = open_source(args.source)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot open {args.source}: {e}") from None
-    try:
-        # --format without --xl means that bare format: an xl header is then an error, as
-        # for verify-stream-v2 -f libxc|libxl ("Bad image marker"); --xl requires one.
-        xl = True if args.xl else (False if args.format else None)
+    # --format without --xl means that bare format: an xl header is then an error, as
+    # for verify-stream-v2 -f libxc|libxl ("Bad image marker"); --xl requires one.
+    xl = True if args.xl else (False if args.format else None)
+    with opened_source(args.source) as source:
         report = verify_stream(source, strict=args.strict, xl=xl, fmt=args.format)
-    finally:
-        if owned is not None:
-            owned.close()
     if args.json:
-        json.dump(report.to_json(), sys.stdout)
-        sys.stdout.write("\n")
+        print_json(report.to_json())
     else:
         out = sys.stdout if report.valid else sys.stderr
         print(render_text(report), file=out)
