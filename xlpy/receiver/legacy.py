@@ -320,6 +320,7 @@ class Restore:
 
     def _libxc(self) -> None:
         self._header()
+        self.reader.begin_checkpoint(0, False)
         self._report("checkpoint", force=True)
         while True:  # LOADPAGES
             if not self.completed:
@@ -352,6 +353,7 @@ class Restore:
                 break
             # Wait for the next checkpoint, buffering it completely.
             self._report("buffering", force=True)
+            self.reader.begin_checkpoint(self.checkpoints_complete, self.pb.compressing)
             try:
                 self._read_body()
             except _ReadFailed as f:

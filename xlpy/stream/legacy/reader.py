@@ -243,6 +243,17 @@ class LegacyReader:
         self._start = self.source.offset
         return self._start
 
+    def begin_checkpoint(self, number: int, compressed: bool) -> CheckpointBegin:
+        """The marker of checkpoint ``number``'s body, numbered as a record.
+
+        No bytes are read: a caller that reads chunks itself (the receiver) calls this
+        where :meth:`records` yields the marker, so both number every later record, and
+        any fault in it, the same.
+        """
+        return CheckpointBegin(
+            offset=self.source.offset, index=self._emit(), number=number, compressed=compressed
+        )
+
     def _emit(self) -> int:
         """The index of the record being completed (and advance it)."""
         idx = self._index
@@ -805,9 +816,7 @@ class LegacyReader:
         number = 0
         compressed = False
         while True:
-            yield CheckpointBegin(
-                offset=self.source.offset, index=self._emit(), number=number, compressed=compressed
-            )
+            yield self.begin_checkpoint(number, compressed)
             while True:
                 rec = self.read_chunk(compressed=compressed, page_sink=page_sink)
                 yield rec
