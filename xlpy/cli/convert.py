@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 
 import xlpy
 from xlpy.cli.common import width_arg
-from xlpy.cli.progress import make_progress
+from xlpy.cli.progress import Progress, make_progress
 from xlpy.errors import StreamError, UsageError, XlpyError
 from xlpy.outfile import fd_number, fd_spec, open_output
 from xlpy.stream.source import ByteSource, open_source
@@ -87,6 +87,8 @@ Differences from Xen's tool:
     one with count 0, which libxc rejects).
   * --syslog: messages go to syslog instead of stderr, errors to both (as Xen's).
   * --progress-fd N writes progress as JSON lines; a bar shows only on a terminal.
+    A failed run ends them with {"phase": "error", "error": {kind, type,
+    offset, record, field, message}}, the error object of xlpy's --json outputs.
   * --to legacy converts the other way (v2 -> the legacy stream of --sender).
 
 Exit status: 0 ok, 1 stream error, 2 usage or program error."""
@@ -246,6 +248,7 @@ def _xenopsd_upgrade(args: argparse.Namespace, source: ByteSource, log: _Log) ->
 def run(args: argparse.Namespace) -> int:
     log = _Log(args.verbose, args.syslog)
     source, owned = _open_input(args.fin)
+    progress: Any = None
     try:
         busy = {source.fileno: "is the input stream"} if source.fileno is not None else {}
         out_fd = 1 if args.fout == "-" else fd_spec(args.fout)
@@ -286,9 +289,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except StreamError as e:
         log.error(f"Stream Error: {e}")
+        if isinstance(progress, Progress):
+            progress.error(e)
         raise
     except XlpyError as e:
         log.error(f"Error: {e}")
+        if isinstance(progress, Progress):
+            progress.error(e)
         raise
     finally:
         if owned is not None:

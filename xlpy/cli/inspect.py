@@ -14,7 +14,7 @@ import argparse
 from typing import Any
 
 from xlpy.cli.common import add_source, command_parser, opened_source, print_json, width_arg
-from xlpy.errors import UsageError
+from xlpy.errors import UsageError, error_json
 from xlpy.stream import xenopsd, xenopsd_inspect
 from xlpy.stream.legacy.inspect import Summary, inspect_stream, render_text
 
@@ -41,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
                 summary = inspect_stream(source, width=args.width, guest=args.guest)
         except UsageError as e:
             if args.json:  # a JSON reader still gets one object (exit 2 all the same)
-                error = {"kind": "usage", "offset": None, "message": str(e)}
-                print_json({"format": "legacy", "complete": False, "error": error})
+                print_json({"format": "legacy", "complete": False, "error": error_json(e)})
             raise
     if args.json:
         print_json(summary.to_json())

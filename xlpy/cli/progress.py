@@ -8,12 +8,13 @@ the bar; a descriptor asked for explicitly still gets its lines.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from typing import Any
 
-from xlpy.errors import UsageError, XlpyError
+from xlpy.errors import UsageError, XlpyError, error_json
 from xlpy.progress import ProgressFn
 
 
@@ -24,7 +25,7 @@ class Progress:
         self.fd = fd
         self.bar = bar
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def _write(self, event: dict[str, Any]) -> None:
         if self.fd is not None:
             try:
                 os.write(self.fd, (json.dumps(event) + "\n").encode())
@@ -34,6 +35,9 @@ class Progress:
                 raise XlpyError(
                     f"--progress-fd {self.fd}: cannot write progress: {e.strerror}"
                 ) from None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self._write(event)
         if self.bar:
             mib = event["bytes"] / (1 << 20)
             sys.stderr.write(
@@ -43,6 +47,13 @@ class Progress:
             if event["phase"] in ("done", "failed"):
                 sys.stderr.write("\n")
             sys.stderr.flush()
+
+    def error(self, error: BaseException) -> None:
+        """The last line on the descriptor of a run that failed: ``{"phase": "error",
+        "error": {...}}``, the error object of every command's ``--json``."""
+        # If the descriptor is gone too, the error itself is still reported on stderr.
+        with contextlib.suppress(XlpyError):
+            self._write({"phase": "error", "error": error_json(error)})
 
 
 def make_progress(

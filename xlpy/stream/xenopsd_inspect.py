@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from xlpy.errors import StreamError
+from xlpy.errors import StreamError, error_json
 from xlpy.stream import xenopsd as X
 from xlpy.stream.legacy.inspect import Summary, inspect_stream, keeping_error, status_line
 from xlpy.stream.legacy.inspect import render_text as render_legacy
@@ -71,15 +71,7 @@ class ImageSummary:
             "format": "xenopsd",
             "kind": self.kind,
             "complete": self.complete,
-            "error": None
-            if e is None
-            else {
-                "kind": e.kind,
-                "offset": e.offset,
-                "record": e.record,
-                "field": e.field,
-                "message": str(e),
-            },
+            "error": None if e is None else error_json(e),
             "records": [r.to_json() for r in self.records],
             "end_offset": self.end_offset,
         }

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from xlpy.errors import StreamError, StreamMalformed
+from xlpy.errors import StreamError, StreamMalformed, error_json
 from xlpy.stream.legacy import format as F
 from xlpy.stream.legacy.reader import SKIP_PAGES, LegacyReader, data_bearing_count
 from xlpy.stream.legacy.records import (
@@ -96,13 +96,7 @@ class Summary:
             "guest_width": self.guest_width,
             "p2m_size": self.p2m_size,
             "complete": self.complete,
-            "error": None
-            if self.error is None
-            else {
-                "kind": self.error.kind,
-                "offset": self.error.offset,
-                "message": str(self.error),
-            },
+            "error": None if self.error is None else error_json(self.error),
             "checkpoints": [c.to_json() for c in self.checkpoints],
             "trailer": None
             if self.trailer is None

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from xlpy.errors import StreamMalformed
+from xlpy.errors import StreamMalformed, error_json
 from xlpy.stream.legacy.records import XlHeader
 from xlpy.stream.source import ByteSource
 from xlpy.stream.v2 import format as F
@@ -382,15 +382,7 @@ class VerifyReport:
             "counts": dict(self.counts),
             "warnings": self.warnings,
             "trailing_data": self.trailing_data,
-            "error": None
-            if err is None
-            else {
-                "kind": getattr(err, "kind", "error"),
-                "offset": getattr(err, "offset", None),
-                "record": getattr(err, "record", None),
-                "field": getattr(err, "field", None),
-                "message": getattr(err, "message", str(err)),
-            },
+            "error": None if err is None else error_json(err),
         }
 
 
