@@ -37,7 +37,7 @@ from xlpy.errors import (
     StreamTruncated,
     UsageError,
 )
-from xlpy.progress import Throttle
+from xlpy.progress import RunProgress
 from xlpy.receiver import messages as M
 from xlpy.receiver.domains import Domain, DomainFull, Outcome, ReceiveRequest
 from xlpy.receiver.generations import generation
@@ -257,7 +257,9 @@ class Restore:
         #: The QEMU record: read by libxc with the tail, or by the toolstack after it.
         self.qemu: QemuRecord | None = None
         self.stop_error: StreamError | None = None
-        self._progress = Throttle(request.progress)
+        self._report = RunProgress(
+            request.progress, lambda: (self.checkpoints_complete, self.pages, self.source.offset)
+        )
 
     # -- the public step ----------------------------------------------------------------
 
@@ -308,15 +310,6 @@ class Restore:
         self.domain.destroy()
         self._report("failed", force=True)
         return self._result(ok=False, rc=rc, error=error, **kw)
-
-    def _report(self, phase: str, *, force: bool = False) -> None:
-        self._progress(
-            phase,
-            checkpoint=self.checkpoints_complete,
-            pages=self.pages,
-            nbytes=self.source.offset,
-            force=force,
-        )
 
     # -- toolstack around libxc ------------------------------------------------------------
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from xlpy.errors import StreamError, StreamMalformed, UsageError
 from xlpy.operation import StreamType
-from xlpy.progress import Throttle
+from xlpy.progress import RunProgress
 from xlpy.receiver import messages as M
 from xlpy.receiver.domains import Domain, DomainFull, Outcome, ReceiveRequest
 from xlpy.receiver.domains.sim import MAX_SIM_P2M_SIZE
@@ -211,7 +211,9 @@ class V2Restore:
         # outcome
         self.image_end: int | None = None
         self.stop_error: StreamError | None = None
-        self._progress = Throttle(request.progress)
+        self._report = RunProgress(
+            request.progress, lambda: (self.checkpoints, self.pages, self.source.offset)
+        )
 
     # -- public ---------------------------------------------------------------------------
 
@@ -267,15 +269,6 @@ class V2Restore:
         self.domain.destroy()
         self._report("failed", force=True)
         return self._result(ok=False, rc=rc, error=error, toolstack_error=toolstack_error)
-
-    def _report(self, phase: str, *, force: bool = False) -> None:
-        self._progress(
-            phase,
-            checkpoint=self.checkpoints,
-            pages=self.pages,
-            nbytes=self.source.offset,
-            force=force,
-        )
 
     # -- reading ------------------------------------------------------------------------------
 
