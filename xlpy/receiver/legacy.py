@@ -39,7 +39,7 @@ from xlpy.errors import (
 )
 from xlpy.progress import RunProgress
 from xlpy.receiver import messages as M
-from xlpy.receiver.domains import Domain, DomainFull, Outcome, ReceiveRequest
+from xlpy.receiver.domains import Domain, DomainFull, Outcome, ReceiveRequest, Stop
 from xlpy.receiver.generations import generation
 from xlpy.receiver.toolstacks import checkpointed_for, toolstack
 from xlpy.stream.legacy import fields as FLD
@@ -117,20 +117,12 @@ _TAIL_MESSAGES: dict[str, str] = {
 }
 
 
-class _Out(Exception):
+class _Out(Stop):
     """libxc's ``goto out``: the restore fails and the domain is destroyed."""
 
-    def __init__(self, error: StreamError | None = None) -> None:
-        super().__init__("restore failed")
-        self.error = error
 
-
-class _ReadFailed(Exception):
+class _ReadFailed(Stop):
     """A ``pagebuf_get_one`` / ``buffer_tail`` returned -1 (already logged)."""
-
-    def __init__(self, error: StreamError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 @dataclass

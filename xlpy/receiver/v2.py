@@ -47,7 +47,7 @@ from xlpy.errors import StreamError, StreamMalformed, UsageError
 from xlpy.operation import StreamType
 from xlpy.progress import RunProgress
 from xlpy.receiver import messages as M
-from xlpy.receiver.domains import Domain, DomainFull, Outcome, ReceiveRequest
+from xlpy.receiver.domains import Domain, DomainFull, Outcome, ReceiveRequest, Stop
 from xlpy.receiver.domains.sim import MAX_SIM_P2M_SIZE
 from xlpy.receiver.generations import Generation, generation
 from xlpy.stream.detect import detect
@@ -116,22 +116,17 @@ def _decoded(rec: V2Record, kind: type[_T]) -> _T:
     return body
 
 
-class _Err(Exception):
+class _Err(Stop):
     """``goto err``: libxc fails, the toolstack destroys the domain."""
 
-    def __init__(self, error: StreamError | None, *, restore_failed: bool = True) -> None:
-        super().__init__("restore failed")
-        self.error = error
+    def __init__(self, error: StreamError, *, restore_failed: bool = True) -> None:
+        super().__init__(error)
         #: Inside ``restore()`` (logs "Restore failed"); header errors return before it.
         self.restore_failed = restore_failed
 
 
-class _Failover(Exception):
+class _Failover(Stop):
     """``goto remus_failover``: complete the domain from the last checkpoint."""
-
-    def __init__(self, error: StreamError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 @dataclass
@@ -876,12 +871,8 @@ class V2Restore:
         self.domain.finish(state, files)
 
 
-class _LibxlAfter(Exception):
+class _LibxlAfter(Stop):
     """libxl failed reading its records after libxc returned successfully."""
-
-    def __init__(self, error: StreamError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 __all__ = ["V2Restore", "cx", "rec_type_to_str"]
