@@ -40,3 +40,23 @@ class Throttle:
             return
         self._last = now
         self.fn({"phase": phase, "checkpoint": checkpoint, "pages": pages, "bytes": nbytes})
+
+
+#: A run's counters when it reports: checkpoint, pages and bytes so far.
+Counters = Callable[[], tuple[int, int, int]]
+
+
+class RunProgress:
+    """The progress events of one run that keeps its own counters (a receiver, a converter).
+
+    ``counters`` is read at every report, so each step of the run names only its phase.
+    """
+
+    def __init__(self, fn: ProgressFn | None, counters: Counters) -> None:
+        self._throttle = Throttle(fn)
+        self._counters = counters
+
+    def __call__(self, phase: str, *, force: bool = False) -> None:
+        """Report ``phase`` with the run's counters, throttled as :class:`Throttle` does."""
+        checkpoint, pages, nbytes = self._counters()
+        self._throttle(phase, checkpoint=checkpoint, pages=pages, nbytes=nbytes, force=force)

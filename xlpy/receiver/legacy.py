@@ -37,9 +37,9 @@ from xlpy.errors import (
     StreamTruncated,
     UsageError,
 )
-from xlpy.progress import Throttle
+from xlpy.progress import RunProgress
 from xlpy.receiver import messages as M
-from xlpy.receiver.domains import Domain, DomainFull, Outcome, ReceiveRequest
+from xlpy.receiver.domains import Domain, DomainFull, Outcome, ReceiveRequest, Stop
 from xlpy.receiver.generations import generation
 from xlpy.receiver.toolstacks import checkpointed_for, toolstack
 from xlpy.stream.legacy import fields as FLD
@@ -78,20 +78,51 @@ END_OF_BODY_PARAMS = {
 }
 
 
-class _Out(Exception):
+# What libxc logs when a read fails, by the reader's field (or element) that failed: each
+# libxc read has its own message (§11).  A field not listed gets the step's default.
+
+#: Extended info (§3.2); anything else is the read-and-discard of an unknown block.
+_EXT_INFO_MESSAGES: dict[str, str] = {
+    FLD.EXT_INFO_SIGNATURE: M.EXT_SIGNATURE,
+    FLD.EXT_INFO_TOTAL_BYTES: M.EXT_SIZE,
+    FLD.EXT_INFO_BLOCK_ID: M.EXT_CHUNK_SIGNATURE,
+    FLD.EXT_INFO_BLOCK_SIZE: M.EXT_CHUNK_SIGNATURE,
+    FLD.EXT_INFO_VCPU: M.EXT_VCPU_CONTEXT,
+}
+#: Chunks (§5): these fields have a read of their own ...
+_CHUNK_FIELD_MESSAGES: dict[str, str] = {
+    FLD.CHUNK_HEADER: M.READING_BATCH_SIZE,
+    FLD.BATCH_ENTRIES: M.REGION_PFN_TYPES,
+    FLD.BATCH_PAGES: M.READING_PAGES,
+    FLD.COMPRESSED_DATA_LENGTH: M.COMPBUF_SIZE,
+    FLD.TOOLSTACK_LENGTH: M.TOOLSTACK_SIZE,
+}
+#: ... the others share their element's message; any other is "reading batch size".
+_CHUNK_ELEMENT_MESSAGES: dict[str, str] = {
+    Element.VCPU_INFO: M.READING_MAX_VCPU_ID,
+    Element.TSC_INFO: M.TSC_INFO,
+    Element.TMEM_EXTRA: M.TMEM_EXTRA,
+    Element.TMEM: M.TMEM,
+    Element.COMPRESSED_DATA: M.COMPBUF_READ,
+    Element.TOOLSTACK: M.TOOLSTACK_READ,
+}
+#: Tails (§7); anything else is the PV vcpu context read.
+_TAIL_MESSAGES: dict[str, str] = {
+    FLD.PV_TAIL_PFN_COUNT: M.PV_PFN_COUNT,
+    FLD.PV_TAIL_PFNS: M.PV_PFNTAB,
+    FLD.PV_TAIL_SHARED_INFO: M.PV_SHARED_INFO,
+    FLD.HVM_TAIL_MAGIC_PFNS: M.HVM_MAGIC_PFNS,
+    FLD.HVM_TAIL_CONTEXT_LENGTH: M.HVM_PARAMS_SIZE,
+    FLD.HVM_TAIL_CONTEXT: M.HVM_PARAMS,
+}
+
+
+class _Out(Stop):
     """libxc's ``goto out``: the restore fails and the domain is destroyed."""
 
-    def __init__(self, error: StreamError | None = None) -> None:
-        super().__init__("restore failed")
-        self.error = error
 
-
-class _ReadFailed(Exception):
+class _ReadFailed(Stop):
     """A ``pagebuf_get_one`` / ``buffer_tail`` returned -1 (already logged)."""
-
-    def __init__(self, error: StreamError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 @dataclass
@@ -218,7 +249,9 @@ class Restore:
         #: The QEMU record: read by libxc with the tail, or by the toolstack after it.
         self.qemu: QemuRecord | None = None
         self.stop_error: StreamError | None = None
-        self._progress = Throttle(request.progress)
+        self._report = RunProgress(
+            request.progress, lambda: (self.checkpoints_complete, self.pages, self.source.offset)
+        )
 
     # -- the public step ----------------------------------------------------------------
 
@@ -269,15 +302,6 @@ class Restore:
         self.domain.destroy()
         self._report("failed", force=True)
         return self._result(ok=False, rc=rc, error=error, **kw)
-
-    def _report(self, phase: str, *, force: bool = False) -> None:
-        self._progress(
-            phase,
-            checkpoint=self.checkpoints_complete,
-            pages=self.pages,
-            nbytes=self.source.offset,
-            force=force,
-        )
 
     # -- toolstack around libxc ------------------------------------------------------------
 
@@ -434,16 +458,8 @@ class Restore:
             return
         if element(f) == Element.P2M_FRAME_LIST:
             msg = M.P2M_FL
-        elif f == FLD.EXT_INFO_SIGNATURE:
-            msg = M.EXT_SIGNATURE
-        elif f == FLD.EXT_INFO_TOTAL_BYTES:
-            msg = M.EXT_SIZE
-        elif f in (FLD.EXT_INFO_BLOCK_ID, FLD.EXT_INFO_BLOCK_SIZE):
-            msg = M.EXT_CHUNK_SIGNATURE
-        elif f == FLD.EXT_INFO_VCPU:
-            msg = M.EXT_VCPU_CONTEXT
         else:
-            msg = M.EXT_DISCARD
+            msg = _EXT_INFO_MESSAGES.get(f, M.EXT_DISCARD)
         self.log.perror(msg)
 
     # -- reading chunks (§10.3) -----------------------------------------------------------
@@ -504,27 +520,7 @@ class Restore:
         self._io_failure(e)
         chunk_id = int.from_bytes(head, "little", signed=True) if len(head) == 4 else 0
         el = element(f)
-        if f == FLD.CHUNK_HEADER:
-            msg = M.READING_BATCH_SIZE
-        elif f == FLD.BATCH_ENTRIES:
-            msg = M.REGION_PFN_TYPES
-        elif f == FLD.BATCH_PAGES:
-            msg = M.READING_PAGES
-        elif el == Element.VCPU_INFO:
-            msg = M.READING_MAX_VCPU_ID
-        elif el == Element.HVM_PARAM:
-            msg = M.HVM_PARAM_READ.get(chunk_id, M.READING_BATCH_SIZE)
-        elif el == Element.TSC_INFO:
-            msg = M.TSC_INFO
-        elif el == Element.TMEM_EXTRA:
-            msg = M.TMEM_EXTRA
-        elif el == Element.TMEM:
-            msg = M.TMEM
-        elif f == FLD.COMPRESSED_DATA_LENGTH:
-            msg = M.COMPBUF_SIZE
-        elif el == Element.COMPRESSED_DATA:
-            msg = M.COMPBUF_READ
-        elif el == Element.TOOLSTACK and self.gen.toolstack_errors_ignored:
+        if el == Element.TOOLSTACK and self.gen.toolstack_errors_ignored:
             # <= 4.3.x ignores both TOOLSTACK reads' errors (f46fa80ec4): after a cut
             # length the blob read fails too (unless the partial length is 0: nothing to
             # read), then the next chunk header read, each on the same EOF / silence.
@@ -532,12 +528,12 @@ class Restore:
                 self._io_failure(e)
             self._io_failure(e)
             msg = M.READING_BATCH_SIZE
-        elif f == FLD.TOOLSTACK_LENGTH:
-            msg = M.TOOLSTACK_SIZE
-        elif el == Element.TOOLSTACK:
-            msg = M.TOOLSTACK_READ
+        elif el == Element.HVM_PARAM:
+            msg = M.HVM_PARAM_READ.get(chunk_id, M.READING_BATCH_SIZE)
+        elif f in _CHUNK_FIELD_MESSAGES:
+            msg = _CHUNK_FIELD_MESSAGES[f]
         else:
-            msg = M.READING_BATCH_SIZE
+            msg = _CHUNK_ELEMENT_MESSAGES.get(el, M.READING_BATCH_SIZE)
         self.log.perror(msg)
 
     def _partial_length(self, e: StreamError) -> int | None:
@@ -722,15 +718,7 @@ class Restore:
     def _tail_failure(self, e: StreamError) -> None:
         f = e.field or ""
         self._io_failure(e)
-        messages = {
-            FLD.PV_TAIL_PFN_COUNT: M.PV_PFN_COUNT,
-            FLD.PV_TAIL_PFNS: M.PV_PFNTAB,
-            FLD.PV_TAIL_SHARED_INFO: M.PV_SHARED_INFO,
-            FLD.HVM_TAIL_MAGIC_PFNS: M.HVM_MAGIC_PFNS,
-            FLD.HVM_TAIL_CONTEXT_LENGTH: M.HVM_PARAMS_SIZE,
-            FLD.HVM_TAIL_CONTEXT: M.HVM_PARAMS,
-        }
-        self.log.perror(messages.get(f, M.PV_CTXT))
+        self.log.perror(_TAIL_MESSAGES.get(f, M.PV_CTXT))
 
     def _buffer_qemu(self) -> QemuRecord:
         """The QEMU record upstream libxc reads as part of the HVM tail (§7.2, §8.1)."""

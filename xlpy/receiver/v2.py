@@ -45,9 +45,9 @@ import numpy as np
 
 from xlpy.errors import StreamError, StreamMalformed, UsageError
 from xlpy.operation import StreamType
-from xlpy.progress import Throttle
+from xlpy.progress import RunProgress
 from xlpy.receiver import messages as M
-from xlpy.receiver.domains import Domain, DomainFull, Outcome, ReceiveRequest
+from xlpy.receiver.domains import Domain, DomainFull, Outcome, ReceiveRequest, Stop
 from xlpy.receiver.domains.sim import MAX_SIM_P2M_SIZE
 from xlpy.receiver.generations import Generation, generation
 from xlpy.stream.detect import detect
@@ -116,22 +116,17 @@ def _decoded(rec: V2Record, kind: type[_T]) -> _T:
     return body
 
 
-class _Err(Exception):
+class _Err(Stop):
     """``goto err``: libxc fails, the toolstack destroys the domain."""
 
-    def __init__(self, error: StreamError | None, *, restore_failed: bool = True) -> None:
-        super().__init__("restore failed")
-        self.error = error
+    def __init__(self, error: StreamError, *, restore_failed: bool = True) -> None:
+        super().__init__(error)
         #: Inside ``restore()`` (logs "Restore failed"); header errors return before it.
         self.restore_failed = restore_failed
 
 
-class _Failover(Exception):
+class _Failover(Stop):
     """``goto remus_failover``: complete the domain from the last checkpoint."""
-
-    def __init__(self, error: StreamError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 @dataclass
@@ -211,7 +206,9 @@ class V2Restore:
         # outcome
         self.image_end: int | None = None
         self.stop_error: StreamError | None = None
-        self._progress = Throttle(request.progress)
+        self._report = RunProgress(
+            request.progress, lambda: (self.checkpoints, self.pages, self.source.offset)
+        )
 
     # -- public ---------------------------------------------------------------------------
 
@@ -267,15 +264,6 @@ class V2Restore:
         self.domain.destroy()
         self._report("failed", force=True)
         return self._result(ok=False, rc=rc, error=error, toolstack_error=toolstack_error)
-
-    def _report(self, phase: str, *, force: bool = False) -> None:
-        self._progress(
-            phase,
-            checkpoint=self.checkpoints,
-            pages=self.pages,
-            nbytes=self.source.offset,
-            force=force,
-        )
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -883,12 +871,8 @@ class V2Restore:
         self.domain.finish(state, files)
 
 
-class _LibxlAfter(Exception):
+class _LibxlAfter(Stop):
     """libxl failed reading its records after libxc returned successfully."""
-
-    def __init__(self, error: StreamError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 __all__ = ["V2Restore", "cx", "rec_type_to_str"]

@@ -74,7 +74,7 @@ import numpy as np
 
 from xlpy.errors import NotRepresentable, StreamMalformed, StreamTruncated, UsageError
 from xlpy.guest import MIN_PAGES, GuestSpec
-from xlpy.progress import ProgressFn, Throttle
+from xlpy.progress import ProgressFn, RunProgress
 from xlpy.stream.hvm_params import (
     CHUNK_TO_HVM_PARAM,
     HVM_PARAM_VM86_TSS_SIZED,
@@ -211,7 +211,9 @@ class _Converter:
         self.out = out
         self.p = profile
         self.w = profile.width
-        self._progress = Throttle(progress)
+        self._report = RunProgress(
+            progress, lambda: (self.checkpoints, self.pages, self.source.offset)
+        )
         self._warn_fn = warn
         self._warned: set[str] = set()
         self.reader = V2Reader(source)
@@ -265,15 +267,6 @@ class _Converter:
             record=rec.index if rec else None,
             field=field,
             value=value,
-        )
-
-    def _report(self, phase: str, *, force: bool = False) -> None:
-        self._progress(
-            phase,
-            checkpoint=self.checkpoints,
-            pages=self.pages,
-            nbytes=self.source.offset,
-            force=force,
         )
 
     # -- driver ------------------------------------------------------------------------------

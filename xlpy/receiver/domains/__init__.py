@@ -5,6 +5,8 @@
 * :class:`Domain` is what a receiver writes a guest into (pages, parameters, the final
   tail): the simulated domain directory (:mod:`.sim`) and the in-memory domain
   (:mod:`.mem`) implement it.
+* :class:`Stop` is how a receiver leaves the step it is in, carrying the stream error
+  its outcome reports.
 """
 
 from __future__ import annotations
@@ -75,6 +77,18 @@ class Outcome:
 
 class DomainFull(Exception):
     """The domain could not hold what the stream asks for (libxc's allocation failure)."""
+
+
+class Stop(Exception):
+    """A receiver leaving the step it is in, as libxc's and libxl's ``goto``s do.
+
+    Raised and caught inside one receiver (each names its own kinds of stop); ``error``
+    is the stream error behind it, the one the outcome reports.
+    """
+
+    def __init__(self, error: StreamError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class Domain(Protocol):

@@ -16,7 +16,7 @@ Never seeks; stops right after the outermost END record.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from xlpy.errors import StreamError, StreamMalformed
 from xlpy.stream import xlheader
@@ -103,31 +103,44 @@ class V2Reader:
 
     def _libxl(self) -> Iterator[Element]:
         yield self.read_libxl_header()
-        while True:
-            rec = self.read_record(LIBXL)
-            yield rec
-            if rec.type == F.REC_TYPE_LIBXL_END:
-                return
-            if rec.type == F.REC_TYPE_LIBXC_CONTEXT:
-                yield from self._libxc(in_libxl=True)
+        yield from self._records(
+            LIBXL,
+            ends=(F.REC_TYPE_LIBXL_END,),
+            switch=F.REC_TYPE_LIBXC_CONTEXT,
+            switched=lambda: self._libxc(in_libxl=True),
+        )
 
     def _libxc(self, *, in_libxl: bool) -> Iterator[Element]:
         yield self.read_image_header()
         yield self.read_domain_header()
-        while True:
-            rec = self.read_record(LIBXC)
-            yield rec
-            if rec.type == F.REC_TYPE_END:
-                return
-            if rec.type == F.REC_TYPE_CHECKPOINT and in_libxl:
-                yield from self._libxl_checkpoint()
+        yield from self._records(
+            LIBXC,
+            ends=(F.REC_TYPE_END,),
+            switch=F.REC_TYPE_CHECKPOINT,
+            switched=self._libxl_checkpoint if in_libxl else None,
+        )
 
     def _libxl_checkpoint(self) -> Iterator[Element]:
+        """libxl's records after a libxc CHECKPOINT, up to CHECKPOINT_END (or the END)."""
+        return self._records(LIBXL, ends=(F.REC_TYPE_CHECKPOINT_END, F.REC_TYPE_LIBXL_END))
+
+    def _records(
+        self,
+        layer: str,
+        *,
+        ends: tuple[int, ...],
+        switch: int | None = None,
+        switched: Callable[[], Iterator[Element]] | None = None,
+    ) -> Iterator[Element]:
+        """``layer``'s records up to one of ``ends``; after each ``switch`` record, what
+        ``switched`` yields (the other layer's part of the stream) comes first."""
         while True:
-            rec = self.read_record(LIBXL)
+            rec = self.read_record(layer)
             yield rec
-            if rec.type in (F.REC_TYPE_CHECKPOINT_END, F.REC_TYPE_LIBXL_END):
+            if rec.type in ends:
                 return
+            if rec.type == switch and switched is not None:
+                yield from switched()
 
     # -- single elements ----------------------------------------------------------
 

@@ -12,6 +12,7 @@ header included) and ``index`` (0-based position among records; headers use
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -204,11 +205,18 @@ def _short(rec: V2Record, need: int, what: str) -> StreamMalformed:
     )
 
 
+def _fixed(rec: V2Record, fmt: struct.Struct, what: str) -> tuple[int, ...]:
+    """The fixed part ``fmt`` at the start of ``rec``'s body (``what``: its name in the error
+    a shorter body gets)."""
+    if rec.length < fmt.size:
+        raise _short(rec, fmt.size, what)
+    fields: tuple[int, ...] = fmt.unpack_from(rec.body)
+    return fields
+
+
 def _page_data(rec: V2Record) -> PageData:
     hdr = F.PAGE_DATA_HDR_FORMAT.size
-    if rec.length < hdr:
-        raise _short(rec, hdr, "the PAGE_DATA header")
-    count, res = F.PAGE_DATA_HDR_FORMAT.unpack_from(rec.body)
+    count, res = _fixed(rec, F.PAGE_DATA_HDR_FORMAT, "the PAGE_DATA header")
     # The entries present, up to ``count``: whether they all are is the policy's to judge.
     present = min(count, (rec.length - hdr) // 8)
     entries = np.frombuffer(rec.body, dtype="<u8", count=present, offset=hdr).astype(np.uint64)
@@ -217,48 +225,36 @@ def _page_data(rec: V2Record) -> PageData:
 
 
 def _pv_info(rec: V2Record) -> X86PvInfo:
-    if rec.length < F.X86_PV_INFO_FORMAT.size:
-        raise _short(rec, F.X86_PV_INFO_FORMAT.size, "X86_PV_INFO")
-    w, lv, r1, r2 = F.X86_PV_INFO_FORMAT.unpack_from(rec.body)
+    w, lv, r1, r2 = _fixed(rec, F.X86_PV_INFO_FORMAT, "X86_PV_INFO")
     return X86PvInfo(guest_width=w, pt_levels=lv, reserved1=r1, reserved2=r2)
 
 
 def _p2m_frames(rec: V2Record) -> X86PvP2mFrames:
-    if rec.length < 8:
-        raise _short(rec, 8, "X86_PV_P2M_FRAMES")
-    start, end = F.X86_PV_P2M_FRAMES_FORMAT.unpack_from(rec.body)
+    start, end = _fixed(rec, F.X86_PV_P2M_FRAMES_FORMAT, "X86_PV_P2M_FRAMES")
     n = (rec.length - 8) // 8
     pfns = np.frombuffer(rec.body, dtype="<u8", count=n, offset=8).astype(np.uint64)
     return X86PvP2mFrames(p2m_start_pfn=start, p2m_end_pfn=end, pfns=pfns)
 
 
 def _vcpu(rec: V2Record) -> X86PvVcpu:
-    if rec.length < 8:
-        raise _short(rec, 8, "the vcpu header")
-    vid, res = F.X86_PV_VCPU_HDR_FORMAT.unpack_from(rec.body)
+    vid, res = _fixed(rec, F.X86_PV_VCPU_HDR_FORMAT, "the vcpu header")
     return X86PvVcpu(vcpu_id=vid, reserved=res, context=rec.body[8:])
 
 
 def _tsc(rec: V2Record) -> X86TscInfo:
-    if rec.length < F.X86_TSC_INFO_FORMAT.size:
-        raise _short(rec, F.X86_TSC_INFO_FORMAT.size, "TSC_INFO")
-    mode, khz, nsec, inc, res = F.X86_TSC_INFO_FORMAT.unpack_from(rec.body)
+    mode, khz, nsec, inc, res = _fixed(rec, F.X86_TSC_INFO_FORMAT, "TSC_INFO")
     return X86TscInfo(mode=mode, khz=khz, nsec=nsec, incarnation=inc, reserved=res)
 
 
 def _hvm_params(rec: V2Record) -> HvmParams:
-    if rec.length < 8:
-        raise _short(rec, 8, "the HVM_PARAMS header")
-    count, res = F.HVM_PARAMS_FORMAT.unpack_from(rec.body)
+    count, res = _fixed(rec, F.HVM_PARAMS_FORMAT, "the HVM_PARAMS header")
     present = min(count, (rec.length - 8) // 16)
     params = [F.HVM_PARAMS_ENTRY_FORMAT.unpack_from(rec.body, 8 + 16 * i) for i in range(present)]
     return HvmParams(count=count, reserved=res, params=params)
 
 
 def _emulator(rec: V2Record) -> EmulatorRecord:
-    if rec.length < 8:
-        raise _short(rec, 8, "the emulator header")
-    eid, idx = F.EMULATOR_HEADER_FORMAT.unpack_from(rec.body)
+    eid, idx = _fixed(rec, F.EMULATOR_HEADER_FORMAT, "the emulator header")
     return EmulatorRecord(emulator_id=eid, emulator_index=idx, data=rec.body[8:])
 
 

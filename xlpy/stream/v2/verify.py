@@ -71,6 +71,16 @@ def _err(rec: V2Record, message: str, field: str, rel: int = 0) -> StreamMalform
     )
 
 
+def _header_fault(h: Element, name: str) -> Callable[[str, str, int], StreamMalformed]:
+    """The errors of header ``h`` (``name``: ``image_header``, ...): a message, the field
+    and where it starts, ``rel`` bytes into the header."""
+
+    def fault(message: str, field: str, rel: int) -> StreamMalformed:
+        return StreamMalformed(message, offset=h.offset + rel, field=f"{name}.{field}")
+
+    return fault
+
+
 def xenstore_pairs(data: bytes) -> list[tuple[bytes, bytes]]:
     """(key, value) pairs of EMULATOR_XENSTORE_DATA, or ValueError saying what is wrong."""
     if not data:
@@ -116,9 +126,7 @@ class V2Checker:
     # -- headers ------------------------------------------------------------------
 
     def _libxl_header(self, h: LibxlHeader) -> None:
-        def bad(msg: str, fld: str, rel: int) -> StreamMalformed:
-            return StreamMalformed(msg, offset=h.offset + rel, field=f"libxl_header.{fld}")
-
+        bad = _header_fault(h, "libxl_header")
         if h.ident != F.LIBXL_HDR_IDENT:
             raise bad(f"bad libxl ident 0x{h.ident:x}", "ident", 0)
         if h.version != F.LIBXL_HDR_VERSION:
@@ -133,9 +141,7 @@ class V2Checker:
             )
 
     def _image_header(self, h: ImageHeader) -> None:
-        def bad(msg: str, fld: str, rel: int) -> StreamMalformed:
-            return StreamMalformed(msg, offset=h.offset + rel, field=f"image_header.{fld}")
-
+        bad = _header_fault(h, "image_header")
         if h.marker != F.IHDR_MARKER:
             raise bad(f"bad image marker 0x{h.marker:016x}", "marker", 0)
         if h.id != F.IHDR_ID:
@@ -156,9 +162,7 @@ class V2Checker:
         self._static_data_end = False
 
     def _domain_header(self, h: DomainHeader) -> None:
-        def bad(msg: str, fld: str, rel: int) -> StreamMalformed:
-            return StreamMalformed(msg, offset=h.offset + rel, field=f"domain_header.{fld}")
-
+        bad = _header_fault(h, "domain_header")
         if h.type not in (F.DHDR_TYPE_X86_PV, F.DHDR_TYPE_X86_HVM):
             raise bad(f"unsupported domain type 0x{h.type:x} ({h.type_name})", "type", 0)
         if self.strict and h.reserved:
