@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import REPO
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY, debian_package, detect
 from xlpy.errors import LibraryNotFound, UsageError, XenUnavailable
 from xlpy.operation import Verdict, decide
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _xlpy_abi(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,13 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import REPO
 from xlpy.binding.generations import COLO, REQUIRED_CALLBACKS
-
-REPO = Path(__file__).resolve().parent.parent
 
 # Raw binding on purpose: the safe API refuses exactly these calls before C.
 PROBE = r"""

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 import pytest
-from restore_helpers import OUT_PARAMS, build_stand_in, read_report
 
+from tests.helpers.libxc_stand_in import OUT_PARAMS, build_stand_in, read_report
 from xlpy.binding import RestoreArgs, restore_libxc
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY, detect
 from xlpy.binding.generations import GENERATIONS, PLAIN, REMUS

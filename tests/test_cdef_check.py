@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import REPO
 from xlpy.binding.cdefcheck import CdefDrift, Report, function_declarations
 from xlpy.binding.generations import BY_NAME, by_name
 
@@ -33,7 +34,6 @@ def xen_dev(xen_tools: object) -> tuple[Path, Path]:
     return include_dir, lib_dir
 
 
-REPO = Path(__file__).resolve().parent.parent
 _RUN = """
 import json, sys
 from dataclasses import asdict
@@ -124,7 +124,7 @@ def test_make_cdef_check_runs_the_check() -> None:
     make = shutil.which("make")
     if make is None:
         pytest.skip("NO make")
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO
     dry = subprocess.run(
         [make, "-n", "-C", str(repo), "cdef-check"], capture_output=True, text=True, check=True
     )

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.paths import REPO as ROOT
+
 GEN = "gen --guest hvm --sender xen-4.3 --memory 1M --seed 1"
 
 

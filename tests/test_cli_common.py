@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import REPO as ROOT
 from xlpy.cli import build_parser
 from xlpy.cli.common import parse_size, size_arg, width_arg
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_width_and_size_options_share_one_type() -> None:

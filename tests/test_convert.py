@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers.paths import REPO
 from xlpy.cli import main as xlpy_main
 from xlpy.errors import NotRepresentable, StreamError, UsageError
 from xlpy.guest import GuestSpec
@@ -36,8 +37,6 @@ from xlpy.stream.v2 import format as F
 from xlpy.stream.v2.reader import V2Reader
 from xlpy.stream.v2.records import PageData, V2Record
 from xlpy.stream.v2.verify import verify_stream
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def legacy(profile: SenderProfile, spec: GuestSpec) -> bytes:

@@ -23,9 +23,9 @@ import itertools
 from pathlib import Path
 
 import pytest
-from conftest import XenTools
-from test_xen_tools_legacy import _cases, _gen, strip_xl_header
 
+from tests.helpers.legacy_streams import gen_stream, strip_xl_header
+from tests.helpers.xen_tools import XenTools, converter_cases
 from xlpy.cli import main as xlpy_main
 from xlpy.errors import UsageError
 from xlpy.guest import GuestSpec
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.xen_tools
 
 
 @pytest.mark.parametrize(
-    ("guest", "gw", "w", "sender", "framing", "fmt"), _cases(), ids=lambda v: str(v)
+    ("guest", "gw", "w", "sender", "framing", "fmt"), converter_cases(), ids=lambda v: str(v)
 )
 def test_identical_to_xens_converter(
     xen_tools: XenTools,
@@ -55,7 +55,7 @@ def test_identical_to_xens_converter(
     fmt: str,
 ) -> None:
     src = tmp_path / "legacy"
-    _gen(src, guest, gw, w, sender, framing, seed=gw + w + 1)
+    gen_stream(src, guest, gw, w, sender, framing, seed=gw + w + 1)
     with_header = src.read_bytes()
     if framing == "xl":
         src.write_bytes(strip_xl_header(with_header))

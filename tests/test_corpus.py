@@ -8,16 +8,16 @@ this checks that the committed files match it and that the reader, through
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
-from streams.make_corpus import Case, cases
 
+from tests.helpers.paths import TESTS
+from tests.streams.make_corpus import Case, cases
 from xlpy.errors import UsageError
 from xlpy.stream.legacy.inspect import inspect_stream
 from xlpy.stream.source import ByteSource
 
-STREAMS = Path(__file__).parent / "streams"
+STREAMS = TESTS / "streams"
 CASES = cases()
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import REPO
 from xlpy.stream.legacy.format import PAGE_SIZE
 
-REPO = Path(__file__).resolve().parent.parent
 LEGACY = ("4.0.4", "4.1.6.1", "4.2.5", "4.3.1", "4.3.2", "4.4.4", "4.5.5")
 #: The sim generation and the xlpy sender matching each real release.
 SIM = {

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import REPO as ROOT
 from xlpy.cli import gen as gen_cli
 from xlpy.cli import main
 from xlpy.cli.common import parse_size
 from xlpy.guest import GuestSpec
 from xlpy.stream.legacy.senders import SenderProfile, generate
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_file_output_matches_generate(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from restore_helpers import build_stand_in, read_report
 
+from tests.helpers.libxc_stand_in import build_stand_in, read_report
 from xlpy.binding import RestoreArgs, restore_libxc
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY, Abi, detect
 from xlpy.binding.generations import PLAIN, by_name

@@ -9,15 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from streams import build as B
 
+from tests.helpers.paths import REPO as ROOT
+from tests.streams import build as B
 from xlpy import cli
 from xlpy.guest import GuestSpec
 from xlpy.stream.legacy.inspect import inspect_stream, render_text
 from xlpy.stream.legacy.senders import SenderProfile, generate
 from xlpy.stream.source import ByteSource
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture

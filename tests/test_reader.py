@@ -9,8 +9,8 @@ import struct
 import threading
 
 import pytest
-from streams import build as B
 
+from tests.streams import build as B
 from xlpy.errors import StreamMalformed, StreamTruncated, UsageError
 from xlpy.stream.legacy import format as F
 from xlpy.stream.legacy.reader import LegacyReader, data_bearing_count

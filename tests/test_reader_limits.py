@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import REPO as ROOT
 from xlpy.errors import StreamTruncated
 from xlpy.guest import GuestSpec
 from xlpy.stream.legacy import format as F
@@ -21,7 +22,6 @@ from xlpy.stream.legacy.records import HvmTail, QemuRecord
 from xlpy.stream.legacy.senders import SenderProfile, generate
 from xlpy.stream.source import ByteSource
 
-ROOT = Path(__file__).resolve().parent.parent
 #: p2m_size 16, then XC_SAVE_ID_TOOLSTACK claiming 0xFFFFFFF0 bytes.
 TOOLSTACK_HEAD = struct.pack("<Qii", 16, F.XC_SAVE_ID_TOOLSTACK, -16)
 

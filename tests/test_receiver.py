@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_receiver_streams import (
+
+from tests.helpers.legacy_streams import (
     P2M,
     PAGE,
     XENSERVER_QEMU,
@@ -18,7 +19,6 @@ from test_receiver_streams import (
     expected_memory,
     remus_checkpoints,
 )
-
 from xlpy.errors import StreamMalformed, StreamTimeout, StreamTruncated, UsageError
 from xlpy.receiver import restore
 from xlpy.receiver.domains import Outcome
@@ -306,8 +306,6 @@ def test_invalid_qemu_signature(tmp_path: Path) -> None:
 
 
 def test_toolstack_chunk_without_callback_fails_hvm_finish(tmp_path: Path) -> None:
-    from test_receiver_streams import build as _b  # noqa: F401 - same builder, own stream
-
     from xlpy.stream.legacy.records import Toolstack
     from xlpy.stream.legacy.writer import encode
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_receiver_streams import build, remus_checkpoints
 
+from tests.helpers.legacy_streams import build, remus_checkpoints
 from xlpy.errors import StreamError
 from xlpy.receiver import restore
 from xlpy.stream.legacy import format as F

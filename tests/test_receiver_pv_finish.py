@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-from test_receiver_streams import CTX, P2M, PAGE, PV_L4, build, pv_context
 
+from tests.helpers.legacy_streams import CTX, P2M, PAGE, PV_L4, build, pv_context
 from xlpy.guest import Guest, GuestSpec
 from xlpy.receiver import restore
 from xlpy.stream.legacy import pvcontext

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_receiver_streams import build, expected_memory, page
 
+from tests.helpers.legacy_streams import build, expected_memory, page
 from xlpy.guest import Guest, GuestSpec
 from xlpy.receiver import restore
 from xlpy.receiver.domains import ReceiveRequest

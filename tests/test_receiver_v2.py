@@ -11,17 +11,17 @@ import json
 import os
 import subprocess
 import sys
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers.paths import REPO as ROOT
+from tests.helpers.v2_streams import v2_stream
 from xlpy import repro
 from xlpy.guest import Guest
 from xlpy.receiver import restore
 from xlpy.receiver.domains import Outcome
-from xlpy.stream.convert import legacy_to_v2
 from xlpy.stream.legacy import format as LF
 from xlpy.stream.source import ByteSource
 from xlpy.stream.v2 import format as F
@@ -30,15 +30,6 @@ from xlpy.stream.v2.records import V2Record
 from xlpy.stream.v2.writer import V2Writer
 
 GEN = "xen-4.17"
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@lru_cache(maxsize=16)
-def v2_stream(mode: str, guest: str, fmt: str) -> bytes:
-    legacy = repro.cell_stream("xen-4.1", mode, guest, "eof")
-    out = io.BytesIO()
-    legacy_to_v2(ByteSource(io.BytesIO(legacy)), out, fmt=fmt)
-    return out.getvalue()
 
 
 def run(data: bytes, out: Path, cs: int = 0) -> Outcome:

@@ -4,30 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from test_receiver_streams import PAGE, XENSERVER_QEMU, build, expected_memory
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def xlpy(
-    *args: str, stdin: bytes | None = None, pass_fds: tuple[int, ...] = ()
-) -> subprocess.CompletedProcess[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "xlpy", *args],
-        input=stdin,
-        capture_output=True,
-        env=env,
-        pass_fds=pass_fds,
-        timeout=60,
-        check=False,
-    )
-
+from tests.helpers.cli import xlpy
+from tests.helpers.legacy_streams import PAGE, XENSERVER_QEMU, build, expected_memory
 
 CPS = [{1: b"\x01" * PAGE, 4: b"\x04" * PAGE}]
 

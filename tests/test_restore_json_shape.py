@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from test_receiver_streams import XENSERVER_QEMU, build, page
-from test_receiver_v2 import v2_stream
-from test_restore_cli import xlpy
 
+from tests.helpers.cli import xlpy
+from tests.helpers.legacy_streams import XENSERVER_QEMU, build, page
+from tests.helpers.v2_streams import v2_stream
 from xlpy.backends import RestoreResult
 
 ERROR_KEYS = {"kind", "type", "offset", "record", "field", "message"}

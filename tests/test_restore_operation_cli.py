@@ -9,10 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from restore_helpers import build_stand_in, read_report
-from test_receiver_streams import XENSERVER_QEMU, build, expected_memory, page, remus_checkpoints
-from test_restore_cli import REPO, xlpy
 
+from tests.helpers.cli import xlpy
+from tests.helpers.legacy_streams import (
+    XENSERVER_QEMU,
+    build,
+    expected_memory,
+    page,
+    remus_checkpoints,
+)
+from tests.helpers.libxc_stand_in import build_stand_in, read_report
+from tests.helpers.paths import REPO
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY
 from xlpy.binding.generations import by_name
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_receiver_streams import build, expected_memory, page, remus_checkpoints
 
+from tests.helpers.legacy_streams import build, expected_memory, page, remus_checkpoints
 from xlpy.backends.sim import from_outcome
 from xlpy.errors import StreamTimeout, StreamTruncated
 from xlpy.guest import GuestSpec

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import struct
 import tracemalloc
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -22,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.v2_streams import STORE, XCR0_FP_SSE, V2Guest, cpu_records, make_v2, to_legacy
 from xlpy.errors import NotRepresentable, StreamMalformed, StreamTruncated, UsageError
 from xlpy.guest import Guest, GuestSpec
 from xlpy.stream.convert import legacy_to_v2
@@ -48,171 +47,6 @@ from xlpy.stream.source import ByteSource
 from xlpy.stream.tolegacy import v2_to_legacy
 from xlpy.stream.v2 import format as F
 from xlpy.stream.v2.writer import V2Writer
-
-STORE, IOREQ, BUFIOREQ, IDENT_PT, CONSOLE, ACPI = 1, 5, 6, 12, 17, 19
-IOREQ_SERVER, NR_IOREQ, X87_FIP, VM86_SIZED = 32, 33, 36, 37
-XCR0_FP_SSE = 3
-
-
-@dataclass
-class V2Guest:
-    """A v2 stream and what a legacy reader must find in its conversion."""
-
-    data: bytes
-    kind: str
-    guest: Guest
-    final_epoch: int
-    vcpus: int
-    xsave_areas: dict[int, bytes] = field(default_factory=dict)
-    config: bytes | None = None
-    qemu: bytes | None = None
-    #: The stream carries the libxl physmap (EMULATOR_XENSTORE_DATA).
-    physmap: bool = False
-
-
-def xsave_area(g: Guest, vcpu: int, epoch: int, xcr0: int) -> bytes:
-    return struct.pack("<QQ", xcr0, xcr0) + g.xsave_area(vcpu, epoch)[16:]
-
-
-def cpu_records(instances: tuple[int, ...]) -> bytes:
-    """HVM save records of typecode CPU (2) for ``instances``, bodies zero."""
-    return b"".join(struct.pack("<HHI", 2, i, 16) + bytes(16) for i in instances)
-
-
-def hvm_params(g: Guest) -> list[tuple[int, int]]:
-    top = g.p2m_size
-    return [
-        (STORE, top - 3),
-        (IOREQ, top - 1),
-        (BUFIOREQ, top - 2),
-        (VM86_SIZED, (128 << 32) | 0xFEFFD000),
-        (CONSOLE, top - 4),
-        (ACPI, 1),
-        (IDENT_PT, 0xFEFFC000),
-        (IOREQ_SERVER, top - 8),
-        (NR_IOREQ, 2),
-        (X87_FIP, 8),
-    ]
-
-
-def make_v2(
-    kind: str,
-    *,
-    guest_width: int = 8,
-    framing: str = "libxl",
-    checkpoints: int = 0,
-    vcpus: int = 2,
-    pages: int = 300,
-    xcr0: int = XCR0_FP_SSE,
-    batch: int = 700,
-    seed: int = 3,
-    qemu: bool = True,
-    hvm_cpus: tuple[int, ...] = (),
-) -> V2Guest:
-    """A v2 stream of a generated guest; ``checkpoints`` > 0 makes it checkpointed (Remus)."""
-    spec = GuestSpec(kind=kind, pages=pages, seed=seed, guest_width=guest_width, vcpus=vcpus)  # type: ignore[arg-type]
-    g = Guest(spec)
-    buf = io.BytesIO()
-    w = V2Writer(buf)
-    libxl = framing in ("libxl", "xl")
-    config = None
-    if framing == "xl":
-        config = (
-            json.dumps(
-                {
-                    "c_info": {"type": kind, "name": "guest-A"},
-                    "b_info": {"max_vcpus": vcpus, "max_memkb": 8192},
-                }
-            ).encode()
-            + b"\0"
-        )
-        w.xl_header(
-            mandatory_flags=LF.XL_MANDATORY_FLAG_STREAMv2 | LF.XL_MANDATORY_FLAG_JSON,
-            optional_data=struct.pack("<I", len(config)) + config,
-        )
-    if libxl:
-        w.libxl_header()
-        w.libxc_context()
-    w.image_header(version=3)
-    pv = kind == "pv"
-    w.domain_header(F.DHDR_TYPE_X86_PV if pv else F.DHDR_TYPE_X86_HVM, xen_major=4, xen_minor=17)
-    if pv:
-        w.x86_pv_info(guest_width, 4 if guest_width == 8 else 3)
-        w.x86_pv_p2m_frames(0, g.p2m_size - 1, g.p2m_frames())
-    w.write_record(F.REC_TYPE_X86_CPUID_POLICY, bytes(48))
-    w.write_record(F.REC_TYPE_X86_MSR_POLICY, bytes(32))
-    w.static_data_end()
-    n_ckpt = max(checkpoints, 1)
-    areas: dict[int, bytes] = {}
-    qemu_data = None
-    for k in range(n_ckpt):
-        pfns = np.arange(g.p2m_size) if k == 0 else g.dirty(k)
-        for s in range(0, pfns.size, batch):
-            chunk = pfns[s : s + batch]
-            pop = g.populated[chunk]
-            types = np.where(pop, F.XEN_DOMCTL_PFINFO_NOTAB, F.XEN_DOMCTL_PFINFO_XTAB)
-            if pv:
-                types = np.where(chunk % 97 == 5, F.XEN_DOMCTL_PFINFO_L1TAB, types)
-            data = g.pages(chunk[pop].astype(np.uint64), k)
-            w.page_data_pfns(chunk, data.reshape(-1).data, types)
-        mode, nsec, khz, inc = g.tsc_info()
-        w.tsc_info(mode, khz, nsec, inc)
-        if pv:
-            w.shared_info(g.shared_info(k))
-            for v in range(vcpus):
-                areas[v] = xsave_area(g, v, k, xcr0)
-                w.x86_pv_vcpu_basic(v, g.vcpu_context(v, k))
-                w.x86_pv_vcpu_extended(v, g.ext_vcpu_context(v)[:72])
-                w.x86_pv_vcpu_xsave(v, areas[v])
-                w.x86_pv_vcpu_msrs(v, struct.pack("<IIQ", 0xC0000103, 0, 0))
-        else:
-            w.hvm_context(cpu_records(hvm_cpus) + g.hvm_context(k))
-            w.hvm_params(hvm_params(g))
-        qemu_data = g.qemu_data(k) if qemu else None
-        if checkpoints:
-            w.checkpoint()
-            if libxl:
-                physmap = [(b"physmap/f0000000/start_addr", b"f0000000")]
-                physmap += [(b"physmap/f0000000/size", b"800000")]
-                physmap += [(b"physmap/f0000000/name", b"vga.vram")]
-                w.emulator_xenstore_data(physmap)
-                if qemu_data is not None and not pv:
-                    w.emulator_context(qemu_data)
-                w.checkpoint_end()
-    w.end()
-    tail = b""
-    if libxl:
-        if not checkpoints:
-            w.emulator_xenstore_data(
-                [
-                    (b"physmap/f0000000/start_addr", b"f0000000"),
-                    (b"physmap/f0000000/size", b"800000"),
-                    (b"physmap/f0000000/name", b"vga.vram"),
-                ]
-            )
-            if qemu_data is not None and not pv:
-                w.emulator_context(qemu_data)
-        w.end()
-    elif not pv and qemu_data is not None and not checkpoints:
-        tail = LF.QEMU_SIG_0002 + struct.pack("<I", len(qemu_data)) + qemu_data
-    return V2Guest(
-        data=buf.getvalue() + tail,
-        kind=kind,
-        guest=g,
-        final_epoch=n_ckpt - 1,
-        vcpus=vcpus,
-        xsave_areas=areas,
-        config=config,
-        qemu=None if pv else qemu_data,
-        physmap=libxl,
-    )
-
-
-def to_legacy(data: bytes, **kw: object) -> tuple[bytes, list[str]]:
-    warned: list[str] = []
-    out = io.BytesIO()
-    v2_to_legacy(ByteSource(io.BytesIO(data)), out, warn=warned.append, **kw)  # type: ignore[arg-type]
-    return out.getvalue(), warned
 
 
 def read_legacy(data: bytes, width: int = 8) -> list[Record]:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import XenTools
-from test_tolegacy import make_v2, to_legacy
-from test_xen_tools_legacy import strip_xl_header
 
+from tests.helpers.legacy_streams import strip_xl_header
+from tests.helpers.v2_streams import make_v2, to_legacy
+from tests.helpers.xen_tools import XenTools
 from xlpy.errors import UsageError
 from xlpy.guest import GuestSpec
 from xlpy.stream.convert import legacy_to_v2

@@ -1,6 +1,6 @@
 """The operation-driven libxc restore, against stand-in libraries (no hypervisor).
 
-The stand-ins (restore_helpers) read ``io_fd`` to EOF and report what
+The stand-ins (tests.helpers.libxc_stand_in) read ``io_fd`` to EOF and report what
 they got, which is what a 4.0-4.3.1 libxc does after the last checkpoint: so the byte
 count shows exactly what framing let through.
 """
@@ -12,10 +12,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from restore_helpers import build_stand_in, feed, read_report
-from test_receiver_streams import PAGE, XENSERVER_QEMU, build
 
 import xlpy
+from tests.helpers.legacy_streams import PAGE, XENSERVER_QEMU, build
+from tests.helpers.libxc_stand_in import build_stand_in, feed, read_report
 from xlpy.api import run
 from xlpy.backends import RestoreRequest
 from xlpy.backends.libxc import LibxcOptions

@@ -11,16 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import V2_SAMPLE_SPECS, V2Sample, _v2_sample
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.paths import REPO
+from tests.helpers.v2_streams import V2_SAMPLE_SPECS, V2Sample, v2_sample
 from xlpy.stream.source import ByteSource
 from xlpy.stream.v2 import format as F
 from xlpy.stream.v2.verify import VerifyReport, verify_stream, xenstore_pairs
 from xlpy.stream.v2.writer import V2Writer
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _verify(data: bytes, *, strict: bool) -> VerifyReport:
@@ -184,7 +183,7 @@ def test_never_crashes_on_damaged_streams(
     sample: str, flips: list[tuple[int, int]], cut: int, strict: bool
 ) -> None:
     """Any damage ends in a report (valid or with a located error), never an exception."""
-    data = bytearray(_v2_sample(**V2_SAMPLE_SPECS[sample]).data)  # type: ignore[arg-type]
+    data = bytearray(v2_sample(**V2_SAMPLE_SPECS[sample]).data)  # type: ignore[arg-type]
     for pos, x in flips:
         data[pos % len(data)] ^= x
     data = data[: len(data) - cut % 64] if cut % 3 else data[: cut % len(data)]

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers.paths import REPO
 
 
 def _run_without_apt(tmp_path: Path, require: bool) -> subprocess.CompletedProcess[str]:

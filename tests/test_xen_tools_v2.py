@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import V2Sample, XenTools
 
+from tests.helpers.paths import REPO
+from tests.helpers.v2_streams import V2Sample
+from tests.helpers.xen_tools import XenTools
 from xlpy.stream.legacy.records import XlHeader
 from xlpy.stream.source import ByteSource
 from xlpy.stream.v2 import format as F
@@ -23,8 +25,6 @@ from xlpy.stream.v2.records import LIBXC, DomainHeader, ImageHeader, LibxlHeader
 from xlpy.stream.v2.verify import VerifyReport, verify_stream
 
 pytestmark = pytest.mark.xen_tools
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 #: Mutants Xen's verify-stream-v2 accepts and we reject, each for a reason no

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import XenTools
-from test_xenopsd_stream import SPECS, records
 
+from tests.helpers.xen_tools import XenTools
+from tests.helpers.xenopsd_images import SPECS, convert_on_pipes, records, spans
 from xlpy.guest import Guest, GuestSpec
 from xlpy.stream import xenopsd as X
 from xlpy.stream.legacy.senders import SenderProfile
@@ -38,25 +38,6 @@ def gen(guest: str, kind: str, sender: str, width: int, spec: GuestSpec | None =
         extras=extras,
     )
     return out.getvalue()
-
-
-def convert_on_pipes(data: bytes) -> bytes:
-    """``xlpy convert`` reading stdin, writing stdout (pipes both ways)."""
-    p = subprocess.run(
-        [sys.executable, "-m", "xlpy", "convert"], input=data, capture_output=True, check=False
-    )
-    assert p.returncode == 0, p.stderr.decode()
-    return p.stdout
-
-
-def spans(data: bytes) -> dict[str, bytes]:
-    """Each record's body bytes by name (an embedded image: up to the next header)."""
-    recs = records(data)
-    out = {}
-    for rec, nxt in zip(recs, [*recs[1:], None], strict=True):
-        end = len(data) if nxt is None else nxt.offset
-        out[rec.name] = data[rec.body_offset : end]
-    return out
 
 
 CASES = [

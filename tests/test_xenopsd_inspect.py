@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from test_xenopsd_stream import SPECS, image
 
+from tests.helpers.xenopsd_images import SPECS, image
 from xlpy.guest import Guest
 from xlpy.stream import xenopsd as X
 

@@ -9,34 +9,17 @@ import threading
 
 import pytest
 
+from tests.helpers.xenopsd_images import SPECS, image, records
 from xlpy.cli import main as xlpy_main
 from xlpy.errors import StreamMalformed, StreamTruncated, UsageError
-from xlpy.guest import Guest, GuestSpec
+from xlpy.guest import Guest
 from xlpy.stream import xenopsd as X
 from xlpy.stream.legacy import format as LF
 from xlpy.stream.legacy.records import HvmTail, PvTail, QemuRecord
-from xlpy.stream.legacy.senders import SenderProfile
 from xlpy.stream.source import ByteSource
 from xlpy.stream.v2 import format as V2F
 from xlpy.stream.v2.records import V2Record
-from xlpy.stream.xenopsd_gen import GEN_TIME, extra_body, generate_image
-
-SPECS = {
-    "pv": GuestSpec(kind="pv", pages=40, seed=5, vcpus=2),
-    "hvm": GuestSpec(kind="hvm", pages=40, seed=6, vcpus=2),
-}
-
-
-def image(guest: str, kind: str = "xenopsd", libxc: str = "legacy", **kw: object) -> bytes:
-    out = io.BytesIO()
-    width = 4 if kind == "xenopsd-legacy" else 8
-    profile = SenderProfile(sender="xen-4.0", width=width)
-    generate_image(profile, SPECS[guest], out, kind=kind, libxc=libxc, **kw)  # type: ignore[arg-type]
-    return out.getvalue()
-
-
-def records(data: bytes) -> list[X.XenopsdRecord]:
-    return list(X.XenopsdReader(ByteSource(io.BytesIO(data))).records())
+from xlpy.stream.xenopsd_gen import GEN_TIME, extra_body
 
 
 def summary(data: bytes) -> list[tuple[str, int]]:
