@@ -4,7 +4,7 @@
 Each case knows the error the reader must report: kind (truncated/malformed),
 the offset where the faulty element starts and the field.  Offsets are computed
 from how the stream was assembled, not copied from the reader's output.
-``tests/test_corpus.py`` checks that the files on disk match this script and
+``tests/stream/legacy/test_corpus.py`` checks that the files on disk match this script and
 that the reader reports exactly these errors.  Run from anywhere:
 ``python3 tests/streams/make_corpus.py``.
 """
