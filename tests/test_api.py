@@ -18,16 +18,17 @@ import threading
 from pathlib import Path
 
 import pytest
-from restore_helpers import build_stand_in, feed, read_report
-from test_receiver_streams import (
+
+import xlpy
+from tests.helpers.legacy_streams import (
     XENSERVER_QEMU,
     build,
     expected_memory,
     page,
     remus_checkpoints,
 )
-
-import xlpy
+from tests.helpers.libxc_stand_in import build_stand_in, feed, read_report
+from tests.helpers.paths import REPO
 from xlpy.backends import RestoreResult
 from xlpy.backends.sim import DEFAULT_SIM_RELEASE, default_sim_release
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY
@@ -38,7 +39,6 @@ from xlpy.operation import Operation, StreamType, Verdict
 from xlpy.receiver.domains import Outcome
 from xlpy.stream.legacy.senders import SenderProfile, generate
 
-REPO = Path(__file__).resolve().parent.parent
 R, M, RE, C = "restore", "migrate-receive", "remus-receive", "colo-receive"
 
 
@@ -184,7 +184,7 @@ def test_remus_without_argument_refused_forced_is_not_framed(tmp_path: Path) -> 
 
 
 def test_colo_refused_even_forced(tmp_path: Path) -> None:
-    from test_receiver_v2 import v2_stream
+    from tests.helpers.v2_streams import v2_stream
 
     colo = v2_stream("remus", "pv", "libxc")  # a checkpointed v2 stream, as COLO sends
     with pytest.raises(RestoreRefused, match=r"COLO needs libxc 4\.7"):
@@ -309,8 +309,7 @@ def test_framed_restore_of_a_stream_with_last_checkpoint(tmp_path: Path) -> None
 
 
 def test_v2_generation_takes_every_operation(tmp_path: Path) -> None:
-    from test_receiver_v2 import v2_stream
-
+    from tests.helpers.v2_streams import v2_stream
     from xlpy import repro
 
     remus = v2_stream("remus", "pv", "libxc")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.paths import REPO as ROOT
+
 BENCH = sorted((ROOT / "bench").glob("bench_*.py"))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,8 +11,9 @@ import pytest
 pytest.importorskip("atheris")
 
 import xlpy.stream.legacy.compression as compression
+from tests.helpers.paths import TESTS
 
-HARNESS = Path(__file__).parent / "fuzz" / "fuzz_reader.py"
+HARNESS = TESTS / "fuzz" / "fuzz_reader.py"
 
 
 def _harness(monkeypatch: pytest.MonkeyPatch) -> Any:

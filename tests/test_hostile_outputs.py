@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.paths import REPO
 from xlpy.errors import UsageError
 from xlpy.receiver import restore
 from xlpy.stream.source import ByteSource
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def xlpy(*args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[bytes]:

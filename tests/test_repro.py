@@ -6,15 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import REPO
 from xlpy.errors import UsageError
 from xlpy.receiver.domains import Outcome
 from xlpy.repro import CODES, V2_SENDER, Cell, classify, load_cells, render, run_matrix
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_expected_table_covers_the_matrix_and_cites_the_spec() -> None:

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 import pytest
-from restore_helpers import feed
-from test_receiver_streams import PAGE, XENSERVER_QEMU, build, remus_checkpoints
 
+from tests.helpers.legacy_streams import PAGE, XENSERVER_QEMU, build, remus_checkpoints
+from tests.helpers.libxc_stand_in import feed
 from xlpy.backends.libxc import secondary_callbacks
 from xlpy.binding.detect import Abi
 from xlpy.binding.generations import by_name

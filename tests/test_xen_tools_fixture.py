@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers.paths import REPO
 
 
 def _run_without_apt(tmp_path: Path, require: bool) -> subprocess.CompletedProcess[str]:
@@ -29,7 +29,7 @@ def _run_without_apt(tmp_path: Path, require: bool) -> subprocess.CompletedProce
     }
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-         "tests/test_xen_tools_legacy.py", "-k", "pinned"],
+         "tests/stream/legacy/test_xen_tools_legacy.py", "-k", "pinned"],
         cwd=REPO,
         env=env,
         capture_output=True,

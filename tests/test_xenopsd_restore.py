@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from restore_helpers import build_stand_in, feed, read_report
-from test_xenopsd_convert import convert_on_pipes, spans
 
+from tests.helpers.libxc_stand_in import build_stand_in, feed, read_report
+from tests.helpers.xenopsd_images import convert_on_pipes, spans
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY
 from xlpy.binding.generations import by_name
 from xlpy.cli import main as xlpy_main

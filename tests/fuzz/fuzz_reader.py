@@ -31,7 +31,6 @@ import atheris
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
-sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports():
@@ -73,7 +72,7 @@ def one_input(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    from streams import build as B
+    from tests.streams import build as B
 
     images = [
         B.hvm_image(),

@@ -4,7 +4,7 @@
 Each case knows the error the reader must report: kind (truncated/malformed),
 the offset where the faulty element starts and the field.  Offsets are computed
 from how the stream was assembled, not copied from the reader's output.
-``tests/test_corpus.py`` checks that the files on disk match this script and
+``tests/stream/legacy/test_corpus.py`` checks that the files on disk match this script and
 that the reader reports exactly these errors.  Run from anywhere:
 ``python3 tests/streams/make_corpus.py``.
 """
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))
+if str(HERE.parents[1]) not in sys.path:
+    sys.path.insert(0, str(HERE.parents[1]))
 
-from streams import build as B  # noqa: E402
+from tests.streams import build as B  # noqa: E402
 
 W = 8
 

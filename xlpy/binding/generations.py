@@ -33,7 +33,7 @@ CALLBACK_ERROR_RETURN: Mapping[str, int | None] = {
 
 #: The callbacks libxenguest asserts on for each stream type (xg_sr_restore.c:883-901).
 #: COLO falls through to the REMUS case, so it needs ``checkpoint`` too (shown by
-#: tests/test_binding_asserts.py against Debian's 4.17 binary).
+#: tests/binding/test_binding_asserts.py against Debian's 4.17 binary).
 REQUIRED_CALLBACKS: Mapping[StreamType, frozenset[str]] = {
     PLAIN: frozenset(),
     REMUS: frozenset({"checkpoint"}),

@@ -46,7 +46,7 @@ from xlpy.outfile import fd_number, fd_spec, open_output
 from xlpy.stream.source import ByteSource, open_source
 
 # The sender model's names (xlpy.stream.legacy.senders), not imported: it costs
-# ~30 ms of start-up to every conversion; tests/test_convert.py keeps them equal.
+# ~30 ms of start-up to every conversion; tests/stream/test_convert.py keeps them equal.
 SENDERS = ("xen-4.0", "xen-4.1", "xen-4.2", "xen-4.3", "xen-4.5")
 TOOLSTACKS = ("bare", "xend", "xl", "xenserver-classic")
 TRAILERS = ("eof", "foreign")

@@ -44,7 +44,7 @@ second, "Unrecognised Qemu sig", exit 2).  So a receiver restoring the output as
 plain stream (``xl restore``, a plain migration) fails with libxc's "Found
 checkpoint in non-checkpointed stream", where Xen's tool's output restores
 checkpoint 1; a REMUS/COLO receiver restores the last committed checkpoint
-(tests/test_receiver_v2.py pins both).
+(tests/receiver/test_receiver_v2.py pins both).
 
 Memory: a plain stream is converted one batch at a time (one 4 MiB page
 buffer, reused).  When the output is a descriptor (a file object straight over

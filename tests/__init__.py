@@ -1,0 +1,1 @@
+"""xlpy's test suite: one package so that every module has a unique dotted name."""

@@ -1,0 +1,1 @@
+"""Builders and runners the test modules share (pytest fixtures stay in ``tests/conftest.py``)."""

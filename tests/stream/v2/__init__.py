@@ -1,0 +1,1 @@
+"""Tests of xlpy.stream.v2."""

@@ -1,0 +1,1 @@
+"""Crafted broken legacy streams (``*.bin``), their byte builders and the script making them."""
