@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.paths import REPO
 from xlpy.errors import StreamTruncated, error_json
 from xlpy.guest import GuestSpec
 from xlpy.stream.legacy.senders import SenderProfile, generate
 
 ERROR_KEYS = {"kind", "type", "offset", "record", "field", "message"}
-REPO = Path(__file__).resolve().parents[1]
 PV = GuestSpec(kind="pv", pages=64, seed=3)
 
 
