@@ -106,3 +106,38 @@ def test_a_stream_error_keeps_its_location_out_of_the_message() -> None:
         "field": "chunk.header",
         "message": "end of stream",
     }
+
+
+def test_a_framed_restore_names_the_record_an_unframed_one_names(tmp_path: Path) -> None:
+    # 4.3.1 takes no stream type: with an operation xlpy forwards the first checkpoint
+    # itself (stream/forward.py), and a fault its reader meets is still the same record.
+    from xlpy.stream.legacy.reader import LegacyReader
+    from xlpy.stream.legacy.records import PageBatch
+    from xlpy.stream.source import ByteSource
+
+    buf = io.BytesIO()
+    generate(SenderProfile(sender="xen-4.3", toolstack="xl"), GuestSpec(kind="hvm", pages=64), buf)
+    data = bytearray(buf.getvalue())
+    batches = [
+        r for r in LegacyReader(ByteSource(io.BytesIO(data))).records() if isinstance(r, PageBatch)
+    ]
+    bad = batches[-1]
+    data[bad.offset : bad.offset + 4] = (5000).to_bytes(4, "little", signed=True)
+    src = tmp_path / "bad.xl"
+    src.write_bytes(data)
+    seen = set()
+    for name, extra in {
+        "inspect": ("inspect", "--json", str(src)),
+        "raw": (
+            "restore", str(src), "--release", "xen-4.3.1", "--out", str(tmp_path / "a"), "--json",
+        ),
+        "framed": (
+            "restore", str(src), "--release", "xen-4.3.1", "--operation", "restore",
+            "--out", str(tmp_path / "b"), "--json",
+        ),
+    }.items():  # fmt: skip
+        p = _xlpy(*extra)
+        assert p.returncode == 1, (name, p.stderr)
+        err = json.loads(p.stdout)["error"]
+        seen.add((err["offset"], err["record"], err["field"]))
+    assert seen == {(bad.offset, bad.index, "chunk_header")}, seen

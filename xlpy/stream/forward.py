@@ -80,6 +80,9 @@ def forward_first_checkpoint(
             reader.read_pv_ext_info()
             reader.read_p2m_frame_list()
             flush()
+        # Numbered as records() numbers it, so a fault met here names the record
+        # inspect and an unframed restore name.
+        reader.begin_checkpoint(0, False)
         vcpu_info: VcpuInfo | None = None
         while True:
             rec = reader.read_chunk()
