@@ -394,46 +394,32 @@ def test_api_fakexen_backend_frames_on_431(
         assert (sim / name).read_bytes() == (tmp_path / "d" / name).read_bytes(), name
 
 
+def _cut(stream: Path, tmp_path: Path) -> Path:
+    """The first MiB of ``stream``: EOF inside its first checkpoint."""
+    cut = tmp_path / "cut.img"
+    cut.write_bytes(stream.read_bytes()[: 1 << 20])
+    return cut
+
+
+def _failed_restore_lines(cut: Path, out: Path, *args: str) -> list[str]:
+    """libxc's lines from a restore of ``cut`` (PV) that fails with exit code 1."""
+    proc = xlpy("restore", str(cut), "--guest", "pv", "--json", "--out", str(out), *args,
+                check=False)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    messages: list[str] = json.loads(proc.stdout)["messages"]
+    return messages
+
+
 def test_real_40_error_lines_reach_the_binding_and_match_the_sim_texts(
     xen_src: Path, streams: dict[str, Path], tmp_path: Path
 ) -> None:
     # Finding 3: 4.0 has no xentoollog; xc_default_error_handler prints
-    # "ERROR <desc>: <msg>" where 4.1+ print "xc: error: <msg>: <desc>".  The texts agree.
-    stream = tmp_path / "cut.img"
-    stream.write_bytes(streams["pv-xen-4.0"].read_bytes()[: 1 << 20])
-    real = xlpy(
-        "restore",
-        str(stream),
-        "--backend",
-        "fakexen",
-        "--release",
-        "4.0.4",
-        "--guest",
-        "pv",
-        "--out",
-        str(tmp_path / "r"),
-        "--json",
-        check=False,
-    )
-    sim = xlpy(
-        "restore",
-        str(stream),
-        "--release",
-        "xen-4.0",
-        "--guest",
-        "pv",
-        "--out",
-        str(tmp_path / "s"),
-        "--json",
-        check=False,
-    )
-    assert real.returncode == sim.returncode == 1
-    real_lines = json.loads(real.stdout)["messages"]
-    assert real_lines and all(line.startswith("ERROR Internal error: ") for line in real_lines)
-    sim_lines = [m for m in json.loads(sim.stdout)["messages"] if m.startswith("xc: error: ")]
-    assert [line.removeprefix("ERROR Internal error: ") for line in real_lines] == [
-        m.removeprefix("xc: error: ").removesuffix(": Internal error") for m in sim_lines
-    ]
+    # "ERROR <desc>: <msg>" where 4.1+ print "xc: error: <msg>: <desc>"; the sim does too.
+    cut = _cut(streams["pv-xen-4.0"], tmp_path)
+    real = _failed_restore_lines(cut, tmp_path / "r", "--backend", "fakexen", "--release", "4.0.4")
+    sim = _failed_restore_lines(cut, tmp_path / "s", "--release", "xen-4.0")
+    assert real and all(line.startswith("ERROR Internal error: ") for line in real)
+    assert real == sim
 
 
 def test_libxc_build_says_why_a_release_does_not_build(xen_src: Path) -> None:

@@ -35,6 +35,9 @@ class Generation:
     #: 4.0.x: state-machine errors carry no errno suffix, the timeout goes to stderr
     #: and EOF is silent (§10.7, §11).
     legacy_logging: bool
+    #: 4.1+ log through xentoollog's stdio logger; 4.0 has no xentoollog, its
+    #: ``xc_default_error_handler`` prints the error itself.
+    xentoollog: bool = True
     #: -14 only sets an HVM param (4.5, 9d3946cd9b) instead of validating the frame.
     genid_is_param: bool = False
     #: Passes -11's value through as a feature mask instead of 1 (84bfbd5d75).
@@ -74,6 +77,7 @@ def _gen(
         post_completion_fatal=label == "R-fix44",
         rdexact_name=rdexact,
         legacy_logging=label == "R-pre",
+        xentoollog=label != "R-pre",
         genid_is_param=name == "xen-4.5",
         viridian_mask=name == "xen-4.5",
         toolstack_errors_ignored=name not in ("xen-4.4", "xen-4.5"),
