@@ -30,7 +30,7 @@ LEGACY = ("4.0.4", "4.1.6.1", "4.2.5", "4.3.1", "4.3.2", "4.4.4", "4.5.5")
 SIM = {
     "4.0.4": "xen-4.0",
     "4.1.6.1": "xen-4.1",
-    "4.2.5": "xen-4.2",
+    "4.2.5": "xen-4.2.5",
     "4.3.1": "xen-4.3.1",
     "4.3.2": "xen-4.3.2",
     "4.4.4": "xen-4.4",
@@ -150,7 +150,7 @@ def _restore_both(
     ts = ["--toolstack", "xend"] if guest == "hvm" else []
     cs = (
         ["--checkpointed", "1"]
-        if SIM[release] not in ("xen-4.0", "xen-4.1", "xen-4.2", "xen-4.3.1")
+        if SIM[release] not in ("xen-4.0", "xen-4.1", "xen-4.2.5", "xen-4.3.1")
         else []
     )
     xlpy("restore", str(stream), "--release", SIM[release], "--out", str(sim), "-q", *ts, *cs)
@@ -420,6 +420,21 @@ def test_real_40_error_lines_reach_the_binding_and_match_the_sim_texts(
     sim = _failed_restore_lines(cut, tmp_path / "s", "--release", "xen-4.0")
     assert real and all(line.startswith("ERROR Internal error: ") for line in real)
     assert real == sim
+
+
+def test_real_425_says_rdexact_as_the_sim_425_does(
+    xen_src: Path, streams: dict[str, Path], tmp_path: Path
+) -> None:
+    # Finding 1: 4.2.5 has the backport 50d9892 (rdexact() logs __func__); 4.2.0-4.2.4,
+    # the sim's "xen-4.2", keep the read_exact_timed wording.
+    cut = _cut(streams["pv-xen-4.2"], tmp_path)
+    real = _failed_restore_lines(cut, tmp_path / "r", "--backend", "fakexen", "--release", "4.2.5")
+    sim = _failed_restore_lines(cut, tmp_path / "s", "--release", "xen-4.2.5")
+    assert "xc: error: rdexact failed (read rc: 0, errno: 0): Internal error" in real
+    assert real == sim
+    older = _failed_restore_lines(cut, tmp_path / "s424", "--release", "xen-4.2")
+    assert [line.replace("read_exact_timed", "rdexact") for line in older] == real
+    assert older != real
 
 
 def test_libxc_build_says_why_a_release_does_not_build(xen_src: Path) -> None:

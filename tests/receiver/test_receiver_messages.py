@@ -39,6 +39,8 @@ def test_40_renders_as_xc_default_error_handler() -> None:
     ("gen", "timeout_line"),
     [
         ("xen-4.0", "read_exact_timed failed (select returned 0)"),
+        ("xen-4.2", "xc: error: read_exact_timed failed (select returned 0): Internal error"),
+        ("xen-4.2.5", "xc: error: rdexact failed (select returned 0): Internal error"),  # 50d9892
         ("xen-4.3.2", "xc: error: read_exact_timed failed (select returned 0): Internal error"),
         ("xen-4.3.3", "xc: error: rdexact failed (select returned 0): Internal error"),
         ("xen-4.4", "xc: error: rdexact failed (select returned 0): Internal error"),
@@ -75,6 +77,7 @@ def test_generation_table() -> None:
         "xen-4.0": "R-pre",
         "xen-4.1": "R-bug",
         "xen-4.2": "R-bug",
+        "xen-4.2.5": "R-bug",
         "xen-4.3.0": "R-bug",
         "xen-4.3.1": "R-bug",
         "xen-4.3.2": "R-fix",

@@ -102,7 +102,12 @@ GENERATIONS: dict[str, Generation] = {
             dataless=_DATALESS_4_1,
             max_vcpu=F.MAX_VCPUS_4_0 - 1,
         ),
+        # 4.2.0-4.2.4 keep the read_exact_timed wording (legacy-stream.md §0.2 L74 dates
+        # the rename to 4.3.3 and 4.4.0); 4.2.5 has its backport 50d9892 ("Correct
+        # read_exact() error messages"): rdexact() logs __func__
+        # (4.2.5:tools/libxc/xc_domain_restore.c L79, L93).
         _gen("xen-4.2", "R-bug", F.KNOWN_IDS_4_2, dataless=_DATALESS_4_2),
+        _gen("xen-4.2.5", "R-bug", F.KNOWN_IDS_4_2, dataless=_DATALESS_4_2, rdexact="rdexact"),
         _gen("xen-4.3.0", "R-bug", F.KNOWN_IDS_4_2),
         _gen("xen-4.3.1", "R-bug", F.KNOWN_IDS_4_2),
         _gen("xen-4.3.2", "R-fix", F.KNOWN_IDS_4_2),
@@ -125,7 +130,7 @@ GENERATIONS: dict[str, Generation] = {
     )
 }
 #: Accepted spellings for releases that behave like a listed one.
-ALIASES = {"xen-4.3": "xen-4.3.0", "xen-4.3.4": "xen-4.3.3", "xen-4.2.5": "xen-4.2"}
+ALIASES = {"xen-4.3": "xen-4.3.0", "xen-4.3.4": "xen-4.3.3"}
 
 
 def generation(name: str) -> Generation:
