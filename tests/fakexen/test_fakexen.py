@@ -394,20 +394,23 @@ def test_api_fakexen_backend_frames_on_431(
         assert (sim / name).read_bytes() == (tmp_path / "d" / name).read_bytes(), name
 
 
-def _cut(stream: Path, tmp_path: Path) -> Path:
-    """The first MiB of ``stream``: EOF inside its first checkpoint."""
+def _lines_on_a_cut_stream(
+    stream: Path, tmp_path: Path, release: str, *sims: str
+) -> list[list[str]]:
+    """libxc's lines from the real ``release`` and then from each sim generation of
+    ``sims``, each restoring the first MiB of PV ``stream`` (EOF inside its first
+    checkpoint) and failing with exit code 1."""
     cut = tmp_path / "cut.img"
     cut.write_bytes(stream.read_bytes()[: 1 << 20])
-    return cut
-
-
-def _failed_restore_lines(cut: Path, out: Path, *args: str) -> list[str]:
-    """libxc's lines from a restore of ``cut`` (PV) that fails with exit code 1."""
-    proc = xlpy("restore", str(cut), "--guest", "pv", "--json", "--out", str(out), *args,
-                check=False)  # fmt: skip
-    assert proc.returncode == 1, proc.stderr
-    messages: list[str] = json.loads(proc.stdout)["messages"]
-    return messages
+    runs = [("--backend", "fakexen", "--release", release)] + [("--release", s) for s in sims]
+    lines = []
+    for i, args in enumerate(runs):
+        out = tmp_path / f"out{i}"
+        proc = xlpy("restore", str(cut), "--guest", "pv", "--json", "--out", str(out), *args,
+                    check=False)  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        lines.append(json.loads(proc.stdout)["messages"])
+    return lines
 
 
 def test_real_40_error_lines_reach_the_binding_and_match_the_sim_texts(
@@ -415,9 +418,7 @@ def test_real_40_error_lines_reach_the_binding_and_match_the_sim_texts(
 ) -> None:
     # Finding 3: 4.0 has no xentoollog; xc_default_error_handler prints
     # "ERROR <desc>: <msg>" where 4.1+ print "xc: error: <msg>: <desc>"; the sim does too.
-    cut = _cut(streams["pv-xen-4.0"], tmp_path)
-    real = _failed_restore_lines(cut, tmp_path / "r", "--backend", "fakexen", "--release", "4.0.4")
-    sim = _failed_restore_lines(cut, tmp_path / "s", "--release", "xen-4.0")
+    real, sim = _lines_on_a_cut_stream(streams["pv-xen-4.0"], tmp_path, "4.0.4", "xen-4.0")
     assert real and all(line.startswith("ERROR Internal error: ") for line in real)
     assert real == sim
 
@@ -427,14 +428,13 @@ def test_real_425_says_rdexact_as_the_sim_425_does(
 ) -> None:
     # Finding 1: 4.2.5 has the backport 50d9892 (rdexact() logs __func__); 4.2.0-4.2.4,
     # the sim's "xen-4.2", keep the read_exact_timed wording.
-    cut = _cut(streams["pv-xen-4.2"], tmp_path)
-    real = _failed_restore_lines(cut, tmp_path / "r", "--backend", "fakexen", "--release", "4.2.5")
-    sim = _failed_restore_lines(cut, tmp_path / "s", "--release", "xen-4.2.5")
+    real, sim, older = _lines_on_a_cut_stream(
+        streams["pv-xen-4.2"], tmp_path, "4.2.5", "xen-4.2.5", "xen-4.2"
+    )
     assert "xc: error: rdexact failed (read rc: 0, errno: 0): Internal error" in real
     assert real == sim
-    older = _failed_restore_lines(cut, tmp_path / "s424", "--release", "xen-4.2")
-    assert [line.replace("read_exact_timed", "rdexact") for line in older] == real
     assert older != real
+    assert [line.replace("read_exact_timed", "rdexact") for line in older] == real
 
 
 def test_libxc_build_says_why_a_release_does_not_build(xen_src: Path) -> None:
