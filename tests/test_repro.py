@@ -36,9 +36,11 @@ def test_every_cell_is_reproduced() -> None:
     text = render(results)
     assert "136 cells, 136 as expected, 0 mismatched" in text
     eat = [r for r in results if r.cell.expected == "EAT" and r.cell.guest == "hvm"]
+    mbs = "Max batch size exceeded (1970103633). Giving up."
+    # 4.0 has no xentoollog: xc_default_error_handler prints its own form
+    lines = {"xen-4.0": f"ERROR Internal error: {mbs}"}
     assert eat and all(
-        "xc: error: Max batch size exceeded (1970103633). Giving up.: Internal error" in r.messages
-        for r in eat
+        lines.get(r.cell.receiver, f"xc: error: {mbs}: Internal error") in r.messages for r in eat
     )
 
 

@@ -30,7 +30,7 @@ LEGACY = ("4.0.4", "4.1.6.1", "4.2.5", "4.3.1", "4.3.2", "4.4.4", "4.5.5")
 SIM = {
     "4.0.4": "xen-4.0",
     "4.1.6.1": "xen-4.1",
-    "4.2.5": "xen-4.2",
+    "4.2.5": "xen-4.2.5",
     "4.3.1": "xen-4.3.1",
     "4.3.2": "xen-4.3.2",
     "4.4.4": "xen-4.4",
@@ -150,7 +150,7 @@ def _restore_both(
     ts = ["--toolstack", "xend"] if guest == "hvm" else []
     cs = (
         ["--checkpointed", "1"]
-        if SIM[release] not in ("xen-4.0", "xen-4.1", "xen-4.2", "xen-4.3.1")
+        if SIM[release] not in ("xen-4.0", "xen-4.1", "xen-4.2.5", "xen-4.3.1")
         else []
     )
     xlpy("restore", str(stream), "--release", SIM[release], "--out", str(sim), "-q", *ts, *cs)
@@ -394,46 +394,47 @@ def test_api_fakexen_backend_frames_on_431(
         assert (sim / name).read_bytes() == (tmp_path / "d" / name).read_bytes(), name
 
 
+def _lines_on_a_cut_stream(
+    stream: Path, tmp_path: Path, release: str, *sims: str
+) -> list[list[str]]:
+    """libxc's lines from the real ``release`` and then from each sim generation of
+    ``sims``, each restoring the first MiB of PV ``stream`` (EOF inside its first
+    checkpoint) and failing with exit code 1."""
+    cut = tmp_path / "cut.img"
+    cut.write_bytes(stream.read_bytes()[: 1 << 20])
+    runs = [("--backend", "fakexen", "--release", release)] + [("--release", s) for s in sims]
+    lines = []
+    for i, args in enumerate(runs):
+        out = tmp_path / f"out{i}"
+        proc = xlpy("restore", str(cut), "--guest", "pv", "--json", "--out", str(out), *args,
+                    check=False)  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        lines.append(json.loads(proc.stdout)["messages"])
+    return lines
+
+
 def test_real_40_error_lines_reach_the_binding_and_match_the_sim_texts(
     xen_src: Path, streams: dict[str, Path], tmp_path: Path
 ) -> None:
     # Finding 3: 4.0 has no xentoollog; xc_default_error_handler prints
-    # "ERROR <desc>: <msg>" where 4.1+ print "xc: error: <msg>: <desc>".  The texts agree.
-    stream = tmp_path / "cut.img"
-    stream.write_bytes(streams["pv-xen-4.0"].read_bytes()[: 1 << 20])
-    real = xlpy(
-        "restore",
-        str(stream),
-        "--backend",
-        "fakexen",
-        "--release",
-        "4.0.4",
-        "--guest",
-        "pv",
-        "--out",
-        str(tmp_path / "r"),
-        "--json",
-        check=False,
+    # "ERROR <desc>: <msg>" where 4.1+ print "xc: error: <msg>: <desc>"; the sim does too.
+    real, sim = _lines_on_a_cut_stream(streams["pv-xen-4.0"], tmp_path, "4.0.4", "xen-4.0")
+    assert real and all(line.startswith("ERROR Internal error: ") for line in real)
+    assert real == sim
+
+
+def test_real_425_says_rdexact_as_the_sim_425_does(
+    xen_src: Path, streams: dict[str, Path], tmp_path: Path
+) -> None:
+    # Finding 1: 4.2.5 has the backport 50d9892 (rdexact() logs __func__); 4.2.0-4.2.4,
+    # the sim's "xen-4.2", keep the read_exact_timed wording.
+    real, sim, older = _lines_on_a_cut_stream(
+        streams["pv-xen-4.2"], tmp_path, "4.2.5", "xen-4.2.5", "xen-4.2"
     )
-    sim = xlpy(
-        "restore",
-        str(stream),
-        "--release",
-        "xen-4.0",
-        "--guest",
-        "pv",
-        "--out",
-        str(tmp_path / "s"),
-        "--json",
-        check=False,
-    )
-    assert real.returncode == sim.returncode == 1
-    real_lines = json.loads(real.stdout)["messages"]
-    assert real_lines and all(line.startswith("ERROR Internal error: ") for line in real_lines)
-    sim_lines = [m for m in json.loads(sim.stdout)["messages"] if m.startswith("xc: error: ")]
-    assert [line.removeprefix("ERROR Internal error: ") for line in real_lines] == [
-        m.removeprefix("xc: error: ").removesuffix(": Internal error") for m in sim_lines
-    ]
+    assert "xc: error: rdexact failed (read rc: 0, errno: 0): Internal error" in real
+    assert real == sim
+    assert older != real
+    assert [line.replace("read_exact_timed", "rdexact") for line in older] == real
 
 
 def test_libxc_build_says_why_a_release_does_not_build(xen_src: Path) -> None:

@@ -98,8 +98,8 @@ def test_r_pre_dies_at_minus9(tmp_path: Path, guest: str) -> None:
     r = run(data, tmp_path / "d", "xen-4.0")
     assert (r.ok, r.rc, r.domain_destroyed, r.committed_checkpoint) == (False, 1, True, None)
     assert r.messages == [
-        "xc: error: Max batch size exceeded (-9). Giving up.: Internal error",
-        "xc: error: Error when reading batch: Internal error",
+        "ERROR Internal error: Max batch size exceeded (-9). Giving up.",
+        "ERROR Internal error: Error when reading batch",
     ]
     assert isinstance(r.error, StreamMalformed) and r.error.value == -9
     assert not (tmp_path / "d").exists()
@@ -109,7 +109,7 @@ def test_r_pre_dies_at_minus9(tmp_path: Path, guest: str) -> None:
 def test_r_pre_dies_at_first_unknown_hvm_param(tmp_path: Path) -> None:
     data = build("hvm", [{1: bytes(PAGE)}], hvm_params={F.XC_SAVE_ID_HVM_CONSOLE_PFN: 9})
     r = run(data, tmp_path / "d", "xen-4.0")
-    assert r.messages[0] == "xc: error: Max batch size exceeded (-8). Giving up.: Internal error"
+    assert r.messages[0] == "ERROR Internal error: Max batch size exceeded (-8). Giving up."
     assert not r.ok
 
 
@@ -126,8 +126,8 @@ def test_no_minus9_eof_r_pre_logs_plain_errors(tmp_path: Path) -> None:
     r = run(build("pv", [{2: bytes(PAGE)}]), tmp_path / "d", "xen-4.0")
     assert r.ok
     assert r.messages == [
-        "xc: error: Error when reading batch size: Internal error",
-        "xc: error: error when buffering batch, finishing: Internal error",
+        "ERROR Internal error: Error when reading batch size",
+        "ERROR Internal error: error when buffering batch, finishing",
     ]
 
 
@@ -206,7 +206,7 @@ def test_remus_commits_the_last_complete_checkpoint(
     r = run(build(guest, cps, compress=compress, qemu=qemu), tmp_path / "d", gen, **kw)
     if compress and gen == "xen-4.0":  # -13 is unknown to 4.0: DIE in checkpoint 1
         assert not r.ok and r.messages[0] == (
-            "xc: error: Max batch size exceeded (-13). Giving up.: Internal error"
+            "ERROR Internal error: Max batch size exceeded (-13). Giving up."
         )
         return
     assert r.ok and r.committed_checkpoint == committed

@@ -24,10 +24,23 @@ def test_error_and_perror_rendering() -> None:
     ]
 
 
+def test_40_renders_as_xc_default_error_handler() -> None:
+    # 4.0.4:tools/libxc/xc_private.c L28-31: "ERROR %s: %s\n" with the code's desc first
+    log = M.XcLog(generation("xen-4.0"))
+    log.error(M.MAX_BATCH_SIZE, n=-9)
+    log.error(M.UNCOMPRESS, pfn=0x1F)  # the format's own \n ends the line
+    assert log.lines == [
+        "ERROR Internal error: Max batch size exceeded (-9). Giving up.",
+        "ERROR Internal error: Failed to uncompress page (pfn=1f)",
+    ]
+
+
 @pytest.mark.parametrize(
     ("gen", "timeout_line"),
     [
         ("xen-4.0", "read_exact_timed failed (select returned 0)"),
+        ("xen-4.2", "xc: error: read_exact_timed failed (select returned 0): Internal error"),
+        ("xen-4.2.5", "xc: error: rdexact failed (select returned 0): Internal error"),  # 50d9892
         ("xen-4.3.2", "xc: error: read_exact_timed failed (select returned 0): Internal error"),
         ("xen-4.3.3", "xc: error: rdexact failed (select returned 0): Internal error"),
         ("xen-4.4", "xc: error: rdexact failed (select returned 0): Internal error"),
@@ -39,8 +52,12 @@ def test_heartbeat_timeout_line(gen: str, timeout_line: str) -> None:
     log.perror(M.READING_BATCH_SIZE)
     assert log.lines[0] == timeout_line
     assert log.errno == M.ETIMEDOUT
-    suffix = "" if gen == "xen-4.0" else " (110 = Connection timed out)"
-    assert log.lines[1] == f"xc: error: Error when reading batch size{suffix}: Internal error"
+    if gen == "xen-4.0":  # no errno suffix, and no xentoollog (xc_default_error_handler)
+        assert log.lines[1] == "ERROR Internal error: Error when reading batch size"
+    else:
+        assert log.lines[1] == (
+            "xc: error: Error when reading batch size (110 = Connection timed out): Internal error"
+        )
 
 
 def test_eof_is_silent_on_40_and_two_lines_later() -> None:
@@ -60,6 +77,7 @@ def test_generation_table() -> None:
         "xen-4.0": "R-pre",
         "xen-4.1": "R-bug",
         "xen-4.2": "R-bug",
+        "xen-4.2.5": "R-bug",
         "xen-4.3.0": "R-bug",
         "xen-4.3.1": "R-bug",
         "xen-4.3.2": "R-fix",

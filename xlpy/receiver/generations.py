@@ -35,6 +35,9 @@ class Generation:
     #: 4.0.x: state-machine errors carry no errno suffix, the timeout goes to stderr
     #: and EOF is silent (§10.7, §11).
     legacy_logging: bool
+    #: 4.1+ log through xentoollog's stdio logger; 4.0 has no xentoollog, its
+    #: ``xc_default_error_handler`` prints the error itself.
+    xentoollog: bool = True
     #: -14 only sets an HVM param (4.5, 9d3946cd9b) instead of validating the frame.
     genid_is_param: bool = False
     #: Passes -11's value through as a feature mask instead of 1 (84bfbd5d75).
@@ -74,6 +77,7 @@ def _gen(
         post_completion_fatal=label == "R-fix44",
         rdexact_name=rdexact,
         legacy_logging=label == "R-pre",
+        xentoollog=label != "R-pre",
         genid_is_param=name == "xen-4.5",
         viridian_mask=name == "xen-4.5",
         toolstack_errors_ignored=name not in ("xen-4.4", "xen-4.5"),
@@ -98,7 +102,12 @@ GENERATIONS: dict[str, Generation] = {
             dataless=_DATALESS_4_1,
             max_vcpu=F.MAX_VCPUS_4_0 - 1,
         ),
+        # 4.2.0-4.2.4 keep the read_exact_timed wording (legacy-stream.md §0.2 L74 dates
+        # the rename to 4.3.3 and 4.4.0); 4.2.5 has its backport 50d9892 ("Correct
+        # read_exact() error messages"): rdexact() logs __func__
+        # (4.2.5:tools/libxc/xc_domain_restore.c L79, L93).
         _gen("xen-4.2", "R-bug", F.KNOWN_IDS_4_2, dataless=_DATALESS_4_2),
+        _gen("xen-4.2.5", "R-bug", F.KNOWN_IDS_4_2, dataless=_DATALESS_4_2, rdexact="rdexact"),
         _gen("xen-4.3.0", "R-bug", F.KNOWN_IDS_4_2),
         _gen("xen-4.3.1", "R-bug", F.KNOWN_IDS_4_2),
         _gen("xen-4.3.2", "R-fix", F.KNOWN_IDS_4_2),
@@ -121,7 +130,7 @@ GENERATIONS: dict[str, Generation] = {
     )
 }
 #: Accepted spellings for releases that behave like a listed one.
-ALIASES = {"xen-4.3": "xen-4.3.0", "xen-4.3.4": "xen-4.3.3", "xen-4.2.5": "xen-4.2"}
+ALIASES = {"xen-4.3": "xen-4.3.0", "xen-4.3.4": "xen-4.3.3"}
 
 
 def generation(name: str) -> Generation:

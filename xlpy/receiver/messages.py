@@ -4,8 +4,10 @@
 ``" (%d = %s)"`` with the Linux errno and its ``strerror`` before the suffix; a trailing
 ``\\n`` in a format is stripped by ``xc_reportv`` (legacy-stream.md §10.6, §11).  The 4.0.x
 receiver logs its state-machine errors without errno suffix and prints the heartbeat
-timeout straight to stderr (§10.7).  Format strings are verbatim from
-``4.3.1:tools/libxc/xc_domain_restore.c`` (§11) so a test can grep for them.
+timeout straight to stderr (§10.7); having no xentoollog, it renders each error as
+``ERROR Internal error: <msg>`` (``4.0.4:tools/libxc/xc_private.c`` L28-31,
+``xc_default_error_handler``; the spec's §10.6 form is 4.1+ only).  Format strings are
+verbatim from ``4.3.1:tools/libxc/xc_domain_restore.c`` (§11) so a test can grep for them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ ENOMEM = 12
 EINVAL = 22
 EMSGSIZE = 90
 ETIMEDOUT = 110
+
+#: ``xc_error_code_to_desc(XC_INTERNAL_ERROR)``, the code every ERROR/PERROR sets.
+INTERNAL_ERROR = "Internal error"
 
 #: glibc's strerror() texts, fixed so the rendering does not depend on the host.
 STRERROR = {
@@ -128,8 +133,13 @@ class XcLog:
 
     def error(self, fmt: str, **args: object) -> None:
         """``ERROR(fmt, ...)``."""
-        msg = fmt.format(**args) if args else fmt
-        self.lines.append(f"xc: error: {msg.rstrip(chr(10))}: Internal error")
+        # 4.1+'s xc_reportv strips a trailing newline; 4.0's xc_set_error keeps it, so
+        # its line ends there and an empty line (no error line) follows.
+        msg = (fmt.format(**args) if args else fmt).rstrip("\n")
+        if self.gen.xentoollog:
+            self.lines.append(f"xc: error: {msg}: {INTERNAL_ERROR}")
+        else:
+            self.lines.append(f"ERROR {INTERNAL_ERROR}: {msg}")
 
     def perror(self, fmt: str, **args: object) -> None:
         """``PERROR(fmt, ...)``: the message plus ``" (errno = strerror)"``.
