@@ -250,16 +250,19 @@ def _run_helper(
                 final = message
                 break
     except (TimeoutError, OSError) as e:
-        proc.kill()
+        _kill(proc, drain)
         hung = isinstance(e, TimeoutError)
-        proc.wait()
-        drain.join()
         raise LibxcCrashed(
             f"the libxc restore helper {'hung' if hung else 'broke the channel'} "
             f"({'no message for ' + str(timeout) + ' s' if hung else e}); killed it",
             signal=None,
             stderr="\n".join(tail),
         ) from None
+    except BaseException:
+        # SIGTERM, SIGHUP or Ctrl-C in the parent: libxc would go on reading a stream
+        # (and holding a domain) nobody waits for any more.
+        _kill(proc, drain)
+        raise
     finally:
         parent.close()
     rc = proc.wait()
@@ -285,6 +288,12 @@ def _run_helper(
             error = XenError(error.code, error.xc_errno, error.message, errors)
     bridge.reraise(cause=error)
     raise error
+
+
+def _kill(proc: subprocess.Popen[bytes], drain: threading.Thread) -> None:
+    proc.kill()
+    proc.wait()
+    drain.join()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,14 +2,20 @@
 
 Each sub-command lives in its own module under ``xlpy.cli`` and provides
 ``add_parser(subparsers)`` and ``run(args) -> int``.  Exit codes everywhere:
-0 ok, 1 stream error (or a failed restore), 2 usage or program error.
+0 ok, 1 stream error (or a failed restore), 2 usage or program error; a run stopped by
+SIGINT, SIGTERM or SIGHUP removes its temporary outputs, says "interrupted" and exits
+128 + the signal's number.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from types import ModuleType
 
 from xlpy.errors import UsageError, XlpyError
@@ -54,12 +60,67 @@ def build_parser(
     return parser, mods
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop signal, raised where the program is: a KeyboardInterrupt carrying the
+    signal's number, so that SIGTERM and SIGHUP unwind as Ctrl-C does (every ``finally``
+    and ``except BaseException`` that removes a temporary output runs)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+#: Signals that stop a run.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # The first signal starts the unwinding; another one (systemd's SIGTERM and a closing
+    # terminal's SIGHUP together) must not cut short the clean-up it runs.
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals_unwind() -> Iterator[None]:
+    """The stop signals raise :class:`Interrupted` while the command runs.
+
+    A signal ignored at start stays ignored (``nohup`` ignores SIGHUP, a shell's
+    background job SIGINT).  The previous handlers come back afterwards: ``main`` is also
+    called inside other programs (the tests).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; it is the one signals reach
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:
+        for s, handler in previous.items():
+            if handler in (signal.SIG_DFL, signal.default_int_handler):
+                signal.signal(s, _interrupt)
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _interrupted(command: str, e: KeyboardInterrupt) -> int:
+    """Report the stop on a line of its own (after a progress bar's) and its exit code."""
+    from xlpy.cli.progress import end_line
+
+    signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+    end_line()
+    print(f"xlpy {command}: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     parser, mods = build_parser(words[0] if words and words[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
-        return int(mods[args.command].run(args))
+        with _stop_signals_unwind():
+            return int(mods[args.command].run(args))
     except UsageError as e:
         print(f"xlpy {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -68,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STREAM
     except BrokenPipeError:
         return EXIT_STREAM
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(args.command, e)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,19 @@ from typing import Any
 from xlpy.errors import UsageError, XlpyError, error_json
 from xlpy.progress import ProgressFn
 
+#: True while the bar's line on stderr has no newline yet.
+_line_open = False
+
+
+def end_line() -> None:
+    """End an unfinished bar line on stderr, so that a message after it (``interrupted``)
+    starts on a line of its own instead of after the bar."""
+    global _line_open
+    if _line_open:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+        _line_open = False
+
 
 class Progress:
     """JSON lines on a descriptor, or a one-line bar on a terminal's stderr."""
@@ -37,6 +50,7 @@ class Progress:
                 ) from None
 
     def __call__(self, event: dict[str, Any]) -> None:
+        global _line_open
         self._write(event)
         if self.bar:
             mib = event["bytes"] / (1 << 20)
@@ -44,7 +58,8 @@ class Progress:
                 f"\r{event['phase']:<10} checkpoint {event['checkpoint']:>4}  "
                 f"{event['pages']:>10} pages  {mib:10.1f} MiB"
             )
-            if event["phase"] in ("done", "failed"):
+            _line_open = event["phase"] not in ("done", "failed")
+            if not _line_open:
                 sys.stderr.write("\n")
             sys.stderr.flush()
 
