@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module under ``xlpy.cli`` and provides
 ``add_parser(subparsers)`` and ``run(args) -> int``.  Exit codes everywhere:
-0 ok, 1 stream error (or a failed restore), 2 usage or program error.
+0 ok, 1 stream error (or a failed restore), 2 usage or program error (a bad flag, an
+output that cannot be written, no Xen on this machine); 141 (128 + SIGPIPE, as a shell
+reports ``cat`` in that place) and no message when the reader of an output went away.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import importlib
 import sys
 from types import ModuleType
 
-from xlpy.errors import UsageError, XlpyError
+from xlpy.errors import UsageError, XenUnavailable, XlpyError
 
 #: Sub-command modules, in the order ``xlpy --help`` lists them.
 COMMANDS = ["gen", "inspect", "verify", "restore", "abi", "repro", "convert", "libxc"]
@@ -20,6 +22,8 @@ COMMANDS = ["gen", "inspect", "verify", "restore", "abi", "repro", "convert", "l
 EXIT_OK = 0
 EXIT_STREAM = 1
 EXIT_USAGE = 2
+#: The reader of an output (stdout, fd:N) went away (EPIPE): 128 + SIGPIPE.
+EXIT_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(mods[args.command].run(args))
-    except UsageError as e:
+    except (UsageError, XenUnavailable) as e:
         print(f"xlpy {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except XlpyError as e:
         print(f"xlpy {args.command}: {e}", file=sys.stderr)
         return EXIT_STREAM
     except BrokenPipeError:
-        return EXIT_STREAM
+        return EXIT_PIPE
     except KeyboardInterrupt:
         return 130
 
