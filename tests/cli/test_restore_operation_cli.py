@@ -158,6 +158,20 @@ def test_libxc_backend_without_hypervisor_exits_2(
     assert "Traceback" not in err
 
 
+@pytest.mark.xen_tools
+def test_json_without_hypervisor_exits_2(xen_tools: object, tmp_path: Path) -> None:
+    libdirs = os.pathsep.join(str(p) for p in xen_tools.lib_dirs)  # type: ignore[attr-defined]
+    p = _xlpy_env(
+        {"LD_LIBRARY_PATH": libdirs},
+        "restore", _stream(tmp_path, build("pv", PLAIN_CPS)), "--backend", "libxc",
+        "--domid", "3", "--json",
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["ok"] is False and doc["error"]["kind"] == "unavailable"
+    assert "/dev/xen/privcmd" in doc["error"]["message"]
+
+
 def _xlpy_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
     full = {k: v for k, v in os.environ.items() if k not in (ENV_LIBRARY, ENV_GENERATION)}
     full.update(env, PYTHONPATH=str(REPO))

@@ -44,7 +44,7 @@ from xlpy.cli.common import (
 )
 from xlpy.cli.progress import make_progress
 from xlpy.decision import OperationRefused
-from xlpy.errors import LibraryNotFound, RestoreRefused, UsageError, XenUnavailable
+from xlpy.errors import RestoreRefused, UsageError, XenUnavailable
 from xlpy.fakexen import cli as fakexen_cli
 from xlpy.operation import Operation, StreamType, stream_type_for
 from xlpy.outfile import open_output
@@ -249,11 +249,11 @@ def run(args: argparse.Namespace) -> int:
             )
     except (RestoreRefused, XenUnavailable) as e:
         if not args.json:
-            if isinstance(e, LibraryNotFound):
-                raise UsageError(str(e)) from None
             raise
         print_json(_unrestored(args, op, e).to_json())
-        return 2 if isinstance(e, LibraryNotFound) else 1
+        # No Xen here (no hypervisor, no libxenguest) is the machine's setup: exit 2, as
+        # xlpy's main gives it; a refused operation is a failed restore.
+        return 2 if isinstance(e, XenUnavailable) else 1
     return _report(args, result)
 
 
