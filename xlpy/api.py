@@ -114,7 +114,10 @@ def restore(
     Raises:
         RestoreRefused: the rules refuse ``operation`` on this release.
         UsageError: bad arguments (unknown operation, backend, release, toolstack, an
-            option the backend does not take or a missing one).
+            option the backend does not take or a missing one), or a stream whose guest
+            type cannot be told without ``guest``.
+        OutputError: sim: the domain directory could not be written (a full disk); it
+            names the file and the errno.  A :class:`~xlpy.errors.UsageError` too.
         XenUnavailable: ``backend="libxc"`` with no hypervisor (``/dev/xen/privcmd``)
             or no libxenguest (:class:`~xlpy.errors.LibraryNotFound` names the package).
     """

@@ -8,6 +8,7 @@ know ``ValueError``/``OSError`` still catch them.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,6 +89,27 @@ class UsageError(XlpyError, ValueError):
     """A wrong flag or argument combination from the caller."""
 
     kind = "usage"
+
+
+class OutputError(UsageError, OSError):
+    """An output could not be written: created, written, flushed or renamed.
+
+    ``filename`` is the output as the user named it (the ``-o`` FILE, ``standard output``,
+    a restored domain's ``DIR/memory``), ``errno``/``strerror`` the cause.  A
+    :class:`UsageError` (exit 2): the machine's state (a full disk, a closed stdout), not
+    the stream, is at fault, and the same stream restores or converts elsewhere.
+    """
+
+    kind = "output"
+
+    def __init__(self, name: str, errno_: int | None, strerror: str | None) -> None:
+        OSError.__init__(self, errno_, strerror or "write failed", name)
+
+    def __str__(self) -> str:
+        text = f"cannot write {self.filename}: {self.strerror}"
+        if not self.errno:
+            return text
+        return f"{text} (errno {self.errno}, {errno.errorcode.get(self.errno, '?')})"
 
 
 class XenError(XlpyError, OSError):

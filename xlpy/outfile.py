@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from xlpy.errors import UsageError
+from xlpy.errors import OutputError, UsageError
 
 #: Output buffer: large enough that page data goes out in few syscalls.
 BUFFER_SIZE = 1 << 20
@@ -54,6 +54,50 @@ def fd_spec(text: str) -> int | None:
     if fd is None or fd < 0:
         raise UsageError(f"not a descriptor: {text!r} (fd:N, N a decimal number)")
     return fd
+
+
+def stream_fd(name: str, *, fd_numbers: bool = False) -> int | None:
+    """The descriptor the output ``name`` is written to in place: 1 for ``-``, N for
+    ``fd:N`` (and, with ``fd_numbers``, for a bare decimal N); ``None`` for a path."""
+    if name == "-":
+        return 1
+    fd = fd_spec(name)
+    return fd_number(name) if fd is None and fd_numbers else fd
+
+
+def check_room(name: str, need: int, *, fd_numbers: bool = False) -> None:
+    """Refuse, before anything is written, an output path whose file system has fewer
+    than ``need`` bytes free (:class:`~xlpy.errors.OutputError`, ENOSPC).
+
+    Only a regular file can be checked: a stream output (``-``, ``fd:N``, a device or a
+    FIFO) has no size to compare.  A directory that cannot be looked at is left to
+    :func:`open_output` to report.
+    """
+    if stream_fd(name, fd_numbers=fd_numbers) is not None or is_special(name):
+        return
+    where = os.path.dirname(name) or "."
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return
+    # root may also fill the blocks a file system reserves for it.
+    free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+    if free < need:
+        raise OutputError(
+            name,
+            errno.ENOSPC,
+            f"it needs at least {need} bytes ({_human(need)}); {where} has {free} "
+            f"({_human(free)}) free",
+        )
+
+
+def _human(n: int) -> str:
+    """``n`` bytes in the largest binary unit it has at least one of (``1.5 GiB``)."""
+    i = min(max(n.bit_length() - 1, 0) // 10, len(_UNITS) - 1)
+    return f"{n / (1 << 10 * i):.1f} {_UNITS[i]}"
+
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
 def is_special(path: str) -> bool:
@@ -102,53 +146,49 @@ def open_output(
     """Open the output ``name`` for writing, as described in the module docstring.
 
     Used as ``with open_output(path) as f: f.write(...)``.  An OSError opening,
-    creating, writing, flushing or renaming the output becomes a
-    :class:`UsageError` naming it (exit 2; a reader gone away stays a
+    creating, writing, flushing or renaming the output becomes an
+    :class:`~xlpy.errors.OutputError` naming it (exit 2; a reader gone away stays a
     ``BrokenPipeError``); any exception from the body propagates unchanged, after
     the temporary file is removed.
     """
-    fd = fd_spec(name)
-    if fd is None and fd_numbers:
-        fd = fd_number(name)
-    if name == "-" or fd is not None:
-        what = "standard output" if fd is None else f"fd {fd}"
-        if fd is None and sys.stdout is None:
+    fd = stream_fd(name, fd_numbers=fd_numbers)
+    if fd is not None:
+        what = "standard output" if name == "-" else f"fd {fd}"
+        if name == "-" and sys.stdout is None:
             # Python leaves it None when fd 1 was closed at start-up; fd 1 may
             # since have been reused by a file opened for reading.
-            raise UsageError("cannot write to standard output: it is closed")
-        fd = 1 if fd is None else fd
-        try:
+            raise OutputError(what, errno.EBADF, "it is closed")
+        with guarded(what):
             os.fstat(fd)
-        except OSError as e:
-            raise UsageError(f"cannot write to {what}: {e.strerror or e}") from None
         out = _Output(io.FileIO(fd, "wb", closefd=False), what, buffer_size)
         try:
             yield out
-        finally:
-            # Flushes but leaves the descriptor open.  A reader that went away
-            # (``| head``) is not worth a second report.
+        except BaseException:
+            # A reader that went away (``| head``) is not worth a second report.
             with contextlib.suppress(BrokenPipeError):
                 out.close()
+            raise
+        out.close()  # flushes but leaves the descriptor open; EPIPE here too is an error
         return
     if is_special(name):
-        with _guarded(name):
+        with guarded(name):
             raw = io.FileIO(_open_in_place(name), "wb")
         with _Output(raw, name, buffer_size) as out:
             yield out
         return
-    with _guarded(name):
+    with guarded(name):
         tfd, tmp = tempfile.mkstemp(
             prefix=f".{os.path.basename(name)}.", suffix=".tmp", dir=os.path.dirname(name) or "."
         )
     try:
-        with _guarded(name):
+        with guarded(name):
             # mkstemp creates 0600; give the file the mode open() would have.
             umask = os.umask(0)
             os.umask(umask)
             os.fchmod(tfd, 0o666 & ~umask)
         with _Output(io.FileIO(tfd, "wb"), name, buffer_size) as out:
             yield out
-        with _guarded(name):
+        with guarded(name):
             os.replace(tmp, name)  # the name itself: a symbolic link is replaced, not followed
     except BaseException:
         with contextlib.suppress(OSError):
@@ -166,32 +206,46 @@ def _open_in_place(name: str) -> int:
     return fd
 
 
+def output_name(out: BinaryIO) -> str:
+    """How a write error names ``out``: as :func:`open_output` was given it, else by the
+    file's own name (a path) or descriptor."""
+    name = getattr(out, "output_name", None) or getattr(out, "name", None)
+    if isinstance(name, str):
+        return name
+    try:
+        return f"fd {out.fileno()}"
+    except (OSError, ValueError):
+        return "the output"
+
+
 class _Output(io.BufferedWriter):
     """A buffered writer whose OSErrors name the output (input errors stay apart)."""
 
     def __init__(self, raw: io.RawIOBase, name: str, buffer_size: int) -> None:
         super().__init__(raw, buffer_size=buffer_size)
-        self._name = name
+        #: The output as the user named it (:func:`output_name`).
+        self.output_name = name
 
     def write(self, data: Any, /) -> int:
-        with _guarded(self._name):
+        with guarded(self.output_name):
             return super().write(data)
 
     def flush(self) -> None:
-        with _guarded(self._name):
+        with guarded(self.output_name):
             super().flush()
 
     def close(self) -> None:
-        with _guarded(self._name):
+        with guarded(self.output_name):
             super().close()
 
 
 @contextlib.contextmanager
-def _guarded(name: str) -> Iterator[None]:
-    """Turn an OSError about the output into a UsageError naming it."""
+def guarded(name: str) -> Iterator[None]:
+    """Turn an OSError about the output ``name`` into an :class:`~xlpy.errors.OutputError`
+    naming it and the errno (a reader gone away stays a ``BrokenPipeError``)."""
     try:
         yield
-    except BrokenPipeError:
+    except (BrokenPipeError, OutputError):
         raise
     except OSError as e:
-        raise UsageError(f"cannot write {name}: {e.strerror or e}") from None
+        raise OutputError(name, e.errno, e.strerror or str(e)) from None

@@ -141,19 +141,35 @@ def test_libxc_without_library_names_the_package(tmp_path: Path) -> None:
 
 @pytest.mark.xen_tools
 @pytest.mark.parametrize("operation", [(), ("--operation", "migrate-receive")])
-def test_libxc_backend_without_hypervisor_exits_1(
+def test_libxc_backend_without_hypervisor_exits_2(
     xen_tools: object, tmp_path: Path, operation: tuple[str, ...]
 ) -> None:
+    """No hypervisor is the machine's setup, as a missing libxenguest is: exit 2, not the
+    1 of a failed restore (issue 12)."""
     libdirs = os.pathsep.join(str(p) for p in xen_tools.lib_dirs)  # type: ignore[attr-defined]
     p = _xlpy_env(
         {"LD_LIBRARY_PATH": libdirs},
         "restore", _stream(tmp_path, build("pv", PLAIN_CPS)), "--backend", "libxc",
         "--domid", "3", *operation,
     )  # fmt: skip
-    assert p.returncode == 1, p.stderr
+    assert p.returncode == 2, p.stderr
     err = p.stderr.decode()
     assert "xc_interface_open failed" in err and "/dev/xen/privcmd" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.xen_tools
+def test_json_without_hypervisor_exits_2(xen_tools: object, tmp_path: Path) -> None:
+    libdirs = os.pathsep.join(str(p) for p in xen_tools.lib_dirs)  # type: ignore[attr-defined]
+    p = _xlpy_env(
+        {"LD_LIBRARY_PATH": libdirs},
+        "restore", _stream(tmp_path, build("pv", PLAIN_CPS)), "--backend", "libxc",
+        "--domid", "3", "--json",
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["ok"] is False and doc["error"]["kind"] == "unavailable"
+    assert "/dev/xen/privcmd" in doc["error"]["message"]
 
 
 def _xlpy_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:

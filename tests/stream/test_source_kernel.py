@@ -9,6 +9,7 @@ identical results (memory image byte for byte).
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -24,7 +25,7 @@ import pytest
 
 from tests.helpers.legacy_streams import build, expected_memory, page, remus_checkpoints
 from xlpy.backends.sim import from_outcome
-from xlpy.errors import StreamTimeout, StreamTruncated
+from xlpy.errors import OutputError, StreamTimeout, StreamTruncated
 from xlpy.guest import GuestSpec
 from xlpy.receiver import restore
 from xlpy.stream.legacy import format as F
@@ -115,6 +116,30 @@ def out_file(tmp: Path) -> int:
 
 
 # -- ByteSource ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+@pytest.mark.parametrize("at", [None, 0])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_failed_write_names_the_output(
+    kind: str, at: int | None, lookahead: bool, tmp_path: Path
+) -> None:
+    """ENOSPC from the kernel's move (splice, sendfile, copy_file_range), from a write of
+    look-ahead bytes or from a write of bytes read is an OutputError naming the output,
+    whatever the input (issue 12)."""
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        with source_of(kind, b"\xa5" * (3 << 20), tmp_path) as src:
+            if lookahead:
+                src.peek(100)
+            with pytest.raises(OutputError) as ei:
+                src.transfer(full, [(at, 2 << 20)], out_name="the memory file")
+    finally:
+        os.close(full)
+    assert ei.value.errno == errno.ENOSPC and ei.value.filename == "the memory file"
+    assert str(ei.value) == (
+        "cannot write the memory file: No space left on device (errno 28, ENOSPC)"
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -2,9 +2,11 @@
 
 Each sub-command lives in its own module under ``xlpy.cli`` and provides
 ``add_parser(subparsers)`` and ``run(args) -> int``.  Exit codes everywhere:
-0 ok, 1 stream error (or a failed restore), 2 usage or program error; a run stopped by
-SIGINT, SIGTERM or SIGHUP removes its temporary outputs, says "interrupted" and exits
-128 + the signal's number.
+0 ok, 1 stream error (or a failed restore), 2 usage or program error (a bad flag, an
+output that cannot be written, no Xen on this machine); 141 (128 + SIGPIPE, as a shell
+reports ``cat`` in that place) and no message when the reader of an output went away;
+a run stopped by SIGINT, SIGTERM or SIGHUP removes its temporary outputs, says
+"interrupted" and exits 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from types import ModuleType
 
-from xlpy.errors import UsageError, XlpyError
+from xlpy.errors import UsageError, XenUnavailable, XlpyError
 
 #: Sub-command modules, in the order ``xlpy --help`` lists them.
 COMMANDS = ["gen", "inspect", "verify", "restore", "abi", "repro", "convert", "libxc"]
@@ -26,6 +28,8 @@ COMMANDS = ["gen", "inspect", "verify", "restore", "abi", "repro", "convert", "l
 EXIT_OK = 0
 EXIT_STREAM = 1
 EXIT_USAGE = 2
+#: The reader of an output (stdout, fd:N) went away (EPIPE): 128 + SIGPIPE.
+EXIT_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,14 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _stop_signals_unwind():
             return int(mods[args.command].run(args))
-    except UsageError as e:
+    except (UsageError, XenUnavailable) as e:
         print(f"xlpy {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except XlpyError as e:
         print(f"xlpy {args.command}: {e}", file=sys.stderr)
         return EXIT_STREAM
     except BrokenPipeError:
-        return EXIT_STREAM
+        return EXIT_PIPE
     except KeyboardInterrupt as e:
         return _interrupted(args.command, e)
 

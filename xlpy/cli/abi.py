@@ -9,12 +9,11 @@ package that provides it.  Reads nothing from the hypervisor: works in any domai
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from xlpy.binding.detect import ENV_GENERATION, ENV_LIBRARY, detect
-from xlpy.cli.common import command_parser
+from xlpy.cli.common import command_parser, print_json, write_stdout
 from xlpy.errors import LibraryNotFound, UsageError, XenUnavailable, error_json
 from xlpy.operation import Operation, decide
 
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             doc: dict[str, Any] = {"error": error_json(e)}
             if isinstance(e, LibraryNotFound):
                 doc.update(missing=e.missing, package=e.package)
-            print(json.dumps(doc, indent=2))
+            print_json(doc, indent=2)
         else:
             print(f"xlpy abi: {e}", file=sys.stderr)
         return EXIT_MISSING
@@ -49,12 +48,14 @@ def run(args: argparse.Namespace) -> int:
     # What the toolstack layer will do with each operation on this release.
     doc["operations"] = {op.value: decide(op, abi.release).verdict.value for op in Operation}
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print_json(doc, indent=2)
         return 0
+    lines = []
     for key, value in doc.items():
         if isinstance(value, list):
             value = ("\n" + " " * 16).join(value)
         elif isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
-        print(f"{key + ':':16}{value}")
+        lines.append(f"{key + ':':16}{value}")
+    write_stdout("\n".join(lines))
     return 0

@@ -1,20 +1,27 @@
-"""What the sub-commands share: their parsers' set-up, argument types, SOURCE, JSON output.
+"""What the sub-commands share: their parsers' set-up, argument types, SOURCE, stdout.
 
 A bad argument value (the ``type=`` callables) becomes argparse's usage error (exit 2)
-with the parser's message.
+with the parser's message.  Every report on standard output goes through
+:func:`write_stdout`: a closed or full stdout is an :class:`~xlpy.errors.OutputError`
+(exit 2) instead of a report silently lost; a reader that went away (``| head``) is a
+``BrokenPipeError``, which ``xlpy`` ends quietly with 141, a shell's status for a
+command killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
 from typing import Any
 
-from xlpy.errors import UsageError
+from xlpy.errors import OutputError, UsageError
+from xlpy.outfile import guarded
 from xlpy.stream.legacy.framing import parse_width
 from xlpy.stream.source import ByteSource, open_source
 
@@ -85,7 +92,46 @@ def source_fd(spec: str) -> Iterator[int]:
         yield source.fileno
 
 
+#: How a write error names standard output.
+STDOUT = "standard output"
+
+
+def require_stdout() -> None:
+    """Fail now (:class:`~xlpy.errors.OutputError`) when standard output was closed at
+    start-up: a command that works before it reports (``restore``) must not do the work
+    and then lose its report."""
+    if sys.stdout is None:  # what Python leaves when fd 1 was closed (it may be reused since)
+        raise OutputError(STDOUT, errno.EBADF, "it is closed")
+
+
+def write_stdout(text: str) -> None:
+    """``text`` and a newline on standard output, flushed at once, so that a closed or full
+    stdout is an :class:`~xlpy.errors.OutputError` here, not a report silently lost (or a
+    traceback when Python flushes at exit)."""
+    require_stdout()
+    try:
+        with guarded(STDOUT):
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+    except OSError:
+        _drop_stdout()
+        raise
+
+
+def _drop_stdout() -> None:
+    """Point fd 1 at /dev/null: what the failed write left buffered then goes nowhere when
+    Python flushes at exit, instead of failing again with "Exception ignored"."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (a test's capture)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
 def print_json(doc: Any, indent: int | None = None) -> None:
-    """``doc`` as one JSON document on stdout, ended by a newline."""
-    json.dump(doc, sys.stdout, indent=indent)
-    sys.stdout.write("\n")
+    """``doc`` as one JSON document on stdout, ended by a newline (:func:`write_stdout`)."""
+    write_stdout(json.dumps(doc, indent=indent))

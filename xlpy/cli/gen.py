@@ -3,7 +3,8 @@
 The stream is produced batch by batch (memory stays bounded whatever the guest
 size).  ``-o FILE`` is written as :mod:`xlpy.outfile` says: a regular file under
 a temporary name beside it, renamed on success; ``-`` (stdout), a device or a
-FIFO in place.  Impossible combinations
+FIFO in place.  A FILE whose file system has less room than the guest's memory is
+refused before anything is written.  Impossible combinations
 (compression without Remus, xl framing from xen-4.0, ...) exit 2.
 """
 
@@ -14,9 +15,10 @@ from typing import Any
 
 from xlpy.cli.common import command_parser, size_arg, width_arg
 from xlpy.errors import UsageError
-from xlpy.guest import GuestSpec
-from xlpy.outfile import open_output
+from xlpy.guest import HVM_HOLE, GuestSpec
+from xlpy.outfile import check_room, open_output
 from xlpy.stream import xenopsd as X
+from xlpy.stream.legacy.format import PAGE_SIZE
 from xlpy.stream.legacy.senders import (
     MODES,
     SENDERS,
@@ -114,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     extras = {t: getattr(args, f) for f, t in _EXTRA_FLAGS.items() if getattr(args, f) is not None}
     if args.toolstack not in KINDS and (extras or args.libxc != "legacy"):
         raise UsageError("--libxc, --demu, --varstored and --swtpm need --toolstack xenopsd")
+    # Every populated page is sent at least once (only HVM's VGA hole is not): a lower
+    # bound of the stream's size, so a guest that cannot fit never fills the disk.
+    check_room(args.output, max(spec.pages - len(HVM_HOLE), 0) * PAGE_SIZE)
     with open_output(args.output) as out:
         if args.toolstack in KINDS:
             generate_image(profile, spec, out, kind=args.toolstack, libxc=args.libxc, extras=extras)

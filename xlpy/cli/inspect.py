@@ -13,7 +13,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from xlpy.cli.common import add_source, command_parser, opened_source, print_json, width_arg
+from xlpy.cli.common import (
+    add_source,
+    command_parser,
+    opened_source,
+    print_json,
+    width_arg,
+    write_stdout,
+)
 from xlpy.errors import UsageError, error_json
 from xlpy.stream import xenopsd, xenopsd_inspect
 from xlpy.stream.legacy.inspect import Summary, inspect_stream, render_text
@@ -46,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary.to_json())
     elif isinstance(summary, xenopsd_inspect.ImageSummary):
-        print(xenopsd_inspect.render_text(summary))
+        write_stdout(xenopsd_inspect.render_text(summary))
     else:
-        print(render_text(summary))
+        write_stdout(render_text(summary))
     return 0 if summary.error is None else 1

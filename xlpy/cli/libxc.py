@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-from xlpy.cli.common import command_parser
+from xlpy.cli.common import command_parser, print_json, write_stdout
 from xlpy.fakexen import builder
 
 
@@ -42,14 +42,16 @@ def run(args: argparse.Namespace) -> int:
     if args.libxc_command == "list":
         rows = builder.listing()
         if args.json:
-            print(json.dumps(rows, indent=2))
-        else:
-            for r in rows:
-                reason = str(r.get("reason", "")).splitlines()[:1]
-                detail = r.get("libxenguest") if r["state"] != "failed" else " ".join(reason)
-                print(f"{r['release']:<10} {r['state']:<7} {detail}")
-            if not rows:
-                print(f"nothing built in {builder.cache_dir()} (xlpy libxc build)")
+            print_json(rows, indent=2)
+            return 0
+        lines = []
+        for r in rows:
+            reason = str(r.get("reason", "")).splitlines()[:1]
+            detail = r.get("libxenguest") if r["state"] != "failed" else " ".join(reason)
+            lines.append(f"{r['release']:<10} {r['state']:<7} {detail}")
+        write_stdout(
+            "\n".join(lines) or f"nothing built in {builder.cache_dir()} (xlpy libxc build)"
+        )
         return 0
     failed = 0
     for release in args.releases or builder.DEFAULT_RELEASES:
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(doc) if args.json else f"xlpy libxc: {e}", file=sys.stderr)
             continue
         if args.json:
-            print(json.dumps(done.info))
+            print_json(done.info)
         else:
-            print(f"{done.release:<10} ok  {done.libxenguest}  ({done.info['seconds']} s)")
+            write_stdout(f"{done.release:<10} ok  {done.libxenguest}  ({done.info['seconds']} s)")
     return 1 if failed else 0

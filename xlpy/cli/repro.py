@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
-from xlpy.cli.common import command_parser, print_json
+from xlpy.cli.common import command_parser, print_json, require_stdout, write_stdout
 from xlpy.errors import UsageError
 from xlpy.repro import (
     DEFAULT_HEARTBEAT,
@@ -54,6 +54,7 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.heartbeat <= 0:
         raise UsageError("--heartbeat must be positive")
+    require_stdout()  # before the matrix runs, not after
     if args.xenopsd:
         from xlpy import repro_xenopsd as RX
 
@@ -91,5 +92,5 @@ def _report(
     if args.json:
         print_json([r.to_json() for r in done], indent=1)
     else:
-        print(render_fn(done))
+        write_stdout(render_fn(done))
     return 0 if all(r.ok for r in done) else 1

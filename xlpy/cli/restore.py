@@ -33,10 +33,18 @@ from typing import Any
 from xlpy.api import run as run_pipeline
 from xlpy.backends import RestoreRequest, RestoreResult, backend_names, get_backend, make_options
 from xlpy.cli import restore_xenopsd
-from xlpy.cli.common import add_source, command_parser, print_json, source_fd, width_arg
+from xlpy.cli.common import (
+    add_source,
+    command_parser,
+    print_json,
+    require_stdout,
+    source_fd,
+    width_arg,
+    write_stdout,
+)
 from xlpy.cli.progress import make_progress
 from xlpy.decision import OperationRefused
-from xlpy.errors import LibraryNotFound, RestoreRefused, UsageError, XenUnavailable
+from xlpy.errors import RestoreRefused, UsageError, XenUnavailable
 from xlpy.fakexen import cli as fakexen_cli
 from xlpy.operation import Operation, StreamType, stream_type_for
 from xlpy.outfile import open_output
@@ -211,6 +219,7 @@ class _Unwritten(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
+    require_stdout()  # the report of a restore must not be lost after it is done
     if restore_xenopsd.wanted(args):
         return restore_xenopsd.run(args)
     # The refusal is printed as the error, the forcing below: not again by logging's
@@ -240,11 +249,11 @@ def run(args: argparse.Namespace) -> int:
             )
     except (RestoreRefused, XenUnavailable) as e:
         if not args.json:
-            if isinstance(e, LibraryNotFound):
-                raise UsageError(str(e)) from None
             raise
         print_json(_unrestored(args, op, e).to_json())
-        return 2 if isinstance(e, LibraryNotFound) else 1
+        # No Xen here (no hypervisor, no libxenguest) is the machine's setup: exit 2, as
+        # xlpy's main gives it; a refused operation is a failed restore.
+        return 2 if isinstance(e, XenUnavailable) else 1
     return _report(args, result)
 
 
@@ -297,7 +306,7 @@ def _report(args: argparse.Namespace, result: RestoreResult) -> int:
         print(f"xlpy restore: failed ({why}){gone}", file=sys.stderr)
         return 1
     if result.decision is None:
-        print(
+        write_stdout(
             f"restored {result.out}: checkpoint {result.committed_checkpoint} committed, "
             f"{result.bytes_past_image} bytes read past the image"
         )
@@ -305,14 +314,15 @@ def _report(args: argparse.Namespace, result: RestoreResult) -> int:
     where = f"domain {result.domid}" if result.out is None else str(result.out)
     op = result.decision.operation
     assert result.stream_type is not None
-    print(
+    lines = [
         f"restored {where} ({op.value}, stream type {result.stream_type.name}"
         + (f", checkpoint {result.committed_checkpoint} committed" if sim else "")
         + ")"
-    )
+    ]
     if result.framed:
-        print(
+        lines.append(
             f"framed: libxc got the first checkpoint's {result.image_bytes}-byte image; "
             f"{len(result.rest)} bytes after it handed back"
         )
+    write_stdout("\n".join(lines))
     return 0

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from xlpy.cli.common import print_json, source_fd
+from xlpy.cli.common import print_json, source_fd, write_stdout
 from xlpy.errors import UsageError
 from xlpy.stream import xenopsd as X
 
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     assert libxc is not None
     where = str(args.out) if sim else f"domain {libxc.domid}"
-    print(
+    write_stdout(
         f"restored {where} from a xenopsd {result.kind} image; records: {', '.join(result.files)}"
     )
     return 0

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from xlpy.cli.common import add_source, command_parser, opened_source, print_json
+from xlpy.cli.common import add_source, command_parser, opened_source, print_json, write_stdout
 from xlpy.stream.v2.verify import VerifyReport, verify_stream
 
 
@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         report = verify_stream(source, strict=args.strict, xl=xl, fmt=args.format)
     if args.json:
         print_json(report.to_json())
+    elif report.valid:
+        write_stdout(render_text(report))
     else:
-        out = sys.stdout if report.valid else sys.stderr
-        print(render_text(report), file=out)
+        print(render_text(report), file=sys.stderr)
     return 0 if report.valid else 1

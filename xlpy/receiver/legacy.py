@@ -408,6 +408,9 @@ class Restore:
     # -- header (§3) ------------------------------------------------------------------------
 
     def _header(self) -> None:
+        # A guest type the stream cannot tell (UsageError) goes up as it is: libxc's caller
+        # always knows it, so without it the toolstack cannot start the restore at all (a
+        # usage error, as from every backend), and no libxc failure is staged for it.
         r = self.reader
         try:
             hdr = r.read_header()
@@ -415,12 +418,6 @@ class Restore:
             self._io_failure(e)
             self.log.error(M.READ_P2M_SIZE)
             raise _Out(e) from None
-        except UsageError as e:
-            # libxc's caller always knows the guest type; without it (and with too few
-            # bytes to detect it) the toolstack cannot start the restore at all.
-            self.log.stderr(f"{self.ts.name}: {e}")
-            err = StreamMalformed(str(e), offset=self.source.offset, field="header.guest")
-            raise _Out(err) from None
         self.p2m_size = hdr.p2m_size
         self.width = hdr.width
         self.guest = r.guest or "pv"

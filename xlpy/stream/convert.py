@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, BinaryIO
 
 from xlpy.errors import NotRepresentable, StreamError, StreamMalformed
+from xlpy.outfile import output_name
 from xlpy.progress import ProgressFn, Throttle
 from xlpy.stream.hvm_params import (
     CHUNK_TO_HVM_PARAM,
@@ -330,9 +331,11 @@ class _ForwardPages:
     checkpoint) gets its PAGE_DATA header and entries written and the output
     flushed, then the source forwards its page bytes to the output descriptor."""
 
-    def __init__(self, conv: _Converter, fd: int) -> None:
+    def __init__(self, conv: _Converter, fd: int, name: str) -> None:
         self.conv = conv
         self.fd = fd
+        #: The output a write error names.
+        self.name = name
         #: The page bytes of the batch just placed (its PageBatch then has no data).
         self.placed = 0
 
@@ -346,7 +349,7 @@ class _ForwardPages:
         )
         conv._raw.flush()
         self.placed = nbytes
-        return PagePlacement(self.fd, ((None, nbytes),))
+        return PagePlacement(self.fd, ((None, nbytes),), self.name)
 
 
 class _Converter:
@@ -383,7 +386,7 @@ class _Converter:
         self.log = log
         self.report = ConvertReport()
         fd = _output_fd(out) if source.kernel_moves else None
-        self._forward = None if fd is None else _ForwardPages(self, fd)
+        self._forward = None if fd is None else _ForwardPages(self, fd, output_name(out))
         self._static_done = False
         self._pv_info_done = False
         # per checkpoint
@@ -558,9 +561,10 @@ class _Converter:
                     if n == 0:
                         break  # the spool is shorter than written: the loop below says so
                     done += n
-            except OSError as e:
-                if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
+            except OSError:
+                # No kernel path (EINVAL, ENOSYS), or a failure that does not say whose it is
+                # (ENOSPC): nothing more was sent, the loop below writes it, naming the output.
+                pass
             self.out.offset += done
         while done < size:
             chunk = os.pread(spool.fileno(), min(size - done, _COPY_SIZE), done)

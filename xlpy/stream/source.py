@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from typing import BinaryIO, Protocol
 
 from xlpy.errors import StreamTimeout, StreamTruncated, UsageError
-from xlpy.outfile import fd_number, fd_spec
+from xlpy.outfile import fd_number, fd_spec, guarded
 
 #: Size of one raw read when filling the look-ahead buffer.
 FILL_SIZE = 1 << 16
@@ -79,19 +79,21 @@ def _enlarge_pipe(fd: int) -> None:
         pass  # not permitted (pipe-max-size): keep the default
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int | None) -> None:
-    """Write all of ``data`` at ``offset`` of ``fd`` (``None``: at its current position)."""
-    while len(data):
-        if offset is None:
-            try:
-                k = os.write(fd, data)
-            except BlockingIOError:  # a non-blocking output that is full
-                _wait_writable(fd)
-                continue
-        else:
-            k = os.pwrite(fd, data, offset)
-            offset += k
-        data = data[k:]
+def _pwrite_all(fd: int, data: memoryview, offset: int | None, name: str) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd`` (``None``: at its current position);
+    a failure is an :class:`~xlpy.errors.OutputError` naming the output ``name``."""
+    with guarded(name):
+        while len(data):
+            if offset is None:
+                try:
+                    k = os.write(fd, data)
+                except BlockingIOError:  # a non-blocking output that is full
+                    _wait_writable(fd)
+                    continue
+            else:
+                k = os.pwrite(fd, data, offset)
+                offset += k
+            data = data[k:]
 
 
 def _wait_writable(fd: int) -> None:
@@ -346,7 +348,7 @@ class ByteSource:
         Truncation raises :class:`StreamTruncated` at the offset the skip starts,
         like :meth:`readinto_exact`.
         """
-        self._move(n, None, ((0, n),), field)
+        self._move(n, None, ((0, n),), field, os.devnull)
 
     def skip_to_eof(self, *, field: str = "data") -> int:
         """Consume everything up to EOF without keeping it; returns how many bytes that was."""
@@ -358,7 +360,12 @@ class ByteSource:
                 return self.offset - start
 
     def transfer(
-        self, out_fd: int, pieces: Sequence[tuple[int | None, int]], *, field: str = "data"
+        self,
+        out_fd: int,
+        pieces: Sequence[tuple[int | None, int]],
+        *,
+        field: str = "data",
+        out_name: str | None = None,
     ) -> None:
         """Write the next bytes into ``out_fd``: ``(offset, length)`` piece by piece.
 
@@ -369,12 +376,19 @@ class ByteSource:
         are written with ``pwrite`` / ``write``, the rest moved by the kernel from a pipe
         or regular file, read and written in chunks otherwise.  Truncation raises
         :class:`StreamTruncated` at the offset the transfer starts, like
-        :meth:`readinto_exact` (bytes before it were written).
+        :meth:`readinto_exact` (bytes before it were written); a write that fails is an
+        :class:`~xlpy.errors.OutputError` naming ``out_name`` (default ``fd N``).
         """
-        self._move(sum(length for _, length in pieces), out_fd, pieces, field)
+        name = f"fd {out_fd}" if out_name is None else out_name
+        self._move(sum(length for _, length in pieces), out_fd, pieces, field, name)
 
     def _move(
-        self, total: int, out_fd: int | None, pieces: Sequence[tuple[int | None, int]], field: str
+        self,
+        total: int,
+        out_fd: int | None,
+        pieces: Sequence[tuple[int | None, int]],
+        field: str,
+        name: str,
     ) -> None:
         """``skip`` (``out_fd`` None) or ``transfer`` of ``total`` bytes."""
         if total < 0 or any(length < 0 for _, length in pieces):
@@ -384,7 +398,7 @@ class ByteSource:
         null = os.open(os.devnull, os.O_WRONLY) if out_fd is None and self._kind else None
         try:
             for out_off, length in pieces:
-                done += self._move_piece(out_fd, null, out_off, length, field)
+                done += self._move_piece(out_fd, null, out_off, length, field, name)
         except _EndOfStream as e:
             done += e.moved
             self.offset = start + done
@@ -399,7 +413,13 @@ class ByteSource:
         self.offset = start + total
 
     def _move_piece(
-        self, out_fd: int | None, null: int | None, out_off: int | None, length: int, field: str
+        self,
+        out_fd: int | None,
+        null: int | None,
+        out_off: int | None,
+        length: int,
+        field: str,
+        name: str,
     ) -> int:
         """Move ``length`` bytes to ``out_fd`` at ``out_off`` (nowhere if ``out_fd`` is None;
         at its current position if ``out_off`` is)."""
@@ -407,7 +427,7 @@ class ByteSource:
         if take:
             if out_fd is not None:
                 with memoryview(self._buf) as mv:
-                    _pwrite_all(out_fd, mv[self._pos : self._pos + take], out_off)
+                    _pwrite_all(out_fd, mv[self._pos : self._pos + take], out_off, name)
             self._pos += take
         done = take
         scratch: bytearray | None = None
@@ -422,7 +442,8 @@ class ByteSource:
                 with memoryview(scratch) as mv:
                     n = self._raw_readinto(mv[: length - done], field)
                     if n and out_fd is not None:
-                        _pwrite_all(out_fd, mv[:n], None if out_off is None else out_off + done)
+                        at = None if out_off is None else out_off + done
+                        _pwrite_all(out_fd, mv[:n], at, name)
             if not n:
                 self._eof = True
                 raise _EndOfStream(done)
@@ -464,9 +485,12 @@ class ByteSource:
                 if out_fd is not None:
                     _wait_writable(out_fd)
             except OSError as e:
-                if e.errno not in _NO_KERNEL_PATH:
+                if e.errno not in _NO_KERNEL_PATH and out_fd is None:
                     raise
-                self._kind = None  # e.g. copy_file_range across file systems
+                # No kernel path for this pair (copy_file_range across file systems), or a
+                # failure that does not say whose it is (ENOSPC, EIO): nothing was moved, so
+                # read and write instead, where a write error names the output.
+                self._kind = None
                 return None
 
     def read_to_eof(self, *, limit: int | None = None, field: str = "data") -> bytes:

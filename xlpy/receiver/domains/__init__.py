@@ -100,10 +100,10 @@ class Domain(Protocol):
     def write_pages(self, pfns: np.ndarray, data: memoryview) -> None:
         """Write one 4096-byte page per pfn, from consecutive pages of ``data``."""
 
-    def page_file(self, pfns: np.ndarray) -> tuple[int, list[tuple[int, int]]] | None:
-        """A descriptor and its ``(offset, length)`` pieces that take the pages of
-        ``pfns`` (in order) when written there directly, e.g. straight from the stream;
-        ``None`` when pages go only through :meth:`write_pages`."""
+    def page_file(self, pfns: np.ndarray) -> tuple[int, list[tuple[int, int]], str] | None:
+        """A descriptor, its ``(offset, length)`` pieces that take the pages of ``pfns``
+        (in order) when written there directly, e.g. straight from the stream, and its name
+        in a write error; ``None`` when pages go only through :meth:`write_pages`."""
 
     def read_page(self, pfn: int) -> bytes:
         """The current content of ``pfn`` (zeros if never written)."""

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from xlpy.errors import UsageError
-from xlpy.outfile import rename_noreplace
+from xlpy.outfile import guarded, rename_noreplace
 from xlpy.receiver.domains import DomainFull
 from xlpy.stream.legacy.format import PAGE_SIZE
 
@@ -49,6 +49,8 @@ class SimDomain:
         self.tmp: Path | None = None
         self._mem_fd: int | None = None
         self.p2m_size = 0
+        #: ``memory`` as a write error names it: under ``--out``, not the temporary name.
+        self.memory_name = str(self.out / "memory")
 
     # -- Domain --------------------------------------------------------------------------
 
@@ -61,7 +63,8 @@ class SimDomain:
         except OSError as e:
             raise UsageError(f"cannot create {self.out}: {e.strerror}") from None
         os.chmod(self.tmp, 0o755)  # mkdtemp's 0700 is for the temporary name only
-        fd = os.open(self.tmp / "memory", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        with guarded(self.memory_name):
+            fd = os.open(self.tmp / "memory", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self._mem_fd = fd
         try:
             os.ftruncate(fd, p2m_size * PAGE_SIZE)
@@ -76,32 +79,35 @@ class SimDomain:
     def write_pages(self, pfns: np.ndarray, data: memoryview) -> None:
         if not len(pfns):
             return
-        fd, pieces = self.page_file(pfns)
+        fd, pieces, name = self.page_file(pfns)
         pos = 0
-        for off, length in pieces:
-            view = data[pos : pos + length]
-            pos += length
-            while len(view):
-                k = os.pwrite(fd, view, off)
-                view = view[k:]
-                off += k
+        with guarded(name):
+            for off, length in pieces:
+                view = data[pos : pos + length]
+                pos += length
+                while len(view):
+                    k = os.pwrite(fd, view, off)
+                    view = view[k:]
+                    off += k
 
-    def page_file(self, pfns: np.ndarray) -> tuple[int, list[tuple[int, int]]]:
-        """``memory`` and its ``(offset, length)`` pieces for the pages of ``pfns``, in order.
+    def page_file(self, pfns: np.ndarray) -> tuple[int, list[tuple[int, int]], str]:
+        """``memory``, its ``(offset, length)`` pieces for the pages of ``pfns``, in order,
+        and its name.
 
         One piece per run of consecutive pfns: a plain stream is mostly long runs.
         """
         n = len(pfns)
         if not n:
-            return self._fd(), []
+            return self._fd(), [], self.memory_name
         breaks = np.flatnonzero(np.diff(pfns.astype(np.int64)) != 1) + 1
         starts = np.concatenate(([0], breaks)).tolist()
         ends = np.concatenate((breaks, [n])).tolist()
         firsts = pfns[starts].tolist()
-        return self._fd(), [
+        pieces = [
             (int(p) * PAGE_SIZE, (e - s) * PAGE_SIZE)
             for p, s, e in zip(firsts, starts, ends, strict=True)
         ]
+        return self._fd(), pieces, self.memory_name
 
     def read_page(self, pfn: int) -> bytes:
         out = os.pread(self._fd(), PAGE_SIZE, pfn * PAGE_SIZE)
@@ -109,8 +115,9 @@ class SimDomain:
 
     def zero_pages(self, pfns: np.ndarray) -> None:
         zero = bytes(PAGE_SIZE)
-        for pfn in pfns.tolist():
-            os.pwrite(self._fd(), zero, int(pfn) * PAGE_SIZE)
+        with guarded(self.memory_name):
+            for pfn in pfns.tolist():
+                os.pwrite(self._fd(), zero, int(pfn) * PAGE_SIZE)
 
     def _dir(self) -> Path:
         if self.tmp is None:
@@ -118,10 +125,10 @@ class SimDomain:
         return self.tmp
 
     def finish(self, state: Mapping[str, Any], files: Mapping[str, bytes]) -> None:
-        for name, blob in files.items():
-            (self._dir() / name).write_bytes(blob)
         text = json.dumps(state, indent=2, sort_keys=True) + "\n"
-        (self._dir() / "domain.json").write_text(text)
+        for name, blob in [*files.items(), ("domain.json", text.encode())]:
+            with guarded(str(self.out / name)):
+                (self._dir() / name).write_bytes(blob)
 
     def publish(self) -> None:
         self._close()

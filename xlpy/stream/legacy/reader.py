@@ -122,10 +122,12 @@ class PagePlacement:
     ``fd`` None: nowhere (skipped).  Otherwise ``pieces`` are ``(file offset, length)``
     of ``fd``, in stream order, covering exactly the batch's page bytes; offset ``None``
     writes at ``fd``'s current position (a pipe or a sequentially written output).
+    ``name`` is the output a write error names (``None``: ``fd N``).
     """
 
     fd: int | None
     pieces: Sequence[tuple[int | None, int]] = ()
+    name: str | None = None
 
 
 class PageSink(Protocol):
@@ -537,7 +539,9 @@ class LegacyReader:
             elif sum(length for _, length in placement.pieces) != n:
                 raise ValueError(f"page placement does not cover the batch's {n} page bytes")
             else:
-                self.source.transfer(placement.fd, placement.pieces, field=FLD.BATCH_PAGES)
+                self.source.transfer(
+                    placement.fd, placement.pieces, field=FLD.BATCH_PAGES, out_name=placement.name
+                )
         except StreamTruncated as e:
             raise self._truncated(e, FLD.BATCH_PAGES) from None
 
