@@ -89,9 +89,17 @@ def restore(
         guest, width: ``"pv"``/``"hvm"`` and the toolstack width in bytes, where the
             stream cannot tell (the sim detects them).  libxc 4.0-4.13 takes an ``hvm``
             argument: pass ``guest="hvm"`` for an HVM domain there.
-        timeout: libxc: seconds without a word from the helper (a result or a callback)
-            before it is killed and :class:`~xlpy.errors.LibxcCrashed` is returned.
-            ``None`` (the default) waits: a plain restore sends no word until it ends.
+        timeout: the stall bound, in seconds (``None``, the default, waits).  sim, and
+            xlpy's own reading of a framed restore on every backend: no byte of the
+            stream for ``timeout`` seconds fails the restore with a
+            :class:`~xlpy.errors.StreamTimeout` naming the offset and field.  A Remus
+            receiver keeps libxc's rule: after the first complete checkpoint the
+            heartbeat (``heartbeat``, 1 s) governs and a stall commits the last
+            complete checkpoint; before it libxc has no heartbeat, so only this bound
+            ends a stall (a failed restore).  libxc and fakexen, where libxc reads the
+            descriptor itself: seconds without a word from the helper (a result or a
+            callback) before it is killed and :class:`~xlpy.errors.LibxcCrashed` is
+            returned (a plain restore sends no word until it ends).
         options: the backend's own options.  sim: ``out`` (the domain directory to
             create; must not exist) and ``heartbeat`` (libxc's 1 s wait for the next
             checkpoint).  libxc: ``domid`` (the empty domain the toolstack created),
@@ -174,7 +182,11 @@ def run(request: RestoreRequest) -> RestoreResult:
     if not decision.framed:
         return backend.restore(request, request.fd, decision, framed=False)
     fwd = Forwarder(
-        request.fd, libxc_reads_qemu=ts.libxc_reads_qemu, guest=request.guest, width=request.width
+        request.fd,
+        libxc_reads_qemu=ts.libxc_reads_qemu,
+        guest=request.guest,
+        width=request.width,
+        timeout=request.timeout,
     )
     try:
         result = backend.restore(request, fwd.read_fd, decision, framed=True)

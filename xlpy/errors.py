@@ -74,7 +74,10 @@ class StreamMalformed(StreamError):
 
 
 class StreamTimeout(StreamError, TimeoutError):
-    """No byte arrived within the heartbeat (libxc's 1 s select timeout)."""
+    """No byte arrived within the stall bound: the caller's ``timeout`` (``--timeout``) or
+    libxc's heartbeat (its 1 s select timeout after the first checkpoint).  ``offset``
+    is where the element being read starts; the message says after which byte the
+    sender stopped."""
 
     kind = "timeout"
 

@@ -10,14 +10,22 @@ from tests.helpers.paths import REPO
 
 
 def xlpy(
-    *args: str, stdin: bytes | None = None, pass_fds: tuple[int, ...] = ()
+    *args: str,
+    stdin: bytes | int | None = None,
+    pass_fds: tuple[int, ...] = (),
+    cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """``python -m xlpy ARGS`` with this checkout's package; never raises on exit status."""
+    """``python -m xlpy ARGS`` with this checkout's package; never raises on exit status.
+
+    ``stdin``: the bytes to send, or a descriptor to read from (a pipe kept open)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    fd = stdin if isinstance(stdin, int) else None
     return subprocess.run(
         [sys.executable, "-m", "xlpy", *args],
-        input=stdin,
+        input=None if fd is not None else stdin,
+        stdin=fd,
         capture_output=True,
+        cwd=cwd,
         env=env,
         pass_fds=pass_fds,
         timeout=60,

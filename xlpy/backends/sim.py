@@ -86,6 +86,7 @@ class SimBackend:
             # Framed: what the toolstack reads after libxc is the caller's, from ``rest``.
             toolstack=ts + CALLER_READS_AFTER if framed else ts,
             heartbeat=opts.heartbeat,
+            timeout=request.timeout,
             progress=request.progress,
             guest=request.guest,
             width=request.width,

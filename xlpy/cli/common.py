@@ -52,6 +52,29 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def seconds_arg(text: str) -> float:
+    """A positive number of seconds."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return v
+
+
+#: ``--timeout``'s help: what every reader of a stream does with it.
+TIMEOUT_HELP = (
+    "fail with a timeout error (exit 1) naming the offset when the input sends no byte "
+    "for SECONDS (a sender that stalled with the connection open); default: wait"
+)
+
+
+def add_timeout(parser: argparse.ArgumentParser, help: str = TIMEOUT_HELP) -> None:
+    """``--timeout SECONDS`` (``args.timeout``): the stall bound on SOURCE."""
+    parser.add_argument("--timeout", type=seconds_arg, metavar="SECONDS", help=help)
+
+
 def command_parser(
     subparsers: Any, name: str, doc: str | None, help: str, **kwargs: Any
 ) -> argparse.ArgumentParser:
@@ -70,11 +93,12 @@ def add_source(parser: argparse.ArgumentParser, metavar: str) -> None:
 
 
 @contextlib.contextmanager
-def opened_source(spec: str) -> Iterator[ByteSource]:
+def opened_source(spec: str, timeout: float | None = None) -> Iterator[ByteSource]:
     """SOURCE (a path, ``-`` or ``fd:N``) open for the block, a path closed after it; one
-    that cannot be opened is a :class:`~xlpy.errors.UsageError`."""
+    that cannot be opened is a :class:`~xlpy.errors.UsageError`.  ``timeout``: the
+    source's stall bound (``--timeout``)."""
     try:
-        source, owned = open_source(spec)
+        source, owned = open_source(spec, timeout=timeout)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot open {spec}: {e}") from None
     try:

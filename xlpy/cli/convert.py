@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import xlpy
-from xlpy.cli.common import width_arg
+from xlpy.cli.common import add_timeout, width_arg
 from xlpy.cli.progress import Progress, make_progress
 from xlpy.errors import StreamError, UsageError, XlpyError
 from xlpy.outfile import fd_number, fd_spec, open_output
@@ -90,6 +90,8 @@ Differences from Xen's tool:
     A failed run ends them with {"phase": "error", "error": {kind, type,
     offset, record, field, message}}, the error object of xlpy's --json outputs.
   * --to legacy converts the other way (v2 -> the legacy stream of --sender).
+  * --timeout S: an input that sends no byte for S seconds with the connection
+    open fails with a timeout error naming the offset (exit 1; Xen's tool waits).
 
 Exit status: 0 ok, 1 stream error, 2 usage or program error."""
 
@@ -156,6 +158,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--progress-fd", type=int, metavar="N", help="write progress as JSON lines to fd N"
     )
+    add_timeout(p)
 
 
 class _Log:
@@ -187,9 +190,9 @@ class _Log:
             syslog.syslog(syslog.LOG_ERR, message)
 
 
-def _open_input(text: str) -> tuple[ByteSource, BinaryIO | None]:
+def _open_input(text: str, timeout: float | None) -> tuple[ByteSource, BinaryIO | None]:
     try:
-        return open_source(text, fd_numbers=True)
+        return open_source(text, fd_numbers=True, timeout=timeout)
     except OSError as e:
         raise UsageError(f"cannot open input {text}: {e.strerror or e}") from None
 
@@ -247,7 +250,7 @@ def _xenopsd_upgrade(args: argparse.Namespace, source: ByteSource, log: _Log) ->
 
 def run(args: argparse.Namespace) -> int:
     log = _Log(args.verbose, args.syslog)
-    source, owned = _open_input(args.fin)
+    source, owned = _open_input(args.fin, args.timeout)
     progress: Any = None
     try:
         busy = {source.fileno: "is the input stream"} if source.fileno is not None else {}

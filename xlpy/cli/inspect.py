@@ -15,6 +15,7 @@ from typing import Any
 
 from xlpy.cli.common import (
     add_source,
+    add_timeout,
     command_parser,
     opened_source,
     print_json,
@@ -36,10 +37,11 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--guest", choices=["pv", "hvm"], help="guest type; default: detected")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_timeout(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    with opened_source(args.source) as source:
+    with opened_source(args.source, args.timeout) as source:
         try:
             summary: xenopsd_inspect.ImageSummary | Summary
             if xenopsd.is_xenopsd(source.peek(xenopsd.SIGNATURE_SIZE)):

@@ -34,10 +34,13 @@ from xlpy.api import run as run_pipeline
 from xlpy.backends import RestoreRequest, RestoreResult, backend_names, get_backend, make_options
 from xlpy.cli import restore_xenopsd
 from xlpy.cli.common import (
+    TIMEOUT_HELP,
     add_source,
+    add_timeout,
     command_parser,
     print_json,
     require_stdout,
+    seconds_arg,
     source_fd,
     width_arg,
     write_stdout,
@@ -51,16 +54,6 @@ from xlpy.outfile import open_output
 from xlpy.progress import ProgressFn
 from xlpy.receiver.generations import GENERATIONS
 from xlpy.receiver.toolstacks import DEFAULT_TOOLSTACK, TOOLSTACKS
-
-
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
-    return v
 
 
 def add_parser(subparsers: Any) -> None:
@@ -100,12 +93,12 @@ def add_parser(subparsers: Any) -> None:
         help="framed restores: write what follows the libxc image (QEMU record) to FILE "
         "(only on success; ignored with a warning when the restore is not framed)",
     )
-    p.add_argument(
-        "--timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        help="libxc: kill the restore helper after SECONDS without a word from it "
-        "(default: wait; a large domain's restore takes as long as it takes)",
+    add_timeout(
+        p,
+        f"sim, and a framed restore's input: {TIMEOUT_HELP}; Remus: after the first "
+        "checkpoint libxc's --heartbeat applies instead (a stall commits the last one). "
+        "libxc, fakexen: kill the restore helper after SECONDS without a word from it "
+        "(a large domain's restore takes as long as it takes)",
     )
     p.add_argument(
         "--checkpointed",
@@ -132,7 +125,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no messages")
     p.add_argument(
         "--heartbeat",
-        type=_seconds,
+        type=seconds_arg,
         default=1.0,
         metavar="SECONDS",
         help="libxc's select timeout after the first checkpoint (default 1)",

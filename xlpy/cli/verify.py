@@ -13,7 +13,14 @@ import argparse
 import sys
 from typing import Any
 
-from xlpy.cli.common import add_source, command_parser, opened_source, print_json, write_stdout
+from xlpy.cli.common import (
+    add_source,
+    add_timeout,
+    command_parser,
+    opened_source,
+    print_json,
+    write_stdout,
+)
 from xlpy.stream.v2.verify import VerifyReport, verify_stream
 
 
@@ -36,6 +43,7 @@ def add_parser(subparsers: Any) -> None:
         help="the stream starts with an xl save header (without --xl, --format forbids one)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_timeout(p)
 
 
 def render_text(r: VerifyReport) -> str:
@@ -59,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     # --format without --xl means that bare format: an xl header is then an error, as
     # for verify-stream-v2 -f libxc|libxl ("Bad image marker"); --xl requires one.
     xl = True if args.xl else (False if args.format else None)
-    with opened_source(args.source) as source:
+    with opened_source(args.source, args.timeout) as source:
         report = verify_stream(source, strict=args.strict, xl=xl, fmt=args.format)
     if args.json:
         print_json(report.to_json())

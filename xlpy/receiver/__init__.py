@@ -40,6 +40,7 @@ def restore(
     checkpointed: int | None = None,
     toolstack: str = DEFAULT_TOOLSTACK,
     heartbeat: float = 1.0,
+    timeout: float | None = None,
     progress: ProgressFn | None = None,
     guest: str | None = None,
     width: int | None = None,
@@ -51,18 +52,24 @@ def restore(
     ``checkpointed_stream`` (``None``: the toolstack's default; only R-fix generations
     take it; for the v2 generation it is the stream type: 0 PLAIN, 1 REMUS, 2 COLO).
     ``heartbeat`` is libxc's 1 s select timeout after the first checkpoint (legacy only).
+    ``timeout`` is the stall bound everywhere else (``None``: a :class:`ByteSource`'s own
+    ``timeout``, else none): no byte for that long fails the restore with a
+    :class:`~xlpy.errors.StreamTimeout`.
     A v2 generation reads bare libxc, libxl and ``xl save`` v2 streams and refuses a
     legacy one (convert it first).
     Stream problems are reported in the result (``ok``, ``rc``, ``messages``,
     ``error``), never raised; a bad argument raises :class:`~xlpy.errors.UsageError`.
     """
     src = source if isinstance(source, ByteSource) else ByteSource(source)
+    if timeout is not None:
+        src.timeout = timeout
     request = ReceiveRequest(
         generation=generation,
         out=Path(out),
         toolstack=toolstack,
         checkpointed=checkpointed,
         heartbeat=heartbeat,
+        timeout=src.timeout,
         progress=progress,
         guest=guest,
         width=width,

@@ -12,6 +12,9 @@ effect, and what libxc logs.
   it has one (this object is the reader's :class:`~xlpy.stream.legacy.reader.PageSink`);
   the effect is the same as reading the batch and then writing it.
 * After the first tail ("completed") every read waits at most ``heartbeat`` seconds.
+  Before it libxc has no heartbeat (a stall inside checkpoint 1 blocks it forever), so
+  there, and for what the toolstack reads after libxc, the caller's stall bound
+  (``request.timeout``) applies, if any: a stall then is a failed restore.
   Unless ``last_checkpoint`` is set, later checkpoints are buffered whole (body + tail)
   and applied only when complete; any read failure commits the last complete one
   (R-fix44: destroys the domain instead).
@@ -392,7 +395,7 @@ class Restore:
                 break
             self.tailbuf = tail
             self._tail_complete()
-        self.source.timeout = None
+        self.source.timeout = self.request.timeout
         self._finish()
 
     def _tail_complete(self) -> None:
@@ -729,7 +732,7 @@ class Restore:
             raise _ReadFailed(e) from None
         if sig == F.QEMU_SIG_TO_EOF:
             # compat_buffer_qemu: a plain blocking read() loop, no heartbeat (§8.1).
-            saved, src.timeout = src.timeout, None
+            saved, src.timeout = src.timeout, self.request.timeout
             try:
                 data = src.read_to_eof(field="qemu.data")
             finally:

@@ -50,6 +50,7 @@ def forward_first_checkpoint(
     guest: str | None = None,
     width: int | None = None,
     stop_fd: int | None = None,
+    timeout: float | None = None,
 ) -> Forwarded:
     """Copy the first checkpoint's libxc image from ``source_fd`` to ``sink_fd``, then
     close ``sink_fd``.
@@ -58,10 +59,11 @@ def forward_first_checkpoint(
     (upstream; XenServer-classic's patched libxc does not).  Stream errors propagate
     (as :class:`~xlpy.errors.StreamError`) after ``sink_fd`` is closed, so libxc sees
     the image end where the input went wrong.  ``stop_fd`` becoming readable stops the
-    copy before the next read of ``source_fd``.
+    copy before the next read of ``source_fd``.  ``timeout`` is the stall bound on
+    ``source_fd`` (:class:`~xlpy.errors.StreamTimeout` at the input's offset).
     """
-    tap = Tap(source_fd, stop_fd)
-    src = ByteSource(tap)
+    tap = Tap(source_fd, stop_fd, timeout)
+    src = ByteSource(tap, timeout=timeout)
     reader = LegacyReader(src, guest=guest, width=width)
     forwarded = 0
 
@@ -117,6 +119,7 @@ class Forwarder:
         libxc_reads_qemu: bool = True,
         guest: str | None = None,
         width: int | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.read_fd, write_fd = os.pipe()
         self._stop_r, self._stop_w = os.pipe()
@@ -132,6 +135,7 @@ class Forwarder:
                     guest=guest,
                     width=width,
                     stop_fd=self._stop_r,
+                    timeout=timeout,
                 )
             except BaseException as e:  # re-raised in result(), in the caller's thread
                 self._error = e

@@ -8,9 +8,13 @@ ahead.  A raw ``read`` returns what is available, so look-ahead never blocks
 waiting for bytes beyond those asked for (a peer that keeps the connection
 open and silent does not hang a reader that has all it needs).
 
-``timeout`` models libxc's heartbeat: when set, every raw read first waits at
-most that many seconds for the descriptor to become readable and raises
-:class:`~xlpy.errors.StreamTimeout` otherwise.
+``timeout`` is the stall bound: when set, every raw read and every kernel move first
+waits at most that many seconds for the descriptor to become readable and raises
+:class:`~xlpy.errors.StreamTimeout` (at the offset reached, naming the field being read)
+otherwise.  A caller's ``--timeout`` sets it; the legacy receiver sets it to libxc's
+heartbeat after the first checkpoint.  A raw reader without a descriptor (a
+:class:`~xlpy.stream.tap.Tap`, given the same ``timeout``) bounds its own wait and raises
+``TimeoutError``, which becomes the same :class:`~xlpy.errors.StreamTimeout`.
 
 Bulk data that the caller never looks at (page data inspect only counts, pages a
 receiver writes into a memory file) can stay in the kernel: :meth:`ByteSource.skip`
@@ -169,6 +173,9 @@ class ByteSource:
         self._eof = False
         self.offset = start_offset
         self.timeout = timeout
+        #: Absolute offset of the next byte to arrive (look-ahead and partial reads
+        #: included): where a stalled sender stopped.
+        self._arrived = start_offset
 
     # -- raw access -----------------------------------------------------------
 
@@ -192,11 +199,16 @@ class ByteSource:
                 continue
             if r:
                 return
-            raise StreamTimeout(
-                f"no data within {timeout:g} s (heartbeat)",
-                offset=self.offset,
-                field=field,
-            )
+            raise self._stalled(field)
+
+    def _stalled(self, field: str) -> StreamTimeout:
+        """The stall error: at the element being read, saying where the bytes stopped."""
+        within = "" if self.timeout is None else f" within {self.timeout:g} s"
+        return StreamTimeout(
+            f"no byte{within} after byte {self._arrived}: the sender stalled",
+            offset=self.offset,
+            field=field,
+        )
 
     def _raw_readinto(self, mv: memoryview, field: str) -> int:
         """One raw read; 0 means EOF.  Honours the heartbeat and O_NONBLOCK."""
@@ -209,9 +221,12 @@ class ByteSource:
                 continue
             except BlockingIOError:
                 n = None
+            except TimeoutError:  # a raw reader that bounds its own wait (a Tap)
+                raise self._stalled(field) from None
             if n is None:  # non-blocking descriptor with nothing to read yet
                 self._wait_readable(self.timeout, field)
                 continue
+            self._arrived += n
             return n
 
     # -- buffered access --------------------------------------------------------
@@ -436,6 +451,7 @@ class ByteSource:
             if not self._eof:
                 at = None if out_off is None else out_off + done
                 n = self._kernel_move(out_fd, null, at, length - done, field)
+                self._arrived += n or 0
             if n is None and not self._eof:
                 if scratch is None:
                     scratch = bytearray(min(length - done, MOVE_STEP))

@@ -37,6 +37,9 @@ class ReceiveRequest:
     checkpointed: int | None = None
     #: libxc's heartbeat after the first checkpoint (``HEARTBEAT_MS`` = 1 s).
     heartbeat: float = 1.0
+    #: The caller's stall bound wherever the heartbeat does not apply (before the first
+    #: checkpoint, after libxc): seconds without a byte; ``None`` waits.
+    timeout: float | None = None
     progress: ProgressFn | None = None
     #: Overrides of the reader's detection (libxc learns both from its caller).
     guest: str | None = None
