@@ -11,6 +11,7 @@ import contextlib
 import json
 import re
 import sys
+import syslog
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +46,46 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+class ToolLog:
+    """Messages as Xen's migration tools (``convert-legacy-stream``, ``verify-stream-v2``)
+    route them: to stderr (``to_stdout``: stdout), or with ``use_syslog`` to syslog instead
+    (as ``name`` with a dash, with the pid); :meth:`info` only when ``verbose``.  Errors go
+    to syslog only: the caller prints them on stderr either way, as Xen's tools do."""
+
+    def __init__(
+        self, name: str, *, verbose: bool, use_syslog: bool, to_stdout: bool = False
+    ) -> None:
+        self.name = name
+        self.verbose = verbose
+        self.syslog = use_syslog
+        self.to_stdout = to_stdout
+        if use_syslog:
+            syslog.openlog(name.replace(" ", "-"), syslog.LOG_PID)
+
+    def emit(self, priority: int, message: str) -> None:
+        """``message`` to syslog at ``priority`` (line by line) or to the stream."""
+        if self.syslog:
+            for line in message.splitlines():
+                syslog.syslog(priority, line)
+        else:
+            print(message, file=sys.stdout if self.to_stdout else sys.stderr)
+
+    def info(self, message: str) -> None:
+        """A summary line, shown with ``-v`` only."""
+        if self.verbose:
+            self.emit(syslog.LOG_INFO, message)
+
+    def warning(self, message: str) -> None:
+        """A warning, always shown."""
+        self.emit(syslog.LOG_WARNING, f"{self.name}: warning: {message}")
+
+    def error(self, message: str) -> None:
+        """An error's syslog copy (with ``--syslog``; its stderr line is the caller's)."""
+        if self.syslog:
+            for line in message.splitlines():
+                syslog.syslog(syslog.LOG_ERR, line)
+
+
 def command_parser(
     subparsers: Any, name: str, doc: str | None, help: str, **kwargs: Any
 ) -> argparse.ArgumentParser:
@@ -57,17 +98,29 @@ def command_parser(
     return parser
 
 
-def add_source(parser: argparse.ArgumentParser, metavar: str) -> None:
-    """The SOURCE positional (``args.source``), as :func:`opened_source` takes it."""
-    parser.add_argument("source", metavar=metavar, help="stream file, '-' for stdin, or fd:N")
+def add_source(
+    parser: argparse._ActionsContainer,
+    metavar: str,
+    *,
+    optional: bool = False,
+) -> None:
+    """The SOURCE positional (``args.source``), as :func:`opened_source` takes it;
+    ``optional``: it may be left out (``args.source`` is then ``None``: stdin)."""
+    parser.add_argument(
+        "source",
+        nargs="?" if optional else None,
+        metavar=metavar,
+        help="stream file, '-' for stdin, or fd:N" + (" (default: stdin)" if optional else ""),
+    )
 
 
 @contextlib.contextmanager
-def opened_source(spec: str) -> Iterator[ByteSource]:
-    """SOURCE (a path, ``-`` or ``fd:N``) open for the block, a path closed after it; one
+def opened_source(spec: str, *, fd_numbers: bool = False) -> Iterator[ByteSource]:
+    """SOURCE (a path, ``-`` or ``fd:N``; with ``fd_numbers`` also a bare descriptor
+    number, as Xen's tools take ``-i``) open for the block, a path closed after it; one
     that cannot be opened is a :class:`~xlpy.errors.UsageError`."""
     try:
-        source, owned = open_source(spec)
+        source, owned = open_source(spec, fd_numbers=fd_numbers)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot open {spec}: {e}") from None
     try:

@@ -34,12 +34,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import syslog
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import xlpy
-from xlpy.cli.common import width_arg
+from xlpy.cli.common import ToolLog, width_arg
 from xlpy.cli.progress import Progress, make_progress
 from xlpy.errors import StreamError, UsageError, XlpyError
 from xlpy.outfile import fd_number, fd_spec, open_output
@@ -158,35 +157,6 @@ def add_parser(subparsers: Any) -> None:
     )
 
 
-class _Log:
-    """Messages as Xen's tool routes them: to syslog instead of stderr with ``--syslog``;
-    errors are also printed on stderr (by :func:`xlpy.cli.main`) either way."""
-
-    def __init__(self, verbose: bool, use_syslog: bool) -> None:
-        self.verbose = verbose
-        self.syslog = use_syslog
-        if use_syslog:
-            syslog.openlog("xlpy-convert", syslog.LOG_PID)
-
-    def _emit(self, priority: int, message: str) -> None:
-        if self.syslog:
-            for line in message.splitlines():
-                syslog.syslog(priority, line)
-        else:
-            print(message, file=sys.stderr)
-
-    def info(self, message: str) -> None:
-        if self.verbose:
-            self._emit(syslog.LOG_INFO, message)
-
-    def warning(self, message: str) -> None:
-        self._emit(syslog.LOG_WARNING, f"xlpy convert: warning: {message}")
-
-    def error(self, message: str) -> None:
-        if self.syslog:
-            syslog.syslog(syslog.LOG_ERR, message)
-
-
 def _open_input(text: str) -> tuple[ByteSource, BinaryIO | None]:
     try:
         return open_source(text, fd_numbers=True)
@@ -231,7 +201,7 @@ def _is_xenopsd(source: ByteSource) -> bool:
     return xenopsd.is_xenopsd(source.peek(xenopsd.SIGNATURE_SIZE))
 
 
-def _xenopsd_upgrade(args: argparse.Namespace, source: ByteSource, log: _Log) -> None:
+def _xenopsd_upgrade(args: argparse.Namespace, source: ByteSource, log: ToolLog) -> None:
     """A xenopsd image in: the structured image with a v2 Libxc record out."""
     from xlpy.stream.xenopsd_convert import upgrade
 
@@ -246,7 +216,7 @@ def _xenopsd_upgrade(args: argparse.Namespace, source: ByteSource, log: _Log) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    log = _Log(args.verbose, args.syslog)
+    log = ToolLog("xlpy convert", verbose=args.verbose, use_syslog=args.syslog)
     source, owned = _open_input(args.fin)
     progress: Any = None
     try:
