@@ -91,11 +91,31 @@ def command_parser(
 ) -> argparse.ArgumentParser:
     """Sub-command ``name``'s parser: ``help`` in ``xlpy --help``, the first line of its
     module's ``doc`` as its description (``kwargs``: more of ``add_parser``'s)."""
-    description = doc.splitlines()[0] if doc else None
+    description = plain_text(doc.splitlines()[0]) if doc else None
     parser: argparse.ArgumentParser = subparsers.add_parser(
         name, help=help, description=description, **kwargs
     )
     return parser
+
+
+_LITERAL = re.compile(r"``(.+?)``")
+_ROLE = re.compile(r":[a-z:]+:`(~?)([^`]+)`")
+
+
+def plain_text(rest: str) -> str:
+    """reST inline markup as the text a terminal shows: ``xlpy gen`` without its
+    backquotes, a lone punctuation literal (``-``) in single quotes so that it does
+    not read as a dash, a :mod:/:class:/... role as its target (``~``: the last name)."""
+
+    def literal(m: re.Match[str]) -> str:
+        text = m.group(1)
+        return text if any(c.isalnum() for c in text) else f"'{text}'"
+
+    def role(m: re.Match[str]) -> str:
+        target = m.group(2)
+        return target.rsplit(".", 1)[-1] if m.group(1) else target
+
+    return _ROLE.sub(role, _LITERAL.sub(literal, rest))
 
 
 def add_source(

@@ -147,10 +147,16 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--sender", choices=SENDERS, help="--to legacy: the sender to imitate")
     p.add_argument(
-        "--toolstack", choices=TOOLSTACKS, default="bare", help="--to legacy: the framing"
+        "--toolstack",
+        choices=TOOLSTACKS,
+        default="bare",
+        help="--to legacy: the framing (default: bare)",
     )
     p.add_argument(
-        "--trailer", choices=TRAILERS, default="eof", help="--to legacy: bytes after the image"
+        "--trailer",
+        choices=TRAILERS,
+        default="eof",
+        help="--to legacy: bytes after the image (default: eof)",
     )
     p.add_argument(
         "--progress-fd", type=int, metavar="N", help="write progress as JSON lines to fd N"
