@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import socket
 import tempfile
+import textwrap
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -76,6 +78,15 @@ V2_SENDER = "xen-4.6"
 V2_RECEIVER = "xen-4.17"
 
 CODES = ("OK0", "OK1", "EAT", "DIE", "DIE44", "R-OK", "R-EARLY", "R-DIE44")
+#: The legend's lines are wrapped to this width.
+LEGEND_COLUMNS = 88
+#: What the classifier says when a cell does none of the spec's things (only ever seen
+#: on a mismatch); ``BADMEM`` follows a code after ``/``.
+CLASSIFIER_CODES = {
+    "R-ATn": "the backup committed checkpoint n: neither the first nor the last complete one",
+    "FAILED": "the receiver returned 0 without completing the restore",
+    "BADMEM": "(after /) the restored memory is not the sender's guest",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,10 +191,20 @@ class CellResult(Generic[CellT]):
         return {**cell, "observed": self.observed, "messages": self.messages}
 
 
+def outcome_doc(name: str) -> dict[str, Any]:
+    """An expected table, ``xlpy/data/<name>``: its cells and what their codes mean."""
+    doc: dict[str, Any] = json.loads(resources.files("xlpy").joinpath(f"data/{name}").read_text())
+    return doc
+
+
+def code_meanings() -> dict[str, str]:
+    """What each code of the matrix means: the spec's (``outcomes.json``), the classifier's."""
+    return {**outcome_doc("outcomes.json")["codes"], **CLASSIFIER_CODES}
+
+
 def load_cells() -> list[Cell]:
     """The expected table (``xlpy/data/outcomes.json``)."""
-    text = resources.files("xlpy").joinpath("data/outcomes.json").read_text()
-    doc = json.loads(text)
+    doc = outcome_doc("outcomes.json")
     return [
         Cell(
             sender=c["sender"],
@@ -406,6 +427,27 @@ def run_matrix(
     with tempfile.TemporaryDirectory(prefix="xlpy-repro-") as tmp:
         for cell in cells:
             yield run_cell(cell, Path(tmp), heartbeat)
+
+
+def legend(results: Iterable[CellResult[Any]], meanings: dict[str, str]) -> str:
+    """The codes a table of ``results`` shows, expected or observed, each with its meaning
+    (in ``meanings``' order)."""
+    shown: set[str] = set()
+    for r in results:
+        shown.add(r.cell.expected)
+        shown.update(re.sub(r"^R-AT\d+$", "R-ATn", code) for code in r.observed.split("/"))
+    width = max(map(len, meanings))
+    rows = [
+        textwrap.fill(
+            text,
+            LEGEND_COLUMNS,
+            initial_indent=f"  {code:<{width}}  ",
+            subsequent_indent=" " * (width + 4),
+        )
+        for code, text in meanings.items()
+        if code in shown
+    ]
+    return "\n".join(["codes:", *rows])
 
 
 def render(results: list[CellResult[Cell]]) -> str:

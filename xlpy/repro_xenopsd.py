@@ -17,7 +17,6 @@ Then the rest of the image is read as xenopsd does.  The expected codes are data
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import tempfile
@@ -25,13 +24,12 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from io import BytesIO
 from pathlib import Path
 
 from xlpy.errors import StreamError, UsageError
+from xlpy.repro import CLASSIFIER_CODES, CellResult, _memory_ok, _spec, outcome_doc, terms_match
 from xlpy.repro import Cell as MatrixCell
-from xlpy.repro import CellResult, _memory_ok, _spec, terms_match
 from xlpy.stream import xenopsd as X
 from xlpy.stream.legacy.senders import SenderProfile
 from xlpy.stream.xenopsd_gen import generate_image
@@ -41,6 +39,11 @@ IMAGES = ("legacy", "libxc-legacy", "libxc")
 HANDOFFS = ("in-place", "xlpy")
 RECEIVERS = ("xen-4.3.1", "xen-4.3.2", "xen-4.17")
 CODES = ("OK", "EAT", "DIE", "REFUSED")
+#: What :func:`run_cell` says beyond the expected codes (only ever seen on a mismatch).
+RUN_CODES = {
+    "BROKEN": "the next header is broken although the receiver read nothing past its record",
+    "BADMEM": CLASSIFIER_CODES["BADMEM"],
+}
 SENDER = "xen-4.0"
 #: The record after the libxc one in structured images (its header is what gets eaten).
 VARSTORED_SIZE = 64
@@ -68,10 +71,14 @@ class Cell:
         return terms_match(coords, set(coords.values()), terms)
 
 
+def code_meanings() -> dict[str, str]:
+    """What each code of these rows means (``xenopsd_outcomes.json``, then :data:`RUN_CODES`)."""
+    return {**outcome_doc("xenopsd_outcomes.json")["codes"], **RUN_CODES}
+
+
 def load_cells() -> list[Cell]:
     """The expected table (``xlpy/data/xenopsd_outcomes.json``)."""
-    text = resources.files("xlpy").joinpath("data/xenopsd_outcomes.json").read_text()
-    return [Cell(**c) for c in json.loads(text)["cells"]]
+    return [Cell(**c) for c in outcome_doc("xenopsd_outcomes.json")["cells"]]
 
 
 @lru_cache(maxsize=8)

@@ -17,13 +17,15 @@ import importlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import ModuleType
+from typing import Any
 
+import xlpy
 from xlpy.errors import UsageError, XenUnavailable, XlpyError
 
 #: Sub-command modules, in the order ``xlpy --help`` lists them.
-COMMANDS = ["gen", "inspect", "verify", "restore", "abi", "repro", "convert", "libxc"]
+COMMANDS = ["gen", "inspect", "verify", "restore", "abi", "repro", "convert", "libxc", "help"]
 
 EXIT_OK = 0
 EXIT_STREAM = 1
@@ -37,6 +39,16 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # argparse hands a sub-command's unknown words up to the top-level parser, which
+        # would print ``usage: xlpy [-h] COMMAND``; the parser that owns them reports them.
+        ns, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns, extra
+
 
 def build_parser(
     only: str | None = None,
@@ -47,21 +59,39 @@ def build_parser(
     one being run so that start-up stays short (``inspect`` is benchmarked
     against ``cat``).
     """
+    parser, _, mods = _parsers(only)
+    return parser, mods
+
+
+def help_text(command: str | None = None) -> str:
+    """What ``xlpy --help`` prints, or ``xlpy COMMAND --help`` for ``command``."""
+    parser, sub, _ = _parsers(command)
+    return (parser if command is None else sub.choices[command]).format_help()
+
+
+def _parsers(
+    only: str | None,
+) -> tuple[argparse.ArgumentParser, Any, dict[str, ModuleType]]:
+    """:func:`build_parser`'s parser, its sub-command action and the modules loaded."""
     parser = _Parser(
         prog="xlpy",
         description="Xen save/restore and migration streams for Python toolstacks: "
         "generate, inspect, convert and verify streams, restore them into a simulated "
         "domain or through libxenguest, and replay the LAST_CHECKPOINT outcome matrix.",
-        epilog="Exit codes: 0 ok, 1 stream error or failed restore, 2 usage or program error.",
+        epilog="Exit codes: 0 ok, 1 stream error or failed restore, 2 usage or program error. "
+        "'xlpy help COMMAND' or 'xlpy COMMAND --help' explains a command.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {xlpy.__version__}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser, help="the command to run"
+    )
     sub.required = True
     mods: dict[str, ModuleType] = {}
     for name in COMMANDS if only is None else [only]:
         mod = importlib.import_module(f"xlpy.cli.{name}")
         mod.add_parser(sub)
         mods[name] = mod
-    return parser, mods
+    return parser, sub, mods
 
 
 class Interrupted(KeyboardInterrupt):

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sys
+import syslog
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,30 +76,106 @@ def add_timeout(parser: argparse.ArgumentParser, help: str = TIMEOUT_HELP) -> No
     parser.add_argument("--timeout", type=seconds_arg, metavar="SECONDS", help=help)
 
 
+class ToolLog:
+    """Messages as Xen's migration tools (``convert-legacy-stream``, ``verify-stream-v2``)
+    route them: to stderr (``to_stdout``: stdout), or with ``use_syslog`` to syslog instead
+    (as ``name`` with a dash, with the pid); :meth:`info` only when ``verbose``.  Errors go
+    to syslog only: the caller prints them on stderr either way, as Xen's tools do."""
+
+    def __init__(
+        self, name: str, *, verbose: bool, use_syslog: bool, to_stdout: bool = False
+    ) -> None:
+        self.name = name
+        self.verbose = verbose
+        self.syslog = use_syslog
+        self.to_stdout = to_stdout
+        if use_syslog:
+            syslog.openlog(name.replace(" ", "-"), syslog.LOG_PID)
+
+    def emit(self, priority: int, message: str) -> None:
+        """``message`` to syslog at ``priority`` (line by line) or to the stream."""
+        if self.syslog:
+            for line in message.splitlines():
+                syslog.syslog(priority, line)
+        elif self.to_stdout:
+            write_stdout(message)
+        else:
+            print(message, file=sys.stderr)
+
+    def info(self, message: str) -> None:
+        """A summary line, shown with ``-v`` only."""
+        if self.verbose:
+            self.emit(syslog.LOG_INFO, message)
+
+    def warning(self, message: str) -> None:
+        """A warning, always shown."""
+        self.emit(syslog.LOG_WARNING, f"{self.name}: warning: {message}")
+
+    def error(self, message: str) -> None:
+        """An error's syslog copy (with ``--syslog``; its stderr line is the caller's)."""
+        if self.syslog:
+            for line in message.splitlines():
+                syslog.syslog(syslog.LOG_ERR, line)
+
+
 def command_parser(
     subparsers: Any, name: str, doc: str | None, help: str, **kwargs: Any
 ) -> argparse.ArgumentParser:
     """Sub-command ``name``'s parser: ``help`` in ``xlpy --help``, the first line of its
     module's ``doc`` as its description (``kwargs``: more of ``add_parser``'s)."""
-    description = doc.splitlines()[0] if doc else None
+    description = plain_text(doc.splitlines()[0]) if doc else None
     parser: argparse.ArgumentParser = subparsers.add_parser(
         name, help=help, description=description, **kwargs
     )
     return parser
 
 
-def add_source(parser: argparse.ArgumentParser, metavar: str) -> None:
-    """The SOURCE positional (``args.source``), as :func:`opened_source` takes it."""
-    parser.add_argument("source", metavar=metavar, help="stream file, '-' for stdin, or fd:N")
+_LITERAL = re.compile(r"``(.+?)``")
+_ROLE = re.compile(r":[a-z:]+:`(~?)([^`]+)`")
+
+
+def plain_text(rest: str) -> str:
+    """reST inline markup as the text a terminal shows: ``xlpy gen`` without its
+    backquotes, a lone punctuation literal (``-``) in single quotes so that it does
+    not read as a dash, a :mod:/:class:/... role as its target (``~``: the last name)."""
+
+    def literal(m: re.Match[str]) -> str:
+        text = m.group(1)
+        return text if any(c.isalnum() for c in text) else f"'{text}'"
+
+    def role(m: re.Match[str]) -> str:
+        target = m.group(2)
+        return target.rsplit(".", 1)[-1] if m.group(1) else target
+
+    return _ROLE.sub(role, _LITERAL.sub(literal, rest))
+
+
+def add_source(
+    parser: argparse._ActionsContainer,
+    metavar: str,
+    *,
+    optional: bool = False,
+) -> None:
+    """The SOURCE positional (``args.source``), as :func:`opened_source` takes it;
+    ``optional``: it may be left out (``args.source`` is then ``None``: stdin)."""
+    parser.add_argument(
+        "source",
+        nargs="?" if optional else None,
+        metavar=metavar,
+        help="stream file, '-' for stdin, or fd:N" + (" (default: stdin)" if optional else ""),
+    )
 
 
 @contextlib.contextmanager
-def opened_source(spec: str, timeout: float | None = None) -> Iterator[ByteSource]:
-    """SOURCE (a path, ``-`` or ``fd:N``) open for the block, a path closed after it; one
+def opened_source(
+    spec: str, timeout: float | None = None, *, fd_numbers: bool = False
+) -> Iterator[ByteSource]:
+    """SOURCE (a path, ``-`` or ``fd:N``; with ``fd_numbers`` also a bare descriptor
+    number, as Xen's tools take ``-i``) open for the block, a path closed after it; one
     that cannot be opened is a :class:`~xlpy.errors.UsageError`.  ``timeout``: the
     source's stall bound (``--timeout``)."""
     try:
-        source, owned = open_source(spec, timeout=timeout)
+        source, owned = open_source(spec, fd_numbers=fd_numbers, timeout=timeout)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot open {spec}: {e}") from None
     try:

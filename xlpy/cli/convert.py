@@ -34,12 +34,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import syslog
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import xlpy
-from xlpy.cli.common import add_timeout, width_arg
+from xlpy.cli.common import ToolLog, add_timeout, width_arg
 from xlpy.cli.progress import Progress, make_progress
 from xlpy.errors import StreamError, UsageError, XlpyError
 from xlpy.outfile import fd_number, fd_spec, open_output
@@ -150,44 +149,21 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--sender", choices=SENDERS, help="--to legacy: the sender to imitate")
     p.add_argument(
-        "--toolstack", choices=TOOLSTACKS, default="bare", help="--to legacy: the framing"
+        "--toolstack",
+        choices=TOOLSTACKS,
+        default="bare",
+        help="--to legacy: the framing (default: bare)",
     )
     p.add_argument(
-        "--trailer", choices=TRAILERS, default="eof", help="--to legacy: bytes after the image"
+        "--trailer",
+        choices=TRAILERS,
+        default="eof",
+        help="--to legacy: bytes after the image (default: eof)",
     )
     p.add_argument(
         "--progress-fd", type=int, metavar="N", help="write progress as JSON lines to fd N"
     )
     add_timeout(p)
-
-
-class _Log:
-    """Messages as Xen's tool routes them: to syslog instead of stderr with ``--syslog``;
-    errors are also printed on stderr (by :func:`xlpy.cli.main`) either way."""
-
-    def __init__(self, verbose: bool, use_syslog: bool) -> None:
-        self.verbose = verbose
-        self.syslog = use_syslog
-        if use_syslog:
-            syslog.openlog("xlpy-convert", syslog.LOG_PID)
-
-    def _emit(self, priority: int, message: str) -> None:
-        if self.syslog:
-            for line in message.splitlines():
-                syslog.syslog(priority, line)
-        else:
-            print(message, file=sys.stderr)
-
-    def info(self, message: str) -> None:
-        if self.verbose:
-            self._emit(syslog.LOG_INFO, message)
-
-    def warning(self, message: str) -> None:
-        self._emit(syslog.LOG_WARNING, f"xlpy convert: warning: {message}")
-
-    def error(self, message: str) -> None:
-        if self.syslog:
-            syslog.syslog(syslog.LOG_ERR, message)
 
 
 def _open_input(text: str, timeout: float | None) -> tuple[ByteSource, BinaryIO | None]:
@@ -234,7 +210,7 @@ def _is_xenopsd(source: ByteSource) -> bool:
     return xenopsd.is_xenopsd(source.peek(xenopsd.SIGNATURE_SIZE))
 
 
-def _xenopsd_upgrade(args: argparse.Namespace, source: ByteSource, log: _Log) -> None:
+def _xenopsd_upgrade(args: argparse.Namespace, source: ByteSource, log: ToolLog) -> None:
     """A xenopsd image in: the structured image with a v2 Libxc record out."""
     from xlpy.stream.xenopsd_convert import upgrade
 
@@ -249,7 +225,7 @@ def _xenopsd_upgrade(args: argparse.Namespace, source: ByteSource, log: _Log) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    log = _Log(args.verbose, args.syslog)
+    log = ToolLog("xlpy convert", verbose=args.verbose, use_syslog=args.syslog)
     source, owned = _open_input(args.fin, args.timeout)
     progress: Any = None
     try:

@@ -35,20 +35,29 @@ _EXTRA_FLAGS = {"demu": X.DEMU, "varstored": X.VARSTORED, "swtpm": X.SWTPM}
 
 def add_parser(subparsers: Any) -> None:
     p = command_parser(subparsers, "gen", __doc__, "generate a legacy stream from a sender profile")
-    p.add_argument("--guest", choices=["pv", "hvm"], required=True)
+    p.add_argument(
+        "--guest", choices=["pv", "hvm"], required=True, help="guest type: pv or hvm (required)"
+    )
     p.add_argument(
         "--guest-width", type=width_arg, default=8, help="PV guest width: 32 or 64 (default 64)"
     )
     p.add_argument(
         "--width", type=width_arg, default=8, help="toolstack width W: 64 (default) or 32"
     )
-    p.add_argument("--sender", choices=SENDERS, required=True)
+    p.add_argument(
+        "--sender",
+        choices=SENDERS,
+        required=True,
+        help="the Xen release whose libxc sends the stream (required); xen-4.0 writes no "
+        "LAST_CHECKPOINT, xen-4.1 and later do",
+    )
     p.add_argument(
         "--toolstack",
         choices=TOOLSTACKS + KINDS,
         default="bare",
-        help="framing; xenopsd: a structured XenSavedDomv2 image, xenopsd-legacy: a "
-        "XenSavedDomain one",
+        help="framing around libxc's image: bare (none), the xend, xl or XenServer-classic "
+        "toolstack's; xenopsd: a structured XenSavedDomv2 image, xenopsd-legacy: a "
+        "XenSavedDomain one (default: bare)",
     )
     p.add_argument(
         "--libxc",
@@ -60,12 +69,20 @@ def add_parser(subparsers: Any) -> None:
         p.add_argument(
             f"--{flag}", type=size_arg, metavar="SIZE", help=f"xenopsd: add a {flag} record"
         )
-    p.add_argument("--mode", choices=MODES, default="plain")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="plain",
+        help="plain: one image (save, migrate); remus: a stream of checkpoints (default: plain)",
+    )
     p.add_argument(
         "--checkpoints", type=int, help="Remus checkpoints (default 3; plain: exactly 1)"
     )
     p.add_argument(
-        "--dirty", type=float, default=0.2, help="fraction of pages each checkpoint rewrites"
+        "--dirty",
+        type=float,
+        default=0.2,
+        help="fraction of pages each checkpoint rewrites (default: 0.2)",
     )
     p.add_argument("--compress", action="store_true", help="Remus checkpoint compression")
     p.add_argument(
@@ -73,10 +90,11 @@ def add_parser(subparsers: Any) -> None:
         choices=TRAILERS,
         default="eof",
         help="eof: the stream ends after the image; foreign: then xl's handshake text "
-        "'domain is yours, you are cleared to unpause\\0', which libxc never reads",
+        "'domain is yours, you are cleared to unpause\\0', which libxc never reads "
+        "(default: eof)",
     )
     p.add_argument("--memory", type=size_arg, required=True, help="guest memory, e.g. 64M, 1G")
-    p.add_argument("--vcpus", type=int, default=2)
+    p.add_argument("--vcpus", type=int, default=2, help="guest vcpus (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="guest content seed (default 0)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file or '-'")
 

@@ -23,7 +23,9 @@ def add_parser(subparsers: Any) -> None:
     p = command_parser(
         subparsers, "libxc", __doc__, "build and list real libxc releases for --backend fakexen"
     )
-    sub = p.add_subparsers(dest="libxc_command", metavar="ACTION", required=True)
+    sub = p.add_subparsers(
+        dest="libxc_command", metavar="ACTION", required=True, help="build or list"
+    )
     b = sub.add_parser("build", help="build releases (cached by source hash)")
     b.add_argument(
         "releases",

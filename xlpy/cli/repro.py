@@ -18,6 +18,8 @@ from xlpy.repro import (
     DEFAULT_HEARTBEAT,
     CellResult,
     MatrixCell,
+    code_meanings,
+    legend,
     load_cells,
     render,
     run_matrix,
@@ -58,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if args.xenopsd:
         from xlpy import repro_xenopsd as RX
 
-        return _report(args, RX.run_matrix(_selected(RX.load_cells(), args.only)), RX.render)
+        results = RX.run_matrix(_selected(RX.load_cells(), args.only))
+        return _report(args, results, RX.render, RX.code_meanings())
     cells = _selected(load_cells(), args.only)
-    return _report(args, run_matrix(cells, heartbeat=args.heartbeat), render)
+    return _report(args, run_matrix(cells, heartbeat=args.heartbeat), render, code_meanings())
 
 
 class _Selectable(Protocol):
@@ -86,11 +89,13 @@ def _report(
     args: argparse.Namespace,
     results: Iterable[CellResult[_M]],
     render_fn: Callable[[list[CellResult[_M]]], str],
+    meanings: dict[str, str],
 ) -> int:
-    """Run the matrix, print it (``--json``: the cells as a list); exit 0 when all matched."""
+    """Run the matrix, print it and the legend of its codes (``meanings``; ``--json``: the
+    cells as a list, no legend); exit 0 when all matched."""
     done = list(results)
     if args.json:
         print_json([r.to_json() for r in done], indent=1)
     else:
-        write_stdout(render_fn(done))
+        write_stdout(f"{render_fn(done)}\n\n{legend(done, meanings)}")
     return 0 if all(r.ok for r in done) else 1

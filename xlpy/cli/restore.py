@@ -81,7 +81,8 @@ def add_parser(subparsers: Any) -> None:
         choices=backend_names(),
         default="sim",
         help="sim (simulated domain, --out), libxc (installed libxenguest, --domid) or "
-        "fakexen (a release's real libxc on the user-space Xen, --release, --out)",
+        "fakexen (a release's real libxc on the user-space Xen, --release, --out) "
+        "(default: sim)",
     )
     p.add_argument("--domid", type=int, metavar="N", help="libxc: the domain to restore into")
     p.add_argument(
