@@ -86,7 +86,10 @@ class SimBackend:
             # Framed: what the toolstack reads after libxc is the caller's, from ``rest``.
             toolstack=ts + CALLER_READS_AFTER if framed else ts,
             heartbeat=opts.heartbeat,
-            timeout=request.timeout,
+            # Framed, the receiver reads the forwarder's pipe, which stalls only when the
+            # input does: the forwarder's bound names the input's offset; a second bound
+            # on the pipe would race it and name the pipe's.
+            timeout=None if framed else request.timeout,
             progress=request.progress,
             guest=request.guest,
             width=request.width,
