@@ -41,6 +41,14 @@ test: lint typecheck unit
 fuzz: venv
 	$(PY) tests/fuzz/fuzz_reader.py -max_total_time=$${FUZZ_SECONDS:-60} $(FUZZ_ARGS)
 
+# xlpy(1), generated from the parser (the same page as `xlpy help --man`), written under
+# a temporary name so that a failed run leaves no half page.
+.PHONY: man
+man: venv
+	mkdir -p build/man
+	$(PY) -m xlpy help --man > build/man/xlpy.1.tmp
+	mv build/man/xlpy.1.tmp build/man/xlpy.1
+
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
 

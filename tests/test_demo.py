@@ -24,6 +24,11 @@ def test_demo_runs_every_step_and_checks_each_outcome(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "Max batch size exceeded (1970103633). Giving up." in out
-    assert out.count("\n  ok   ") == 4 and "FAIL" not in out
+    assert out.count("\n  as expected ") == 4 and "NOT as expected" not in out
+    # readable, not JSON: facts as name: value lines, "Qemu" spelled out as the number
+    assert '{"ok"' not in out and out.count("\nNotice: ") == 5
+    assert "= bytes 51 65 6d 75 = 'Qemu' (little-endian int32)" in out
+    assert "QEMU record signature:           b'QemuDeviceModelRecord\\n'" in out
+    assert "QEMU record length:              4096 bytes" in out
     assert (tmp_path / "out/demo/dom-remus/memory").exists()
     assert not (tmp_path / "out/demo/dom-4.3.1").exists()  # the EAT cell leaves no domain

@@ -54,7 +54,7 @@ def restore(
     * ``"colo-receive"`` (a COLO secondary, libxc 4.7+): COLO (2).
 
     The decision and its reason are logged on ``xlpy.toolstack``.  Safety rules for the
-    receiving release (legacy-stream.md §12):
+    receiving release (xlpy/docs/legacy-stream.md §12):
 
     * libxc 4.0-4.3.1 (no ``checkpointed_stream``): a plain restore/migrate is *framed*:
       xlpy reads the stream, gives libxc exactly the first checkpoint's image through a

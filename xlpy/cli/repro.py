@@ -1,4 +1,4 @@
-"""``xlpy repro``: run the LAST_CHECKPOINT outcome matrix (legacy-stream.md §12).
+"""``xlpy repro``: run the LAST_CHECKPOINT outcome matrix (xlpy/docs/legacy-stream.md §12).
 
 Each cell streams a generated sender's image through a socketpair into the reference
 receiver and compares the observed outcome code with the spec's.  Exit 0 when every
