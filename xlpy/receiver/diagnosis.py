@@ -41,10 +41,12 @@ class Facts:
 
     @property
     def gen(self) -> Generation:
+        """The receiving libxc release."""
         return generation(self.outcome.generation)
 
     @property
     def ts(self) -> Toolstack:
+        """The receiving toolstack."""
         return toolstack(self.outcome.toolstack)
 
     def error_is(self, message: str) -> StreamError | None:
