@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 from tests.helpers.legacy_streams import XENSERVER_QEMU, build, page, remus_checkpoints
 from tests.helpers.v2_streams import v2_stream
@@ -27,13 +28,13 @@ OLD_XENSERVER = build("hvm", PLAIN, qemu=None, trailer=XENSERVER_QEMU)
 IMAGE_END = len(OLD_XENSERVER) - len(XENSERVER_QEMU)
 
 
-def _run(tmp_path: Path, data: bytes, generation: str, **kw: object) -> Outcome:
+def _run(tmp_path: Path, data: bytes, generation: str, **kw: Any) -> Outcome:
     return restore(
         ByteSource(io.BytesIO(data)),
         generation=generation,
         out=tmp_path / "dom",
         heartbeat=0.1,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
