@@ -83,6 +83,10 @@ class RestoreResult:
         Why the receiving toolstack rejected what libxc restored (the EAT cell).
     ``messages``
         libxc's log lines (sim: rendered as libxc's stdio logger prints them).
+    ``diagnosis``
+        xlpy's explanation of the outcome, apart from libxc's lines: the cause and the
+        flag or operation that avoids it (sim: :mod:`xlpy.receiver.diagnosis`); one
+        paragraph a line, ``None`` when there is nothing to explain.
     ``committed_checkpoint``, ``checkpoints_complete``, ``bytes_past_image``
         Simulated backends: the 0-based index of the last checkpoint applied, the
         checkpoints received whole, and the bytes libxc consumed after the committed one
@@ -107,6 +111,7 @@ class RestoreResult:
     toolstack: str | None = None
     toolstack_error: str | None = None
     messages: tuple[str, ...] = ()
+    diagnosis: str | None = None
     rc: int | None = None
     committed_checkpoint: int | None = None
     checkpoints_complete: int | None = None
@@ -166,6 +171,7 @@ class RestoreResult:
             "store_mfn": self.store_mfn,
             "console_mfn": self.console_mfn,
             "messages": list(self.messages),
+            "diagnosis": self.diagnosis,
             "error": self.error_json(),
         }
 

@@ -16,6 +16,7 @@ from xlpy.backends import RestoreRequest, RestoreResult
 from xlpy.errors import XlpyError
 from xlpy.operation import Decision, StreamType
 from xlpy.receiver import restore as receiver_restore
+from xlpy.receiver.diagnosis import diagnose
 from xlpy.receiver.domains import Outcome
 from xlpy.receiver.generations import generation
 from xlpy.receiver.toolstacks import CALLER_READS_AFTER, DEFAULT_TOOLSTACK
@@ -113,6 +114,7 @@ def from_outcome(outcome: Outcome, decision: Decision | None) -> RestoreResult:
         toolstack=outcome.toolstack,
         toolstack_error=outcome.toolstack_error,
         messages=tuple(outcome.messages),
+        diagnosis=diagnose(outcome, framed=decision is not None and decision.framed),
         rc=outcome.rc,
         committed_checkpoint=outcome.committed_checkpoint,
         checkpoints_complete=outcome.checkpoints_complete,

@@ -28,6 +28,7 @@ import io
 import logging
 import shutil
 import sys
+import textwrap
 from typing import Any
 
 from xlpy.api import run as run_pipeline
@@ -204,6 +205,10 @@ def _request(args: argparse.Namespace, op: Operation | None, fd: int) -> Restore
     )
 
 
+#: Width of the diagnosis paragraphs on stderr (libxc's own lines are never wrapped).
+_WRAP = 88
+
+
 class _Unwritten(Exception):
     """Leave ``--rest-out`` unwritten (``open_output`` then removes its temporary file)."""
 
@@ -282,6 +287,22 @@ def _unrestored(args: argparse.Namespace, op: Operation | None, error: Exception
     )
 
 
+def _diagnosis(result: RestoreResult) -> None:
+    """xlpy's explanation, after libxc's lines: one wrapped paragraph per cause."""
+    for paragraph in (result.diagnosis or "").splitlines():
+        print(
+            textwrap.fill(
+                paragraph,
+                width=_WRAP,
+                initial_indent="xlpy restore: diagnosis: ",
+                subsequent_indent="  ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            ),
+            file=sys.stderr,
+        )
+
+
 def _report(args: argparse.Namespace, result: RestoreResult) -> int:
     if args.json:
         print_json(result.to_json())
@@ -298,7 +319,10 @@ def _report(args: argparse.Namespace, result: RestoreResult) -> int:
         why = result.toolstack_error or result.error or "restore failed"
         gone = "; domain destroyed" if sim else ""
         print(f"xlpy restore: failed ({why}){gone}", file=sys.stderr)
+        _diagnosis(result)
         return 1
+    if not args.quiet:
+        _diagnosis(result)
     if result.decision is None:
         write_stdout(
             f"restored {result.out}: checkpoint {result.committed_checkpoint} committed, "

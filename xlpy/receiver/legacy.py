@@ -47,7 +47,7 @@ from xlpy.receiver.generations import generation
 from xlpy.receiver.toolstacks import checkpointed_for, toolstack
 from xlpy.stream.legacy import fields as FLD
 from xlpy.stream.legacy import format as F
-from xlpy.stream.legacy import pvcontext
+from xlpy.stream.legacy import framing, pvcontext
 from xlpy.stream.legacy.compression import CheckpointDecoder
 from xlpy.stream.legacy.fields import Element, element
 from xlpy.stream.legacy.reader import LegacyReader, PagePlacement
@@ -251,7 +251,13 @@ class Restore:
         self.files: dict[str, bytes] = {}
         #: The QEMU record: read by libxc with the tail, or by the toolstack after it.
         self.qemu: QemuRecord | None = None
+        #: The first QEMU record's signature, where libxc or the toolstack read one.
+        self.qemu_seen: bytes | None = None
         self.stop_error: StreamError | None = None
+        #: ``log.lines`` when libxc began waiting for the next checkpoint, and how many
+        #: lines the read that ended that wait logged.
+        self._wait_started = 0
+        self.ending_lines = 0
         self._report = RunProgress(
             request.progress, lambda: (self.checkpoints_complete, self.pages, self.source.offset)
         )
@@ -298,8 +304,27 @@ class Restore:
             error=error,
             checkpoints_complete=self.checkpoints_complete,
             bytes_consumed=consumed,
+            image_end=self.image_end,
+            eaten=self._eaten(),
+            framing=framing.FRAMING_XENSERVER_CLASSIC
+            if self.qemu_seen == F.XENSERVER_QEMU_SIG
+            else self.reader.framing,
+            qemu_signature=self.qemu_seen,
+            ending_lines=self.ending_lines,
             **kw,
         )
+
+    def _eaten(self) -> bytes:
+        """The chunk header libxc gave up on right after its image (``Outcome.eaten``)."""
+        e = self.stop_error
+        if (
+            isinstance(e, StreamMalformed)
+            and e.field == FLD.CHUNK_HEADER
+            and e.offset == self.image_end
+            and e.value is not None
+        ):
+            return e.value.to_bytes(4, "little", signed=True)
+        return b""
 
     def _failed(self, *, rc: int, error: StreamError | None, **kw: Any) -> Outcome:
         self.domain.destroy()
@@ -325,6 +350,10 @@ class Restore:
         start = src.offset
         try:
             got = src.read_exact(len(sig), field="xenserver_qemu.signature")
+            # What libxc ate belongs in front: the record as its writer began it.
+            eaten = self._eaten()
+            past = self.libxc_consumed - (self.image_end or 0)
+            self._saw_qemu(eaten + got if past == len(eaten) else got)
             if got != sig:
                 return f"bad QEMU record signature {got!r} (expected {sig!r})"
             (n,) = struct.unpack(">I", src.read_exact(4, field="xenserver_qemu.length"))
@@ -380,6 +409,7 @@ class Restore:
                 break
             # Wait for the next checkpoint, buffering it completely.
             self._report("buffering", force=True)
+            self._wait_started = len(self.log.lines)
             self.reader.begin_checkpoint(self.checkpoints_complete, self.pb.compressing)
             try:
                 self._read_body()
@@ -405,6 +435,7 @@ class Restore:
 
     def _post_completion_failure(self, error: StreamError) -> None:
         self.stop_error = error
+        self.ending_lines = len(self.log.lines) - self._wait_started
         if self.gen.post_completion_fatal:
             raise _Out(error)
 
@@ -737,11 +768,13 @@ class Restore:
                 data = src.read_to_eof(field="qemu.data")
             finally:
                 src.timeout = saved
+            self._saw_qemu(sig + data[:1])
             if data[:4] != F.QEMU_MAGIC:
                 magic = int.from_bytes(data[:4].ljust(4, b"\0"), "little")
                 self.log.error(M.QEMU_MAGIC, magic=magic)
                 raise _ReadFailed(StreamMalformed("bad QEMU magic", offset=start, field="qemu"))
         elif sig in (F.QEMU_SIG_0002, F.QEMU_SIG_REMUS):
+            self._saw_qemu(sig)
             try:
                 raw = src.read_exact(4, field="qemu.length")
             except StreamError as e:
@@ -760,6 +793,11 @@ class Restore:
                 StreamMalformed("invalid QEMU signature", offset=start, field="qemu.signature")
             )
         return QemuRecord(offset=start, signature=sig, data=data)
+
+    def _saw_qemu(self, head: bytes) -> None:
+        """Note the first QEMU record's signature (the reader's test) from its first bytes."""
+        if self.qemu_seen is None:
+            self.qemu_seen = framing.qemu_signature(head)
 
     def _after_tail(self) -> None:
         """Params taken from the staged values once a tail is buffered (L1742-1756)."""

@@ -118,6 +118,9 @@ PT_BASE_RANGE = "{user}PT base is bad: pfn={pfn} p2m_size={p2m_size}"
 PT_BASE_TYPE = "{user}PT base is bad. pfn={pfn} nr={p2m_size} type={type:08x} {want:08x}"
 TOOLSTACK_NO_CALLBACK = "toolstack data available but no callback provided\n"
 
+# --- migration v2 (4.17 ``xg_sr_restore.c``) ---------------------------------------------
+CHECKPOINT_IN_PLAIN = "Found checkpoint in non-checkpointed stream"
+
 
 class XcLog:
     """libxc's error log as one receiver generation's stdio logger renders it.

@@ -437,7 +437,7 @@ class V2Restore:
 
     def _checkpoint_record(self, rec: V2Record) -> None:
         if self.stream_type == StreamType.PLAIN:
-            self._fail(rec, "Found checkpoint in non-checkpointed stream", "type")
+            self._fail(rec, M.CHECKPOINT_IN_PLAIN, "type")
         if self.reader.format == LIBXL:
             # the checkpoint callback: libxl reads its records up to CHECKPOINT_END
             self.in_libxl_checkpoint = True

@@ -75,6 +75,21 @@ class Outcome:
     checkpoints_complete: int = 0
     #: Logical bytes consumed from the source when libxc returned.
     bytes_consumed: int = 0
+    #: Where the committed checkpoint's libxc image ended (its tail, and the QEMU record
+    #: when libxc reads it), ``None`` when no checkpoint was received whole.
+    image_end: int | None = None
+    #: The chunk header libxc read at ``image_end`` and gave up on (the EAT cell:
+    #: ``b"Qemu"``); ``b""`` when it read none there.
+    eaten: bytes = b""
+    #: The toolstack framing the stream showed: the reader's (bare, xl, xend), or
+    #: xenserver-classic when its QEMU record sat where one was read.
+    framing: str = ""
+    #: The signature of the first checkpoint's QEMU record, where libxc or the toolstack
+    #: read it (counting the bytes libxc ate before it); ``None``: none known.
+    qemu_signature: bytes | None = None
+    #: How many of ``messages`` libxc logged for the read that ended a checkpointed
+    #: stream after a complete checkpoint (that read's failure commits it).
+    ending_lines: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

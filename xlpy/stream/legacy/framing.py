@@ -44,6 +44,22 @@ def detect_framing(head: bytes) -> str:
     return FRAMING_BARE
 
 
+#: The signatures of the QEMU records libxc reads inside its HVM tail (§8.1).
+LIBXC_QEMU_SIGNATURES = (F.QEMU_SIG_0002, F.QEMU_SIG_REMUS, F.QEMU_SIG_TO_EOF)
+
+
+def qemu_signature(head: bytes) -> bytes | None:
+    """The QEMU record signature ``head`` starts with, or ``None``.
+
+    XenServer-classic's ``QemuDeviceModelRecord\\n`` is xend's 21-byte signature plus a
+    newline, so it is looked for first: ``head`` needs its 22 bytes to tell them apart.
+    """
+    if head.startswith(F.XENSERVER_QEMU_SIG):
+        return F.XENSERVER_QEMU_SIG
+    sig = head[: F.QEMU_SIGNATURE_LEN]
+    return sig if sig in LIBXC_QEMU_SIGNATURES else None
+
+
 def detect_width(head: bytes) -> int | None:
     """W from octets 4-7 of the libxc image (v2 spec, "Legacy Images").
 

@@ -86,7 +86,6 @@ _U32_ALL_ONES = 0xFFFFFFFF
 _TMEM_OID_END = ((1 << 64) - 1,) * 3
 #: Migration v2 image header: all-ones marker, then "XenF" (big-endian id).
 _V2_IHDR_START = b"\xff" * 8 + b"XenF"
-_QEMU_SIGNATURES = (F.QEMU_SIG_0002, F.QEMU_SIG_REMUS, F.QEMU_SIG_TO_EOF)
 #: Bytes looked at after an embedded image's HVM tail: enough to tell a QEMU signature
 #: from the toolstack's next 16-byte header without waiting for bytes beyond it.
 _QEMU_PREFIX = 16
@@ -748,11 +747,7 @@ class LegacyReader:
 
     def qemu_signature_ahead(self) -> bytes | None:
         """The QEMU record signature the next bytes start with, if any (peek only)."""
-        head = self.source.peek(len(F.XENSERVER_QEMU_SIG))
-        if head == F.XENSERVER_QEMU_SIG:
-            return F.XENSERVER_QEMU_SIG
-        sig = head[: F.QEMU_SIGNATURE_LEN]
-        return sig if sig in _QEMU_SIGNATURES else None
+        return framing.qemu_signature(self.source.peek(len(F.XENSERVER_QEMU_SIG)))
 
     def _libxc_qemu_ahead(self) -> bool:
         """A QEMU record libxc reads in its tail starts here (peeks 16 bytes only)."""
