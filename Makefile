@@ -38,8 +38,10 @@ typecheck: venv
 
 test: lint typecheck unit
 
+# Every target under tests/fuzz/ for FUZZ_SECONDS each (default 60), one after another;
+# FUZZ_TARGETS picks some, FUZZ_ARGS adds libFuzzer flags (see tests/fuzz/run-all.sh).
 fuzz: venv
-	$(PY) tests/fuzz/fuzz_reader.py -max_total_time=$${FUZZ_SECONDS:-60} $(FUZZ_ARGS)
+	tests/fuzz/run-all.sh $(PY) $(FUZZ_ARGS)
 
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
