@@ -26,6 +26,8 @@ for t in $targets; do
         tail -n 30 "$log"
     fi
     runs=$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1 executions in \2 s/p' "$log")
+    # a crash ends the run without libFuzzer's "Done" line: its last status line counts
+    [ -n "$runs" ] || runs=$(sed -n 's/^#\([0-9]*\).*/stopped after \1 executions/p' "$log" | tail -n 1)
     note="$note$(printf '  %-12s %-28s %s' "$t" "${runs:-no executions}" "$verdict")
 "
 done
