@@ -38,8 +38,10 @@ typecheck: venv
 
 test: lint typecheck unit
 
+# Every target under tests/fuzz/ for FUZZ_SECONDS each (default 60), one after another;
+# FUZZ_TARGETS picks some, FUZZ_ARGS adds libFuzzer flags (see tests/fuzz/run-all.sh).
 fuzz: venv
-	$(PY) tests/fuzz/fuzz_reader.py -max_total_time=$${FUZZ_SECONDS:-60} $(FUZZ_ARGS)
+	tests/fuzz/run-all.sh $(PY) $(FUZZ_ARGS)
 
 # xlpy(1), generated from the parser (the same page as `xlpy help --man`), written under
 # a temporary name so that a failed run leaves no half page.

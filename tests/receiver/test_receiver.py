@@ -19,6 +19,7 @@ from tests.helpers.legacy_streams import (
     expected_memory,
     remus_checkpoints,
 )
+from tests.helpers.paths import TESTS
 from xlpy.errors import StreamMalformed, StreamTimeout, StreamTruncated, UsageError
 from xlpy.receiver import restore
 from xlpy.receiver.domains import Outcome
@@ -453,4 +454,18 @@ def test_cut_toolstack_chunk_messages(
     assert r.messages == [
         *lines,
         "xc: error: Error when reading batch (0 = Success): Internal error",
+    ]
+
+
+@pytest.mark.parametrize("name", ["2-64-minus-1", "outbuf"])
+def test_compressed_length_beyond_the_senders_buffer_fails_the_realloc(
+    tmp_path: Path, name: str
+) -> None:
+    data = (TESTS / "streams" / f"compressed-data-length-{name}.bin").read_bytes()
+    r = run(data, tmp_path / "d", "xen-4.3.1", guest="hvm")
+    assert not r.ok and r.domain_destroyed
+    assert isinstance(r.error, StreamMalformed) and r.error.field == "compressed_data.length"
+    assert r.messages == [
+        "xc: error: Could not (re)allocate compression buffer: Internal error",
+        "xc: error: Error when reading batch (12 = Cannot allocate memory): Internal error",
     ]

@@ -19,6 +19,7 @@ import pytest
 from tests.helpers.paths import REPO as ROOT
 from tests.helpers.v2_streams import v2_stream
 from xlpy import repro
+from xlpy.errors import StreamMalformed
 from xlpy.guest import Guest
 from xlpy.receiver import restore
 from xlpy.receiver.domains import Outcome
@@ -429,3 +430,18 @@ def test_interrupted_restore_leaves_no_directory(tmp_path: Path, gen: str) -> No
             ByteSource(io.BytesIO(data)), generation=gen, out=tmp_path / "d", progress=interrupt
         )
     assert leftovers(tmp_path) == []
+
+
+def test_libxl_end_before_the_libxc_image_is_a_stream_error(tmp_path: Path) -> None:
+    """Found by tests/fuzz/fuzz_receiver_v2.py: the receiver ran off the reader's end."""
+    out = io.BytesIO()
+    w = V2Writer(out)
+    w.libxl_header()
+    w.write_record(F.REC_TYPE_LIBXL_END)
+    for cs in (0, 1):
+        r = run(out.getvalue(), tmp_path / f"d{cs}", cs)
+        assert not r.ok and r.domain_destroyed
+        assert isinstance(r.error, StreamMalformed) and r.error.offset == 16
+        assert r.messages == [
+            "libxl: the libxl stream ends before its LIBXC_CONTEXT record: no libxc image"
+        ]

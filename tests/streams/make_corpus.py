@@ -281,16 +281,16 @@ def cases() -> list[Case]:
             "compressed_data.data",
         )
     )
-    huge_comp = h.cut("vcpu", 0) + B.i32(-12) + B.uw(1 << 62, W) + b"\x80"
-    out.append(
-        Case(
-            "compressed-data-length-2-62",
-            huge_comp,
-            "truncated",
-            h.at["vcpu"],
-            "compressed_data.data",
+    # Lengths beyond the sender's 16 MiB buffer are refused before any payload is read.
+    for name, length in (
+        ("compressed-data-length-2-62", 1 << 62),
+        ("compressed-data-length-2-64-minus-1", (1 << 64) - 1),
+        ("compressed-data-length-outbuf", (16 << 20) - 4 - W + 1),
+    ):
+        huge_comp = h.cut("vcpu", 0) + B.i32(-12) + B.uw(length, W) + b"\x80"
+        out.append(
+            Case(name, huge_comp, "malformed", h.at["vcpu"], "compressed_data.length", length)
         )
-    )
     tmem = B.i32(-5) + struct.pack("<7I", 1, 2, 0xFFFFFFFF, 0, 0, 0, 0xFFFFFFFF)
     tmem += struct.pack("<III2Q", 0, 1, 1, 5, 6) + struct.pack("<3QI", 1, 2, 3, 4) + b"t" * 4096
     tmem += B.u32(0xFFFFFFFF)

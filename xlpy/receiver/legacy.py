@@ -548,6 +548,14 @@ class Restore:
             if e.offset is not None:
                 self.consumed_to = max(self.consumed_to, e.offset + 4)
             return
+        if f == FLD.COMPRESSED_DATA_LENGTH and isinstance(e, StreamMalformed):
+            # libxc has no bound of its own: it reallocs compbuf by the declared length, and
+            # that fails for a hostile one (2^64 - 1 is beyond any address space).  The reader
+            # refuses every length beyond the sender's buffer, so they all get this message
+            # (libxc would go on to read one that memory could back: a deliberate difference).
+            self.log.errno = M.ENOMEM
+            self.log.error(M.COMPBUF_ALLOC)
+            return
         self._io_failure(e)
         chunk_id = int.from_bytes(head, "little", signed=True) if len(head) == 4 else 0
         el = element(f)

@@ -345,6 +345,15 @@ class V2Restore:
             self._layer = LIBXC
         el = self._next()
         while not isinstance(el, ImageHeader):  # toolstack framing: xl, then libxl headers
+            if isinstance(el, V2Record) and el.layer == LIBXL and el.type == F.REC_TYPE_LIBXL_END:
+                # the libxl stream is over (the reader reads no further): no libxc image
+                err = StreamMalformed(
+                    "the libxl stream ends before its LIBXC_CONTEXT record: no libxc image",
+                    offset=el.offset,
+                    field="record.type",
+                )
+                self.log.stderr(f"libxl: {err.message}")
+                raise _Err(err, restore_failed=False)
             if isinstance(el, LibxlHeader):
                 try:
                     V2Checker().check(el)

@@ -92,3 +92,40 @@ def test_inspect_skips_a_hostile_blob_in_bounded_memory(tmp_path: Path, kind: st
     assert '"kind": "truncated"' in report and field in report
     assert f"the stream ends at offset {len(head) + zeros}" in report
     assert peak_kib < 64 << 10, f"peak RSS {peak_kib} KiB"
+
+
+@pytest.mark.parametrize("length", [(1 << 64) - 1, F.max_compressed_chunk(8) + 1])
+def test_a_compressed_length_beyond_the_senders_buffer_is_refused_unread(
+    tmp_path: Path, length: int
+) -> None:
+    """The reader that keeps -12 payloads refuses the length before reading or buffering
+    any of it, from a pipe that backs it with 256 MiB of zeros."""
+    chunk_at = 8
+    (tmp_path / "head").write_bytes(struct.pack("<QiQ", 16, F.XC_SAVE_ID_COMPRESSED_DATA, length))
+    probe = (
+        "import resource, sys\n"
+        "from xlpy.errors import StreamError\n"
+        "from xlpy.stream.legacy.reader import LegacyReader\n"
+        "from xlpy.stream.source import ByteSource\n"
+        "r = LegacyReader(ByteSource(0), guest='hvm')\n"
+        "try:\n"
+        "    list(r.records())\n"
+        "except StreamError as e:\n"
+        "    print(e.kind, e.offset, e.record, e.field, e.value, r.source.offset)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    zeros = 256 << 20
+    pipeline = (
+        f"(cat head; head -c {zeros} /dev/zero) | "
+        f"{shlex.quote(sys.executable)} -c {shlex.quote(probe)}"
+    )
+    res = subprocess.run(
+        ["sh", "-c", pipeline], cwd=tmp_path, capture_output=True, text=True, check=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    error, peak = res.stdout.splitlines()
+    assert int(peak) < 64 << 10, f"peak RSS {peak} KiB"
+    # The chunk starts after p2m_size; only its id and length were consumed.
+    kind, at, record, field, value, consumed = error.split()
+    assert (kind, at, record, field) == ("malformed", str(chunk_at), "2", "compressed_data.length")
+    assert (value, consumed) == (str(length), str(chunk_at + 4 + 8))

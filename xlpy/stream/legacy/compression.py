@@ -34,8 +34,6 @@ FULL_PAGE_SIZE = PAGE + 1
 WORST_COMP_PAGE_SIZE = PAGE + 9
 #: Pages the sender stages before it must compress (``PAGE_BUFFER_SIZE``).
 STAGE_PAGES = 8192
-#: The sender's output buffer (``OUTBUF_SIZE``): one -12 chunk never exceeds it.
-OUTBUF_SIZE = 16 << 20
 
 #: ``(unsigned int)flag`` where ``flag`` is a signed ``char``: libxc prints a
 #: SKIP marker's flag as 0xFFFFFF80.
@@ -338,7 +336,7 @@ class Compressor:
         *,
         cache_size: int = F.DELTA_CACHE_SIZE,
         stage_pages: int = STAGE_PAGES,
-        chunk_limit: int = OUTBUF_SIZE - 4 - 8,
+        chunk_limit: int = F.max_compressed_chunk(8),
         reuse_buffer: bool = False,
     ) -> None:
         self._content = content

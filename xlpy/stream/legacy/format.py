@@ -167,6 +167,18 @@ COMP_FULL = 0x80
 COMP_SKIP_FLAG = 0x80
 COMP_MAX_RUN_WORDS = 127
 DELTA_CACHE_SIZE = 8192
+#: The sender's output buffer (``OUTBUF_SIZE`` in xc_domain_save.c, 16 MiB in every release).
+OUTBUF_SIZE = 16 << 20
+
+
+def max_compressed_chunk(width: int) -> int:
+    """The largest -12 payload a sender of word size ``width`` writes.
+
+    ``write_compressed`` compresses into what is left of ``OUTBUF_SIZE`` after the
+    chunk's header (the i32 id and the W-sized length), so no payload is larger.
+    """
+    return OUTBUF_SIZE - 4 - width
+
 
 # --- toolstack framing (§8.2, §8.3) -----------------------------------------
 XEND_SIGNATURE = b"LinuxGuestRecord"

@@ -564,6 +564,16 @@ class LegacyReader:
             return self._read_tmem_extra()
         if chunk_id == F.XC_SAVE_ID_COMPRESSED_DATA:
             n = self._uw(FLD.COMPRESSED_DATA_LENGTH)
+            limit = F.max_compressed_chunk(self._w)
+            if n > limit:
+                # refused before any payload is read or buffered: a hostile length costs
+                # nothing, not even the growth step of a read that the stream cannot back
+                self._malformed(
+                    f"compressed chunk length {n} exceeds {limit},"
+                    " the most a sender's 16 MiB buffer holds",
+                    FLD.COMPRESSED_DATA_LENGTH,
+                    n,
+                )
             # up to 16 MiB per chunk: read straight into its buffer (one copy)
             payload = bytearray()
             try:
