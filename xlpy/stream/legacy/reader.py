@@ -142,6 +142,16 @@ class PageSink(Protocol):
         ...
 
 
+def place_pages(source: ByteSource, placement: PagePlacement, n: int, field: str) -> None:
+    """Move the next ``n`` page bytes of ``source`` where ``placement`` says."""
+    if placement.fd is None:
+        source.skip(n, field=field)
+    elif sum(length for _, length in placement.pieces) != n:
+        raise ValueError(f"page placement does not cover the {n} page bytes")
+    else:
+        source.transfer(placement.fd, placement.pieces, field=field, out_name=placement.name)
+
+
 class _SkipPages:
     def place(self, entries: bytes, width: int, nbytes: int) -> PagePlacement:
         return _SKIP
@@ -575,14 +585,7 @@ class LegacyReader:
     def _place(self, placement: PagePlacement, n: int) -> None:
         """Move a batch's ``n`` page bytes where ``placement`` says, without reading them."""
         try:
-            if placement.fd is None:
-                self.source.skip(n, field=FLD.BATCH_PAGES)
-            elif sum(length for _, length in placement.pieces) != n:
-                raise ValueError(f"page placement does not cover the batch's {n} page bytes")
-            else:
-                self.source.transfer(
-                    placement.fd, placement.pieces, field=FLD.BATCH_PAGES, out_name=placement.name
-                )
+            place_pages(self.source, placement, n, FLD.BATCH_PAGES)
         except StreamTruncated as e:
             raise self._truncated(e, FLD.BATCH_PAGES) from None
 
