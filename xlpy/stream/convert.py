@@ -268,6 +268,17 @@ class _PageStore:
     def store(self, pfns: list[int], pagetable: list[bool], pages: np.ndarray) -> None:
         """The sender's cache update for the pages just sent, in send order."""
         lru, free = self._lru, self._free
+        if not any(pagetable) and lru.keys().isdisjoint(pfns) and len(set(pfns)) == len(pfns):
+            # Pages new to the cache (a dirty set larger than it): each takes a free
+            # slot, then the least recently sent page's, in send order, as one by one.
+            new = min(len(free), len(pfns))
+            slots = free[len(free) - new :][::-1]
+            del free[len(free) - new :]
+            evict = lru.popitem
+            slots += [evict(last=False)[1] for _ in range(len(pfns) - new)]
+            lru.update(zip(pfns, slots, strict=True))
+            self._slab[slots] = pages
+            return
         if not any(pagetable):  # the common case, in one tight loop
             get, move, evict = lru.get, lru.move_to_end, lru.popitem
             slots = []

@@ -55,7 +55,10 @@ that must send it.
 Memory stays O(one batch): the first checkpoint's body waits in a temporary
 file (``spool_dir``) because the legacy header needs what v2 sends after the
 pages (vcpu0's context, "extv"/"xcnt", an HVM guest's ``p2m_size``); later
-checkpoints stream straight through.
+checkpoints stream straight through.  The first checkpoint's page bytes do not pass
+through Python when the input is a pipe or file: the source splices them into the
+spool (:class:`_SpoolPages`), and the spool goes to an output descriptor by
+``sendfile``, so the pages are copied once, into the spool's page cache.
 """
 
 from __future__ import annotations
