@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.fd_streams import fd_output, source_of
 from tests.helpers.v2_streams import STORE, XCR0_FP_SSE, V2Guest, cpu_records, make_v2, to_legacy
 from xlpy.errors import NotRepresentable, StreamMalformed, StreamTruncated, UsageError
 from xlpy.guest import Guest, GuestSpec
@@ -554,51 +555,14 @@ _KERNEL_BATCHES = [
 
 def _convert_through(data: bytes, kind_in: str, kind_out: str, tmp_path: Path) -> bytes:
     """``v2_to_legacy`` from a BytesIO, file or pipe to a BytesIO, file or pipe."""
-    import os
-    import threading
-
-    def run(src: ByteSource) -> bytes:
+    with source_of(kind_in, data, tmp_path) as src:
         if kind_out == "bytesio":
             out = io.BytesIO()
             v2_to_legacy(src, out, sender="xen-4.3", toolstack="bare", warn=lambda m: None)
             return out.getvalue()
-        if kind_out == "file":
-            path = tmp_path / "out.bin"
-            with open(path, "wb") as f:
-                v2_to_legacy(src, f, sender="xen-4.3", toolstack="bare", warn=lambda m: None)
-            return path.read_bytes()
-        r, w = os.pipe()
-        got: list[bytes] = []
-        with open(r, "rb") as rf:
-            t = threading.Thread(target=lambda: got.append(rf.read()))
-            t.start()
-            try:
-                with open(w, "wb") as f:
-                    v2_to_legacy(src, f, sender="xen-4.3", toolstack="bare", warn=lambda m: None)
-            finally:
-                t.join()
+        with fd_output(kind_out, tmp_path) as (fd, got), open(fd, "wb", closefd=False) as f:
+            v2_to_legacy(src, f, sender="xen-4.3", toolstack="bare", warn=lambda m: None)
         return got[0]
-
-    if kind_in == "bytesio":
-        return run(ByteSource(io.BytesIO(data)))
-    if kind_in == "file":
-        path = tmp_path / "in.v2"
-        path.write_bytes(data)
-        with open(path, "rb", buffering=0) as f:
-            return run(ByteSource(f.fileno()))
-    r, w = os.pipe()
-
-    def feed() -> None:
-        with open(w, "wb") as f:
-            f.write(data)
-
-    t = threading.Thread(target=feed)
-    t.start()
-    try:
-        with open(r, "rb", buffering=0) as f:
-            return run(ByteSource(f.fileno()))
-    finally:
-        t.join()
 
 
 @pytest.mark.parametrize("kind_in", ["file", "pipe"])
