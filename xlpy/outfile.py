@@ -206,6 +206,13 @@ def _open_in_place(name: str) -> int:
     return fd
 
 
+def output_fd(out: BinaryIO) -> int | None:
+    """The descriptor under ``out`` when nothing but a plain write buffer stands between
+    (a compressing or encoding wrapper may also have a ``fileno``: it gets no raw bytes)."""
+    raw = out.raw if isinstance(out, io.BufferedWriter) else out
+    return raw.fileno() if isinstance(raw, io.FileIO) else None
+
+
 def output_name(out: BinaryIO) -> str:
     """How a write error names ``out``: as :func:`open_output` was given it, else by the
     file's own name (a path) or descriptor."""

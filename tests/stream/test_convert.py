@@ -520,3 +520,33 @@ def test_cli_syslog_replaces_stderr_but_errors_go_to_both(
     assert xlpy_main([*args, "--syslog"]) == 1
     assert "end of stream" in capsys.readouterr().err
     assert any(p == syslog.LOG_ERR and "end of stream" in m for p, m in log.lines)
+
+
+def test_page_store_replays_the_senders_lru() -> None:
+    """The decoding store follows the sender's cache (compression.DeltaCache) batch after
+    batch, pages new to it and pages it holds alike, and keeps each cached pfn's page."""
+    from xlpy.stream.convert import STORE_RAM_PAGES, _PageStore
+    from xlpy.stream.legacy.compression import DeltaCache
+
+    rng = np.random.default_rng(7)
+    store, sender = _PageStore(), DeltaCache(STORE_RAM_PAGES)
+    want: dict[int, int] = {}
+    sent = 0
+    # new pages only (free slots, then evictions), a mix of new and cached, repeats
+    batches = [np.arange(0, 6000), np.arange(6000, 9000), np.arange(9000, 10024)]
+    batches += [rng.choice(12000, 1024, replace=False) for _ in range(6)]
+    batches += [np.array([5, 5, 11000, 5])]
+    for b in batches:
+        pfns = [int(p) for p in b]
+        pages = np.zeros((len(pfns), LF.PAGE_SIZE), np.uint8)
+        pages[:, :8] = np.arange(sent, sent + len(pfns), dtype="<u8").view(np.uint8).reshape(-1, 8)
+        store.store(pfns, [False] * len(pfns), pages)
+        for i, pfn in enumerate(pfns):
+            sender.store(pfn, sent + i)
+            want[pfn] = sent + i
+        sent += len(pfns)
+        assert list(store._lru) == list(sender._lru)
+    got = np.zeros((len(sender), LF.PAGE_SIZE), np.uint8)
+    cached = list(sender._lru)
+    store.fill(cached, got)
+    assert got[:, :8].copy().view("<u8").ravel().tolist() == [want[p] for p in cached]

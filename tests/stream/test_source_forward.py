@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import io
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.fd_streams import fd_output as _sink
+from tests.helpers.fd_streams import source_of as _source
 from xlpy.errors import StreamTruncated
 from xlpy.guest import GuestSpec
 from xlpy.stream.convert import legacy_to_v2
@@ -27,64 +26,6 @@ from xlpy.stream.source import ByteSource
 
 def _data(n: int) -> bytes:
     return bytes((i * 7 + i // 251) & 0xFF for i in range(n))
-
-
-@contextmanager
-def _source(kind: str, data: bytes, tmp_path: Path) -> Iterator[ByteSource]:
-    if kind == "file":
-        path = tmp_path / "in.bin"
-        path.write_bytes(data)
-        with open(path, "rb", buffering=0) as f:
-            yield ByteSource(f.fileno())
-        return
-    if kind == "bytesio":
-        yield ByteSource(io.BytesIO(data))
-        return
-    r, w = os.pipe()
-
-    def feed() -> None:
-        with open(w, "wb") as f:
-            f.write(data)
-
-    t = threading.Thread(target=feed)
-    t.start()
-    try:
-        with open(r, "rb", buffering=0) as f:
-            yield ByteSource(f.fileno())
-    finally:
-        t.join()
-
-
-@contextmanager
-def _sink(kind: str, tmp_path: Path) -> Iterator[tuple[int, list[bytes]]]:
-    """An output descriptor (a pipe drained by a thread, or a file) and, after the
-    block, what arrived on it in ``got[0]``."""
-    got: list[bytes] = []
-    if kind == "file":
-        path = tmp_path / "out.bin"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            yield fd, got
-        finally:
-            os.close(fd)
-        got.append(path.read_bytes())
-        return
-    r, w = os.pipe()
-    parts: list[bytes] = []
-
-    def drain() -> None:
-        while chunk := os.read(r, 1 << 16):
-            parts.append(chunk)
-
-    t = threading.Thread(target=drain)
-    t.start()
-    try:
-        yield w, got
-    finally:
-        os.close(w)
-        t.join()
-        os.close(r)
-    got.append(b"".join(parts))
 
 
 @pytest.mark.parametrize("out_kind", ["pipe", "file"])

@@ -13,16 +13,15 @@ import errno
 import io
 import json
 import os
-import socket
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers.fd_streams import source_of
 from tests.helpers.legacy_streams import build, expected_memory, page, remus_checkpoints
 from xlpy.backends.sim import from_outcome
 from xlpy.errors import OutputError, StreamTimeout, StreamTruncated
@@ -57,54 +56,6 @@ def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
         monkeypatch.setattr(os, name, spy)
     return calls
-
-
-@contextmanager
-def source_of(
-    kind: str, data: bytes, tmp: Path, *, hold: threading.Event | None = None
-) -> Iterator[ByteSource]:
-    """A ByteSource delivering ``data`` through ``kind``; with ``hold`` the writer keeps
-    the connection open (silent) until the event is set."""
-    if kind == "bytesio":
-        yield ByteSource(io.BytesIO(data))
-        return
-    if kind == "file":
-        path = tmp / "input.bin"
-        path.write_bytes(data)
-        with open(path, "rb", buffering=0) as f:
-            yield ByteSource(f.fileno())
-        return
-    if kind == "pipe":
-        r, w = os.pipe()
-        reader_end, send, close = r, lambda b: os.write(w, b), lambda: os.close(w)
-    else:
-        a, b = socket.socketpair()
-        reader_end, send, close = a.fileno(), b.send, b.close
-
-    def writer() -> None:
-        view = memoryview(data)
-        try:
-            while len(view):
-                view = view[send(view[: 1 << 16]) :]
-            if hold is not None:
-                hold.wait(10)
-        except OSError:
-            pass  # the reader gave up early
-        finally:
-            close()
-
-    t = threading.Thread(target=writer, daemon=True)
-    t.start()
-    try:
-        yield ByteSource(reader_end)
-    finally:
-        if hold is not None:
-            hold.set()
-        if kind == "pipe":
-            os.close(r)
-        else:
-            a.close()
-        t.join(10)
 
 
 def payload(n: int) -> bytes:

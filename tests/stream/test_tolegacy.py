@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.fd_streams import fd_output, source_of
 from tests.helpers.v2_streams import STORE, XCR0_FP_SSE, V2Guest, cpu_records, make_v2, to_legacy
 from xlpy.errors import NotRepresentable, StreamMalformed, StreamTruncated, UsageError
 from xlpy.guest import Guest, GuestSpec
@@ -469,6 +470,29 @@ def test_cut_remus_input_gives_a_cut_remus_stream() -> None:
 _DATA_TYPES = [0x0, 0x1, 0x2, 0x3, 0x4, 0x9, 0xA, 0xB, 0xC]
 
 
+def _batches_stream(batches: list[list[tuple[int, int]]]) -> tuple[io.BytesIO, dict[int, bytes]]:
+    """An HVM libxc image with one PAGE_DATA record per list of ``(pfn, type nibble)``,
+    and the pages each pfn ends with."""
+    g = Guest(GuestSpec(kind="hvm", pages=2048, seed=5))
+    buf = io.BytesIO()
+    w = V2Writer(buf)
+    w.image_header()
+    w.domain_header(F.DHDR_TYPE_X86_HVM)
+    want: dict[int, bytes] = {}
+    for b in batches:
+        pfns = np.array([p for p, _ in b], dtype=np.uint64)
+        types = np.array([t << 28 for _, t in b], dtype=np.uint64)
+        data = np.isin(types >> np.uint64(28), _DATA_TYPES)
+        pages = g.pages(pfns[data], 0)
+        w.page_data_pfns(pfns, pages.reshape(-1).data, types)
+        for pfn, page in zip(pfns[data].tolist(), pages, strict=True):
+            want[pfn] = page.tobytes()
+    w.hvm_context(g.hvm_context(0))
+    w.hvm_params([(STORE, 2047)])
+    w.end()
+    return buf, want
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     batches=st.lists(
@@ -486,24 +510,7 @@ _DATA_TYPES = [0x0, 0x1, 0x2, 0x3, 0x4, 0x9, 0xA, 0xB, 0xC]
 def test_arbitrary_batches_keep_their_pages(
     batches: list[list[tuple[int, int]]], sender: str, width: int
 ) -> None:
-    spec = GuestSpec(kind="hvm", pages=2048, seed=5)
-    g = Guest(spec)
-    buf = io.BytesIO()
-    w = V2Writer(buf)
-    w.image_header()
-    w.domain_header(F.DHDR_TYPE_X86_HVM)
-    want: dict[int, bytes] = {}
-    for b in batches:
-        pfns = np.array([p for p, _ in b], dtype=np.uint64)
-        types = np.array([t << 28 for _, t in b], dtype=np.uint64)
-        data = np.isin(types >> np.uint64(28), _DATA_TYPES)
-        pages = g.pages(pfns[data], 0)
-        w.page_data_pfns(pfns, pages.reshape(-1).data, types)
-        for pfn, page in zip(pfns[data].tolist(), pages, strict=True):
-            want[pfn] = page.tobytes()
-    w.hvm_context(g.hvm_context(0))
-    w.hvm_params([(STORE, 2047)])
-    w.end()
+    buf, want = _batches_stream(batches)
     has_xalloc = any(t == 0xE for b in batches for _, t in b)
     if has_xalloc and sender in ("xen-4.0", "xen-4.1"):
         with pytest.raises(NotRepresentable, match="page type 0xe"):
@@ -535,3 +542,93 @@ def test_checkpoint_without_vcpu_state_is_not_representable() -> None:
     with pytest.raises(NotRepresentable, match="X86_PV_VCPU_BASIC") as e:
         to_legacy(buf.getvalue(), sender="xen-4.3", toolstack="bare")
     assert e.value.field == "vcpus"
+
+
+# -- the kernel path of the first checkpoint's pages --------------------------------------
+
+#: Records of more than one legacy batch, an XTAB-only stretch, pages of every kind.
+_KERNEL_BATCHES = [
+    [(p, _DATA_TYPES[p % 9]) for p in range(1500)] + [(p, 0xF) for p in range(1500, 2600)],
+    [(p, 0xF if p % 3 else 0x0) for p in range(0, 2048, 2)],
+]
+
+
+def _convert_through(data: bytes, kind_in: str, kind_out: str, tmp_path: Path) -> bytes:
+    """``v2_to_legacy`` from a BytesIO, file or pipe to a BytesIO, file or pipe."""
+    with source_of(kind_in, data, tmp_path) as src:
+        if kind_out == "bytesio":
+            out = io.BytesIO()
+            v2_to_legacy(src, out, sender="xen-4.3", toolstack="bare", warn=lambda m: None)
+            return out.getvalue()
+        with fd_output(kind_out, tmp_path) as (fd, got), open(fd, "wb", closefd=False) as f:
+            v2_to_legacy(src, f, sender="xen-4.3", toolstack="bare", warn=lambda m: None)
+        return got[0]
+
+
+@pytest.mark.parametrize("kind_in", ["file", "pipe"])
+@pytest.mark.parametrize("kind_out", ["bytesio", "file", "pipe"])
+def test_kernel_moves_write_the_same_stream(kind_in: str, kind_out: str, tmp_path: Path) -> None:
+    """Pages spliced into the spool and the spool sent to the output in the kernel give
+    the bytes that reading and writing them in Python gives."""
+    data = _batches_stream(_KERNEL_BATCHES)[0].getvalue()
+    want = _convert_through(data, "bytesio", "bytesio", tmp_path)
+    assert _convert_through(data, kind_in, kind_out, tmp_path) == want
+    assert memory(read_legacy(want)) == _batches_stream(_KERNEL_BATCHES)[1]
+
+
+@pytest.mark.parametrize("kind_in", ["bytesio", "file", "pipe"])
+def test_cut_inside_spooled_pages_is_the_record_body_truncation(
+    kind_in: str, tmp_path: Path
+) -> None:
+    """A stream cut inside a PAGE_DATA record's pages fails as reading the whole body
+    would: the body's length, what was left of it, where it starts, the record."""
+    from xlpy.stream.v2.reader import V2Reader
+
+    data = _batches_stream(_KERNEL_BATCHES)[0].getvalue()
+    cut = data[: len(data) // 2]
+    with pytest.raises(StreamTruncated) as plain:
+        for _ in V2Reader(ByteSource(io.BytesIO(cut))).elements():
+            pass
+    with pytest.raises(StreamTruncated) as ei:
+        _convert_through(cut, kind_in, "bytesio", tmp_path)
+    got, want = ei.value, plain.value
+    assert (got.message, got.offset, got.field, got.record) == (
+        want.message,
+        want.offset,
+        want.field,
+        want.record,
+    )
+    assert "record.body needs" in got.message
+
+
+def test_v2_reader_page_sink_places_the_pages(tmp_path: Path) -> None:
+    """A page sink takes PAGE_DATA page bytes where its placement says; the record keeps
+    the header and entries, and ``placed`` and ``length`` count the bytes moved."""
+    from xlpy.stream.legacy.reader import PagePlacement
+    from xlpy.stream.v2.reader import V2Reader
+    from xlpy.stream.v2.records import PageData, V2Record
+
+    data = _batches_stream([[(7, 0x0), (8, 0xF), (9, 0x1)]])[0].getvalue()
+    path = tmp_path / "pages.bin"
+    seen: list[tuple[int, int]] = []
+    with open(path, "wb+") as f:
+
+        class Sink:
+            def place(self, entries: bytes, width: int, nbytes: int) -> PagePlacement:
+                seen.append((len(entries) // width, nbytes))
+                return PagePlacement(f.fileno(), ((100, 4096), (9000, 4096)), "pages")
+
+        recs = [
+            e
+            for e in V2Reader(ByteSource(io.BytesIO(data)), page_sink=Sink()).elements()
+            if isinstance(e, V2Record) and e.type == F.REC_TYPE_PAGE_DATA
+        ]
+    assert seen == [(3, 8192)]
+    (rec,) = recs
+    assert rec.placed == 8192 and rec.length == 8 + 3 * 8 + 8192
+    body = rec.decode()
+    assert isinstance(body, PageData) and len(body.pages) == 0 and body.entries.size == 3
+    g = Guest(GuestSpec(kind="hvm", pages=2048, seed=5))
+    raw = path.read_bytes()
+    assert raw[100:4196] == g.pages(np.array([7], np.uint64), 0).tobytes()
+    assert raw[9000:13096] == g.pages(np.array([9], np.uint64), 0).tobytes()

@@ -59,7 +59,6 @@ temporary file: page cache, not the process's RAM), and a compressed one the
 from __future__ import annotations
 
 import errno
-import io
 import os
 import stat
 import struct
@@ -71,7 +70,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, BinaryIO
 
 from xlpy.errors import NotRepresentable, StreamError, StreamMalformed
-from xlpy.outfile import output_name
+from xlpy.outfile import output_fd, output_name
 from xlpy.progress import ProgressFn, Throttle
 from xlpy.stream.hvm_params import (
     CHUNK_TO_HVM_PARAM,
@@ -269,6 +268,17 @@ class _PageStore:
     def store(self, pfns: list[int], pagetable: list[bool], pages: np.ndarray) -> None:
         """The sender's cache update for the pages just sent, in send order."""
         lru, free = self._lru, self._free
+        if not any(pagetable) and lru.keys().isdisjoint(pfns) and len(set(pfns)) == len(pfns):
+            # Pages new to the cache (a dirty set larger than it): each takes a free
+            # slot, then the least recently sent page's, in send order, as one by one.
+            new = min(len(free), len(pfns))
+            slots = free[len(free) - new :][::-1]
+            del free[len(free) - new :]
+            evict = lru.popitem
+            slots += [evict(last=False)[1] for _ in range(len(pfns) - new)]
+            lru.update(zip(pfns, slots, strict=True))
+            self._slab[slots] = pages
+            return
         if not any(pagetable):  # the common case, in one tight loop
             get, move, evict = lru.get, lru.move_to_end, lru.popitem
             slots = []
@@ -305,13 +315,6 @@ class _PageStore:
 
     def close(self) -> None:
         self._lru.clear()
-
-
-def _output_fd(out: BinaryIO) -> int | None:
-    """The descriptor under ``out`` when nothing but a plain write buffer stands between
-    (a compressing or encoding wrapper may also have a ``fileno``: it gets no raw bytes)."""
-    raw = out.raw if isinstance(out, io.BufferedWriter) else out
-    return raw.fileno() if isinstance(raw, io.FileIO) else None
 
 
 def _copies_at_once(fd: int) -> bool:
@@ -385,7 +388,7 @@ class _Converter:
         self.progress = Throttle(progress)
         self.log = log
         self.report = ConvertReport()
-        fd = _output_fd(out) if source.kernel_moves else None
+        fd = output_fd(out) if source.kernel_moves else None
         self._forward = None if fd is None else _ForwardPages(self, fd, output_name(out))
         self._static_done = False
         self._pv_info_done = False
@@ -552,7 +555,7 @@ class _Converter:
         size = spool.tell()
         spool.flush()
         done = 0
-        fd = _output_fd(self._raw)
+        fd = output_fd(self._raw)
         if fd is not None and _copies_at_once(fd):
             self._raw.flush()
             try:

@@ -58,6 +58,13 @@ _NO_KERNEL_PATH = frozenset(
 )
 
 
+def truncated(field: str, need: int, done: int, offset: int) -> StreamTruncated:
+    """The error of a read of ``need`` bytes for ``field`` from ``offset`` that got ``done``."""
+    return StreamTruncated(
+        f"end of stream: {field} needs {need} bytes, {done} left", offset=offset, field=field
+    )
+
+
 class _Readable(Protocol):
     def readinto(self, b: memoryview, /) -> int | None: ...
 
@@ -278,11 +285,7 @@ class ByteSource:
             self._fill(n, field)
             if self._available() < n:
                 got = self._available()
-                raise StreamTruncated(
-                    f"end of stream: {field} needs {n} bytes, {got} left",
-                    offset=self.offset,
-                    field=field,
-                )
+                raise truncated(field, n, got, self.offset)
         with memoryview(self._buf) as mv:
             out = bytes(mv[self._pos : self._pos + n])  # one copy, not a slice and a copy
         self._pos += n
@@ -321,11 +324,7 @@ class ByteSource:
                                 got = self._raw_readinto(part, field)
                         if got == 0:
                             self._eof = True
-                            raise StreamTruncated(
-                                f"end of stream: {field} needs {n} bytes, {done} left",
-                                offset=start,
-                                field=field,
-                            )
+                            raise truncated(field, n, done, start)
                         end += got
                         done += got
                         k -= got
@@ -349,11 +348,7 @@ class ByteSource:
             if n == 0:
                 self._eof = True
                 self.offset = start + done
-                raise StreamTruncated(
-                    f"end of stream: {field} needs {total} bytes, {done} left",
-                    offset=start,
-                    field=field,
-                )
+                raise truncated(field, total, done, start)
             done += n
         self.offset = start + total
 
@@ -417,11 +412,7 @@ class ByteSource:
         except _EndOfStream as e:
             done += e.moved
             self.offset = start + done
-            raise StreamTruncated(
-                f"end of stream: {field} needs {total} bytes, {done} left",
-                offset=start,
-                field=field,
-            ) from None
+            raise truncated(field, total, done, start) from None
         finally:
             if null is not None:
                 os.close(null)

@@ -55,7 +55,10 @@ that must send it.
 Memory stays O(one batch): the first checkpoint's body waits in a temporary
 file (``spool_dir``) because the legacy header needs what v2 sends after the
 pages (vcpu0's context, "extv"/"xcnt", an HVM guest's ``p2m_size``); later
-checkpoints stream straight through.
+checkpoints stream straight through.  The first checkpoint's page bytes do not pass
+through Python when the input is a pipe or file: the source splices them into the
+spool (:class:`_SpoolPages`), and the spool goes to an output descriptor by
+``sendfile``, so the pages are copied once, into the spool's page cache.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ import numpy as np
 
 from xlpy.errors import NotRepresentable, StreamMalformed, StreamTruncated, UsageError
 from xlpy.guest import MIN_PAGES, GuestSpec
+from xlpy.outfile import output_fd, output_name
 from xlpy.progress import ProgressFn, RunProgress
 from xlpy.stream.hvm_params import (
     CHUNK_TO_HVM_PARAM,
@@ -81,6 +85,7 @@ from xlpy.stream.hvm_params import (
     HVM_TAIL_PARAMS,
 )
 from xlpy.stream.legacy import format as LF
+from xlpy.stream.legacy.reader import PagePlacement
 from xlpy.stream.legacy.records import (
     EnableVerifyMode,
     HvmTail,
@@ -122,6 +127,7 @@ from xlpy.stream.v2.records import (
     X86TscInfo,
     carries_data,
     reserved,
+    type_nibbles,
 )
 
 WarnFn = Callable[[str], None]
@@ -197,6 +203,35 @@ def v2_to_legacy(
     _Converter(source, out, profile, progress, warn, spool_dir).run()
 
 
+class _SpoolPages:
+    """PageSink of the converter while the first checkpoint is spooled: a PAGE_DATA
+    record's page bytes go from the source into the spool file (in the kernel where
+    the input is a pipe or file), each batch's after a gap its header fills once
+    :meth:`_Converter._page_data` has judged the entries.  A record whose byte count
+    does not fit its entries is read as without a sink, for that method to refuse."""
+
+    def __init__(self, conv: _Converter) -> None:
+        self.conv = conv
+
+    def place(self, entries: bytes, width: int, nbytes: int) -> PagePlacement | None:
+        conv = self.conv
+        spool = conv.spool
+        if spool is None:
+            return None  # later checkpoints go to the output as they come
+        nib = type_nibbles(np.frombuffer(entries, dtype="<u8"))
+        is_data = carries_data(nib)
+        if int(np.count_nonzero(is_data)) * F.PAGE_SIZE != nbytes:
+            return None
+        spool.flush()
+        base = conv._placed_at = spool.tell()
+        pieces = [
+            (base + at + 4 + conv.w * (e - s), hi - lo)
+            for s, e, lo, hi, at in _batches(nib, is_data, conv.w)
+            if hi > lo
+        ]
+        return PagePlacement(spool.fileno(), pieces, "the spool file")
+
+
 class _Converter:
     def __init__(
         self,
@@ -216,7 +251,9 @@ class _Converter:
         )
         self._warn_fn = warn
         self._warned: set[str] = set()
-        self.reader = V2Reader(source)
+        self.reader = V2Reader(source, page_sink=_SpoolPages(self))
+        #: Where the spool region of the PAGE_DATA record just placed starts.
+        self._placed_at = 0
         self.kind = ""
         self.xl_header: XlHeader | None = None
         # PV header facts
@@ -379,7 +416,7 @@ class _Converter:
         match body:
             case PageData():
                 seg.state = True
-                self._page_data(body)
+                self._page_data(body, rec.placed)
             case X86PvInfo():
                 self._pv_info(body)
             case X86PvP2mFrames():
@@ -508,7 +545,9 @@ class _Converter:
 
     # -- pages -------------------------------------------------------------------------------
 
-    def _page_data(self, pd: PageData) -> None:
+    def _page_data(self, pd: PageData, placed: int) -> None:
+        """One PAGE_DATA record as legacy batches; ``placed``: its page bytes are in the
+        spool already, where :class:`_SpoolPages` put them."""
         entries = pd.entries
         if len(entries) < pd.count:
             raise self._malformed(
@@ -540,7 +579,7 @@ class _Converter:
             )
         is_data = carries_data(nib)
         ndata = int(np.count_nonzero(is_data))
-        if len(pd.pages) != ndata * F.PAGE_SIZE:
+        if len(pd.pages) + placed != ndata * F.PAGE_SIZE:
             raise self._malformed(
                 f"{len(pd.pages)} bytes of pages for {ndata} data entries",
                 "page_data.pages",
@@ -555,15 +594,20 @@ class _Converter:
             self.p.xtab_entries(pfns, self.kind),
             (nib.astype(np.uint64) << np.uint64(28)) | pfns,
         ).astype("<u8" if self.w == 8 else "<u4")
-        first_data = np.concatenate(([0], np.cumsum(is_data)))
-        for s in range(0, entries.size, LF.MAX_BATCH_SIZE):
-            e = min(s + LF.MAX_BATCH_SIZE, entries.size)
-            if bool((nib[s:e] == _XTAB).all()):
-                continue  # a sender writes no batch without a valid entry
-            lo, hi = int(first_data[s]) * F.PAGE_SIZE, int(first_data[e]) * F.PAGE_SIZE
-            self.body.write(
-                PageBatch(width=self.w, entries=legacy[s:e].tobytes(), data=pd.pages[lo:hi])
-            )
+        batches = _batches(nib, is_data, self.w)
+        if placed:
+            assert self.spool is not None
+            # the headers go into the gaps the sink left between the batches' pages
+            for s, e, _lo, _hi, at in batches:
+                self.spool.seek(self._placed_at + at)
+                self.body.write(PageBatch(width=self.w, entries=legacy[s:e].tobytes(), data=None))
+            self.spool.seek(self._placed_at + _extent(batches, self.w))
+            self.body.offset += placed
+        else:
+            for s, e, lo, hi, _at in batches:
+                self.body.write(
+                    PageBatch(width=self.w, entries=legacy[s:e].tobytes(), data=pd.pages[lo:hi])
+                )
         self._report("converting")
 
     # -- checkpoint boundaries ----------------------------------------------------------------
@@ -668,7 +712,16 @@ class _Converter:
         assert self.spool is not None
         self.spool.flush()
         self.spool.seek(0)  # our own temporary file, not the input
-        shutil.copyfileobj(self.spool, self.out, 1 << 20)
+        fd = output_fd(self.out)
+        if fd is None:
+            shutil.copyfileobj(self.spool, self.out, 1 << 20)
+        else:
+            # In the kernel, into a pipe too: the spool is never written again, so the
+            # pages a pipe still refers to after it is closed keep the bytes sent.
+            self.out.flush()
+            ByteSource(self.spool.fileno()).transfer(
+                fd, [(None, self.body.offset)], field="spool", out_name=output_name(self.out)
+            )
         self.writer.offset += self.body.offset
         self.spool.close()
         self.spool = None
@@ -847,6 +900,35 @@ class _Converter:
             self._warn("qemu", "emulator context dropped: bare libxc framing has no QEMU record")
             return
         self.writer.write(rec)
+
+
+#: A legacy batch of a PAGE_DATA record: its entries ``s:e``, its page bytes ``lo:hi``
+#: of the record's, and where its header starts when the batches are laid end to end.
+_Batch = tuple[int, int, int, int, int]
+
+
+def _batches(nib: np.ndarray, is_data: np.ndarray, width: int) -> list[_Batch]:
+    """The legacy batches of one PAGE_DATA record: at most 1024 entries each, none of
+    nothing but XTAB entries (a sender writes no batch without a valid entry)."""
+    first_data = np.concatenate(([0], np.cumsum(is_data)))
+    out = []
+    at = 0
+    for s in range(0, nib.size, LF.MAX_BATCH_SIZE):
+        e = min(s + LF.MAX_BATCH_SIZE, nib.size)
+        if bool((nib[s:e] == _XTAB).all()):
+            continue
+        lo, hi = int(first_data[s]) * F.PAGE_SIZE, int(first_data[e]) * F.PAGE_SIZE
+        out.append((s, e, lo, hi, at))
+        at += 4 + width * (e - s) + hi - lo
+    return out
+
+
+def _extent(batches: list[_Batch], width: int) -> int:
+    """Bytes of the batches laid end to end."""
+    if not batches:
+        return 0
+    s, e, lo, hi, at = batches[-1]
+    return at + 4 + width * (e - s) + hi - lo
 
 
 def _xsave_mask(area: bytes) -> int:

@@ -132,6 +132,54 @@ def test_libxc_errors_verbatim(data: bytes, n: int, message: str, pos: int) -> N
     assert e.value == 0x10 + n - 1
 
 
+_PIECE = st.one_of(
+    st.just(b"\x00"),  # EMPTY
+    st.integers(0, 255).map(lambda b: b"\x80" + bytes([b]) * PAGE),  # FULL
+    st.integers(0, 2**32 - 1).map(lambda s: compress_page(rand_page(s), rand_page(s + 1))),
+    st.binary(min_size=1, max_size=12),  # markers of any kind, hostile ones included
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(_PIECE, max_size=40),
+    st.integers(0, 3),
+    st.integers(0, 2**16),
+    st.booleans(),
+)
+def test_stretches_decode_as_page_by_page(
+    pieces: list[bytes], extra: int, cut: int, truncate: bool
+) -> None:
+    """Stretches of FULL and EMPTY pages are decoded at once: the pages, the cursor and
+    any error (message, offset, page) are those of decoding one page per call."""
+    data = b"".join(pieces)
+    if truncate:
+        data = data[: cut % (len(data) + 1)]
+    n = len(pieces) + extra
+    prev = np.stack(
+        [np.frombuffer(rand_page(1000 + i), np.uint8) for i in range(n)]
+        or [np.zeros(PAGE, np.uint8)]
+    )[:n]
+    pfns = [0x40 + 3 * i for i in range(n)]
+    segments = [(0, 500), (len(data) // 2, 9000)]
+
+    def run(step: int) -> tuple[np.ndarray, int, tuple[str, int | None, int | None] | None]:
+        out = prev.copy()
+        dec = CheckpointDecoder(data, segments)
+        err = None
+        try:
+            for i in range(0, n, step):
+                dec.decode_into(out[i : i + step], pfns=pfns[i : i + step])
+        except StreamMalformed as e:
+            err = (e.message, e.offset, e.value)
+        return out, dec.pos, err
+
+    whole, one = run(max(n, 1)), run(1)
+    assert whole[2] == one[2]
+    assert whole[1] == one[1]
+    assert np.array_equal(whole[0], one[0])
+
+
 def test_offsets_map_across_payloads() -> None:
     dec = CheckpointDecoder(b"\x00\x00\x81\x00", [(0, 50), (2, 900)])
     with pytest.raises(StreamMalformed) as ei:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from xlpy.errors import StreamMalformed
 from xlpy.stream.legacy import format as F
@@ -94,15 +95,21 @@ class CheckpointDecoder:
         buf = self.data
         # slices of a view copy once, into the page (a bytes slice would copy twice)
         src = memoryview(buf).cast("B")
+        arr = np.frombuffer(src, dtype=np.uint8)
         size = len(buf)
         pos = self.pos
-        base = 0
-        for i in range(pages.shape[0]):
+        count = pages.shape[0]
+        i = 0
+        while i < count:
             m = buf[pos] if pos < size else -1
             if m == 0:
-                pos += 1
+                # EMPTY pages come in stretches (an unchanged working set): one scan each
+                k = _same(arr[pos : pos + count - i], 0)
+                pos += k
+                i += k
             elif m == 0x80:
-                if pos + FULL_PAGE_SIZE > size:
+                fits = min(count - i, (size - pos) // FULL_PAGE_SIZE)
+                if not fits:
                     self.pos = pos
                     raise self._fail(
                         "Out of bounds exception in compression buffer (b):"
@@ -110,8 +117,13 @@ class CheckpointDecoder:
                         pos,
                         _page_id(i, pfns),
                     )
-                dst[base : base + PAGE] = src[pos + 1 : pos + FULL_PAGE_SIZE]
-                pos += FULL_PAGE_SIZE
+                # consecutive FULL pages (pages not in the sender's cache): one copy
+                k = _same(arr[pos : pos + fits * FULL_PAGE_SIZE : FULL_PAGE_SIZE], 0x80)
+                pages[i : i + k] = as_strided(
+                    arr[pos + 1 :], shape=(k, PAGE), strides=(FULL_PAGE_SIZE, 1), writeable=False
+                )
+                pos += k * FULL_PAGE_SIZE
+                i += k
             elif m < 0:
                 self.pos = pos
                 raise self._fail(
@@ -121,8 +133,8 @@ class CheckpointDecoder:
                     _page_id(i, pfns),
                 )
             else:
-                pos = self._run_list(dst, base, buf, src, pos, size, i, pfns)
-            base += PAGE
+                pos = self._run_list(dst, i * PAGE, buf, src, pos, size, i, pfns)
+                i += 1
         self.pos = pos
 
     def _run_list(
@@ -184,6 +196,25 @@ class CheckpointDecoder:
                 _page_id(page, pfns),
             )
         return pos
+
+
+#: Markers looked at first when measuring a stretch of one kind (doubled while it lasts).
+_SCAN_FIRST = 16
+
+
+def _same(markers: np.ndarray, value: int) -> int:
+    """How many of ``markers`` (at least the first, which is ``value``) equal ``value``
+    before the first that does not: scanned in doubling windows, so a short stretch
+    costs a short scan."""
+    start, width = 1, _SCAN_FIRST
+    while start < markers.size:
+        window = markers[start : start + width]
+        off = np.flatnonzero(window != value)
+        if off.size:
+            return start + int(off[0])
+        start += width
+        width *= 2
+    return int(markers.size)
 
 
 def _page_id(i: int, pfns: Sequence[int] | None) -> int:

@@ -11,6 +11,13 @@ Checkpointed libxl streams interleave the layers: after a libxc CHECKPOINT
 record libxl reads its own records up to CHECKPOINT_END, then hands the
 stream back to libxc.  The reader follows the same switch.
 
+A ``page_sink`` (the legacy reader's :class:`~xlpy.stream.legacy.reader.PageSink`)
+may take the page bytes of libxc PAGE_DATA records: it is shown the raw entries
+and the number of bytes after them, and where it gives a
+:class:`~xlpy.stream.legacy.reader.PagePlacement` the source moves those bytes
+there (in the kernel where it can); the record's ``body`` then ends after the
+entries and ``placed`` counts the bytes moved.
+
 Never seeks; stops right after the outermost END record.
 """
 
@@ -18,10 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from xlpy.errors import StreamError, StreamMalformed
+from xlpy.errors import StreamError, StreamMalformed, StreamTruncated
 from xlpy.stream import xlheader
+from xlpy.stream.legacy.reader import PageSink, place_pages
 from xlpy.stream.legacy.records import XlHeader
-from xlpy.stream.source import ByteSource
+from xlpy.stream.source import ByteSource, truncated
 from xlpy.stream.v2 import format as F
 from xlpy.stream.v2.records import (
     LIBXC,
@@ -65,11 +73,19 @@ class V2Reader:
     and :attr:`format` the format read; :attr:`records` counts records.
     """
 
-    def __init__(self, source: ByteSource, *, xl: bool | None = None, fmt: str | None = None):
+    def __init__(
+        self,
+        source: ByteSource,
+        *,
+        xl: bool | None = None,
+        fmt: str | None = None,
+        page_sink: PageSink | None = None,
+    ):
         """Read from ``source`` (nothing is read until :meth:`elements` is iterated)."""
         if fmt is not None and fmt not in FORMATS:
             raise ValueError(f"unknown v2 format {fmt!r}")
         self.source = source
+        self.page_sink = page_sink
         self._xl = xl
         self.format = fmt
         self.framing = "xl" if xl else "bare"
@@ -204,7 +220,11 @@ class V2Reader:
                     field="record.length",
                     value=length,
                 )
-            body = src.read_exact(length, field="record.body")
+            placed = 0
+            if layer == LIBXC and rtype == F.REC_TYPE_PAGE_DATA and self.page_sink is not None:
+                body, placed = self._page_data_body(length)
+            else:
+                body = src.read_exact(length, field="record.body")
             padding = src.read_exact(F.padding_for(length), field="record.padding")
         except StreamError as e:
             if e.record is None:
@@ -212,5 +232,37 @@ class V2Reader:
             raise
         self.records += 1
         return V2Record(
-            offset=off, index=index, layer=layer, type=rtype, body=body, padding=padding
+            offset=off,
+            index=index,
+            layer=layer,
+            type=rtype,
+            body=body,
+            padding=padding,
+            placed=placed,
         )
+
+    def _page_data_body(self, length: int) -> tuple[bytes, int]:
+        """A PAGE_DATA body whose pages the sink may take: ``(body read, bytes placed)``.
+
+        Nothing is consumed before the sink decides, and truncation raises as reading
+        the whole body would (its length, what was left, where it starts).
+        """
+        src, sink = self.source, self.page_sink
+        assert sink is not None
+        start = src.offset
+        hdr = F.PAGE_DATA_HDR_FORMAT.size
+        head = src.peek(hdr)
+        fixed = hdr + 8 * F.PAGE_DATA_HDR_FORMAT.unpack(head)[0] if len(head) == hdr else length
+        placement = None
+        if fixed < length:
+            head = src.peek(fixed)
+            if len(head) == fixed:
+                placement = sink.place(head[hdr:], 8, length - fixed)
+        if placement is None:
+            return src.read_exact(length, field="record.body"), 0
+        src.read_exact(fixed, field="record.body")
+        try:
+            place_pages(src, placement, length - fixed, "record.body")
+        except StreamTruncated:
+            raise truncated("record.body", length, src.offset - start, start) from None
+        return head, length - fixed

@@ -86,11 +86,13 @@ class V2Record(Element):
     body: bytes = b""
     #: The padding bytes as read (all zero in a well-formed stream).
     padding: bytes = b""
+    #: Bytes at the end of the body that a reader's page sink moved elsewhere.
+    placed: int = 0
 
     @property
     def length(self) -> int:
         """The record header's ``length``: body bytes, padding excluded."""
-        return len(self.body)
+        return len(self.body) + self.placed
 
     @property
     def name(self) -> str:
