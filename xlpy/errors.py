@@ -94,6 +94,11 @@ class UsageError(XlpyError, ValueError):
     kind = "usage"
 
 
+class TerminalStream(UsageError):
+    """A binary stream to be read from, or written to, a terminal: whoever typed the
+    command left out its FILE.  The command's usage follows the message (exit 2)."""
+
+
 class OutputError(UsageError, OSError):
     """An output could not be written: created, written, flushed or renamed.
 

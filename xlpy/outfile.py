@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from xlpy.errors import OutputError, UsageError
+from xlpy.errors import OutputError, TerminalStream, UsageError
 
 #: Output buffer: large enough that page data goes out in few syscalls.
 BUFFER_SIZE = 1 << 20
@@ -158,6 +158,10 @@ def open_output(
             # Python leaves it None when fd 1 was closed at start-up; fd 1 may
             # since have been reused by a file opened for reading.
             raise OutputError(what, errno.EBADF, "it is closed")
+        if name == "-" and os.isatty(fd):
+            raise TerminalStream(
+                "refusing to write a binary stream to a terminal: use -o FILE or a pipe"
+            )
         with guarded(what):
             os.fstat(fd)
         out = _Output(io.FileIO(fd, "wb", closefd=False), what, buffer_size)

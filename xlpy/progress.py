@@ -42,7 +42,7 @@ class Throttle:
         self.fn({"phase": phase, "checkpoint": checkpoint, "pages": pages, "bytes": nbytes})
 
 
-#: A run's counters when it reports: checkpoint, pages and bytes so far.
+#: A run's counters when it reports: checkpoints complete, pages and bytes so far.
 Counters = Callable[[], tuple[int, int, int]]
 
 
@@ -50,13 +50,21 @@ class RunProgress:
     """The progress events of one run that keeps its own counters (a receiver, a converter).
 
     ``counters`` is read at every report, so each step of the run names only its phase.
+    An event's ``checkpoint`` is the one being read, or after a completion (``ended``)
+    the last one complete, numbered as the run's result numbers them: from ``first``
+    (a restore's ``committed_checkpoint`` counts from 0, a conversion's checkpoints
+    from 1), so that the last event names the checkpoint the result does.
     """
 
-    def __init__(self, fn: ProgressFn | None, counters: Counters) -> None:
+    def __init__(self, fn: ProgressFn | None, counters: Counters, *, first: int = 0) -> None:
         self._throttle = Throttle(fn)
         self._counters = counters
+        self._first = first
 
-    def __call__(self, phase: str, *, force: bool = False) -> None:
-        """Report ``phase`` with the run's counters, throttled as :class:`Throttle` does."""
-        checkpoint, pages, nbytes = self._counters()
+    def __call__(self, phase: str, *, force: bool = False, ended: bool = False) -> None:
+        """Report ``phase`` with the run's counters, throttled as :class:`Throttle` does;
+        ``ended``: a checkpoint (or the image) is complete."""
+        complete, pages, nbytes = self._counters()
+        # A plain v2 stream has no CHECKPOINT record: its one image ends at 0 complete.
+        checkpoint = max(complete + self._first - int(ended), self._first)
         self._throttle(phase, checkpoint=checkpoint, pages=pages, nbytes=nbytes, force=force)

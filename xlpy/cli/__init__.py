@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 import xlpy
-from xlpy.errors import UsageError, XenUnavailable, XlpyError
+from xlpy.errors import TerminalStream, UsageError, XenUnavailable, XlpyError
 
 #: Sub-command modules, in the order ``xlpy --help`` lists them.
 COMMANDS = ["gen", "inspect", "verify", "restore", "abi", "repro", "convert", "libxc", "help"]
@@ -150,12 +150,14 @@ def _interrupted(command: str, e: KeyboardInterrupt) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
-    parser, mods = build_parser(words[0] if words and words[0] in COMMANDS else None)
+    parser, sub, mods = _parsers(words[0] if words and words[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         with _stop_signals_unwind():
             return int(mods[args.command].run(args))
     except (UsageError, XenUnavailable) as e:
+        if isinstance(e, TerminalStream):  # a FILE left out: say how the command is used
+            sub.choices[args.command].print_usage(sys.stderr)
         print(f"xlpy {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except XlpyError as e:

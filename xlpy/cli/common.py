@@ -21,7 +21,7 @@ import syslog
 from collections.abc import Iterator
 from typing import Any
 
-from xlpy.errors import OutputError, UsageError
+from xlpy.errors import OutputError, TerminalStream, UsageError
 from xlpy.outfile import guarded
 from xlpy.stream.legacy.framing import parse_width
 from xlpy.stream.source import ByteSource, open_source
@@ -176,6 +176,8 @@ def opened_source(
     source's stall bound (``--timeout``)."""
     try:
         source, owned = open_source(spec, fd_numbers=fd_numbers, timeout=timeout)
+    except TerminalStream:
+        raise  # nothing failed to open: the command's usage is the answer
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot open {spec}: {e}") from None
     try:

@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
             out_fd = fd_number(args.fout)
         if out_fd is not None:
             busy[out_fd] = "is the output stream"
-        progress = make_progress(args.progress_fd, busy_fds=busy)
+        progress = make_progress(args.progress_fd, busy_fds=busy, input_fd=source.fileno)
         if args.to == "legacy":
             _to_legacy(args, source, progress)
             return 0

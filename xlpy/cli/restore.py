@@ -144,7 +144,7 @@ def _progress(args: argparse.Namespace, source_fd: int) -> ProgressFn | None:
     busy: dict[int, str] = {source_fd: "is the stream being restored"}
     if args.json:
         busy[1] = "would mix progress into the --json output"
-    return make_progress(args.progress_fd, quiet=args.quiet, busy_fds=busy)
+    return make_progress(args.progress_fd, quiet=args.quiet, busy_fds=busy, input_fd=source_fd)
 
 
 def _operation(args: argparse.Namespace) -> Operation | None:

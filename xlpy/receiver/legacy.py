@@ -279,7 +279,7 @@ class Restore:
             return self._failed(rc=0, error=self.stop_error, toolstack_error=toolstack_error)
         self._write_domain()
         self.domain.publish()
-        self._report("done", force=True)
+        self._report("done", force=True, ended=True)
         return self._result(ok=True, rc=0, error=self.stop_error)
 
     # -- results ------------------------------------------------------------------------
@@ -431,7 +431,7 @@ class Restore:
     def _tail_complete(self) -> None:
         self.checkpoints_complete += 1
         self.image_end = self.source.offset
-        self._report("checkpoint", force=True)
+        self._report("checkpoint", force=True, ended=True)
 
     def _post_completion_failure(self, error: StreamError) -> None:
         self.stop_error = error
@@ -831,7 +831,7 @@ class Restore:
     # -- FINISH ---------------------------------------------------------------------------
 
     def _finish(self) -> None:
-        self._report("finish", force=True)
+        self._report("finish", force=True, ended=True)
         if self.tailbuf is None:
             raise AssertionError("finish without a buffered tail")
         tail = self.tailbuf.tail

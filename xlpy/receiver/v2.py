@@ -228,7 +228,7 @@ class V2Restore:
             self.image_end = self.source.offset
         self._finish()
         self.domain.publish()
-        self._report("done", force=True)
+        self._report("done", force=True, ended=True)
         return self._result(ok=True, rc=0, error=self.stop_error)
 
     # -- results ------------------------------------------------------------------------------
@@ -470,7 +470,7 @@ class V2Restore:
         self.libxl_committed = self.libxl_staged
         self.checkpoints += 1
         self.image_end = self.source.offset
-        self._report("checkpoint", force=True)
+        self._report("checkpoint", force=True, ended=True)
 
     def _libxl_record(self, rec: V2Record) -> None:
         t = rec.type
@@ -825,7 +825,7 @@ class V2Restore:
         return None
 
     def _finish(self) -> None:
-        self._report("finish", force=True)
+        self._report("finish", force=True, ended=True)
         files: dict[str, bytes] = {}
         if self.guest == "pv":
             for vid, v in sorted(self.vcpus.items()):

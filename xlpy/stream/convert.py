@@ -71,7 +71,7 @@ from typing import IO, TYPE_CHECKING, BinaryIO
 
 from xlpy.errors import NotRepresentable, StreamError, StreamMalformed
 from xlpy.outfile import output_fd, output_name
-from xlpy.progress import ProgressFn, Throttle
+from xlpy.progress import ProgressFn, RunProgress
 from xlpy.stream.hvm_params import (
     CHUNK_TO_HVM_PARAM,
     HVM_PARAM_BUFIOREQ_PFN,
@@ -385,7 +385,11 @@ class _Converter:
         self.require_xl = require_xl
         self.qemu = qemu
         self.one_image = one_image
-        self.progress = Throttle(progress)
+        self._tick = RunProgress(
+            progress,
+            lambda: (self.report.checkpoints, self.report.pages, self.source.offset),
+            first=1,
+        )
         self.log = log
         self.report = ConvertReport()
         fd = output_fd(out) if source.kernel_moves else None
@@ -412,15 +416,6 @@ class _Converter:
     def info(self, message: str) -> None:
         if self.log is not None:
             self.log(message)
-
-    def _tick(self, phase: str, *, force: bool = False) -> None:
-        self.progress(
-            phase,
-            checkpoint=self.report.checkpoints,
-            pages=self.report.pages,
-            nbytes=self.source.offset,
-            force=force,
-        )
 
     # -- driver -----------------------------------------------------------------------
 
@@ -467,7 +462,7 @@ class _Converter:
         r.framing = self.reader.framing
         r.bytes_in = self.source.offset
         r.bytes_out = self.out.offset
-        self._tick("done", force=True)
+        self._tick("done", force=True, ended=True)
         return r
 
     def _spool_to(self) -> None:
@@ -534,7 +529,7 @@ class _Converter:
             # checkpoint only once it has all of it: it must not wait in our
             # output buffer for the next checkpoint or EOF.
             self._raw.flush()
-        self._tick("checkpoint", force=True)
+        self._tick("checkpoint", force=True, ended=True)
 
     def _libxl_records(self, qemu: QemuRecord | None) -> None:
         if self._xenstore:

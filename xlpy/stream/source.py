@@ -37,7 +37,7 @@ import stat
 from collections.abc import Sequence
 from typing import BinaryIO, Protocol
 
-from xlpy.errors import StreamTimeout, StreamTruncated, UsageError
+from xlpy.errors import StreamTimeout, StreamTruncated, TerminalStream, UsageError
 from xlpy.outfile import fd_number, fd_spec, guarded
 
 #: Size of one raw read when filling the look-ahead buffer.
@@ -558,6 +558,9 @@ def open_source(
     if spec == "-":
         if sys.stdin is None:  # Python leaves it None when fd 0 was closed at start-up
             raise UsageError("standard input is closed")
+        if os.isatty(sys.stdin.fileno()):
+            # Nobody types a stream: a command left without its FILE would wait in silence.
+            raise TerminalStream("reading a stream from a terminal: give FILE or pipe one in")
         return ByteSource(sys.stdin.fileno(), timeout=timeout), None
     if fd is not None:
         return ByteSource(fd, timeout=timeout), None

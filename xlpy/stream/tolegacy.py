@@ -247,7 +247,7 @@ class _Converter:
         self.p = profile
         self.w = profile.width
         self._report = RunProgress(
-            progress, lambda: (self.checkpoints, self.pages, self.source.offset)
+            progress, lambda: (self.checkpoints, self.pages, self.source.offset), first=1
         )
         self._warn_fn = warn
         self._warned: set[str] = set()
@@ -322,7 +322,7 @@ class _Converter:
                 f"input ends inside checkpoint {self.checkpoints + 1} ({e}): the legacy stream "
                 "ends there too, as a failed-over Remus sender's does",
             )
-            self._report("done", force=True)
+            self._report("done", force=True, ended=True)
         except BaseException:
             self._report("failed", force=True)
             raise
@@ -368,7 +368,7 @@ class _Converter:
             raise self._malformed("the v2 stream holds no checkpoint", "stream")
         if self.p.trailer == "foreign":
             self.writer.write(Trailer(data=FOREIGN_TRAILER))
-        self._report("done", force=True)
+        self._report("done", force=True, ended=True)
 
     # -- headers ---------------------------------------------------------------------------------
 
@@ -669,7 +669,7 @@ class _Converter:
         self._qemu(seg)
         self.checkpoints += 1
         self.seg = _Segment()
-        self._report("converting", force=True)
+        self._report("converting", force=True, ended=True)
 
     def _vcpus(self, seg: _Segment) -> tuple[list[int], int]:
         if self.kind == "pv":
